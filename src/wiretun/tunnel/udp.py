@@ -1,0 +1,480 @@
+"""The tunnel's UDP sockets: one per family, batch send with UDP GSO and batch receive with GRO."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import struct
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+SOL_UDP = 17
+UDP_SEGMENT = 103  # not in Python's socket module
+UDP_GRO = 104
+SO_MARK = 36
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+SOCKET_BUFFER = 7 << 20  # wireguard-go's socketBufferSize
+
+GSO_MAX_SEGMENTS = 64  # kernel UDP_MAX_SEGMENTS
+GSO_MAX_BYTES = {socket.AF_INET: 65535 - 20 - 8, socket.AF_INET6: 65535 - 8}
+RECV_BUFFER = 65535
+# Datagrams kept for a socket that would block; beyond this we drop (and count) rather than
+# grow without bound. The loop stops feeding us long before this when it honours backpressure.
+MAX_PENDING = 8192
+
+Endpoint = tuple[str, int]
+Datagram = bytes | bytearray | memoryview
+
+_U16 = struct.Struct("=H")
+_INT = struct.Struct("=i")
+_CMSG_SPACE = socket.CMSG_SPACE(_INT.size)
+
+
+def family_of(endpoint: Endpoint) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
+
+
+def gso_groups(datagrams: Sequence[Datagram], max_bytes: int) -> list[tuple[int, list[Datagram]]]:
+    """Split `datagrams` (order kept) into UDP_SEGMENT sends: (segment size, datagrams).
+
+    A group holds same-size datagrams, at most 64 of them and `max_bytes` in total; only its
+    last datagram may be smaller, and that one closes it.
+    """
+    groups: list[tuple[int, list[Datagram]]] = []
+    size = 0
+    total = 0
+    current: list[Datagram] = []
+    for d in datagrams:
+        n = len(d)
+        if current and n <= size and len(current) < GSO_MAX_SEGMENTS and total + n <= max_bytes:
+            current.append(d)
+            total += n
+            if n < size:
+                groups.append((size, current))
+                current = []
+            continue
+        if current:
+            groups.append((size, current))
+        current, size, total = [d], n, n
+    if current:
+        groups.append((size, current))
+    return groups
+
+
+def split_coalesced(buf: memoryview, segment: int) -> list[bytes]:
+    """Cut a GRO-coalesced receive buffer back into its datagrams."""
+    if segment <= 0 or segment >= len(buf):
+        return [bytes(buf)]
+    return [bytes(buf[i : i + segment]) for i in range(0, len(buf), segment)]
+
+
+@dataclass(frozen=True, slots=True)
+class UdpStats:
+    """A snapshot of one UdpBind's counters."""
+
+    port: int
+    datagrams_sent: int
+    datagrams_received: int
+    bytes_sent: int
+    bytes_received: int
+    send_calls: int
+    gso_sends: int
+    gro_receives: int
+    pending: int
+    gso: dict[str, bool] = field(default_factory=dict)
+    gro: dict[str, bool] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)
+
+
+class _FamilySocket:
+    """One bound, non-blocking UDP socket plus its offload state."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.family = sock.family
+        self.name = "ipv6" if sock.family == socket.AF_INET6 else "ipv4"
+        self.gso = _probe(sock, UDP_SEGMENT) is not None
+        self.gro = False
+        with contextlib.suppress(OSError):
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+            self.gro = _probe(sock, UDP_GRO) == 1
+        self.pending: deque[tuple[Endpoint, list[Datagram]]] = deque()
+        self.pending_count = 0
+        self.writer_armed = False
+
+
+def _probe(sock: socket.socket, option: int) -> int | None:
+    try:
+        return sock.getsockopt(SOL_UDP, option)
+    except OSError:
+        return None
+
+
+def _set_buffers(sock: socket.socket) -> None:
+    for plain, force in ((socket.SO_RCVBUF, SO_RCVBUFFORCE), (socket.SO_SNDBUF, SO_SNDBUFFORCE)):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+        # The FORCE variants pass rmem_max/wmem_max but need CAP_NET_ADMIN: best effort.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+
+
+def _make_socket(family: socket.AddressFamily, host: str, port: int, fwmark: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if fwmark:
+            # The mark lets policy routing send our encrypted datagrams around the tunnel.
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+        _set_buffers(sock)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class UdpBind:
+    """UDP sockets (IPv4 and IPv6, same port) with batch send/receive for the event loop.
+
+    `send_batch` never blocks: what the kernel will not take now is kept (bounded) and sent
+    when the socket becomes writable; `backlogged` tells the loop to stop producing.
+    """
+
+    def __init__(self, sockets: list[_FamilySocket], port: int, fwmark: int) -> None:
+        self._socks = {s.family: s for s in sockets}
+        self.port = port
+        self.fwmark = fwmark
+        self._buf = bytearray(RECV_BUFFER)
+        self._view = memoryview(self._buf)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_writable: Callable[[], None] | None = None
+        self._reading = False
+        self._on_readable: Callable[[], None] | None = None
+        self._closed = False
+        self._n = Counter[str]()
+        self.drops = Counter[str]()
+        self.events = Counter[str]()
+
+    @classmethod
+    def open(
+        cls,
+        port: int = 0,
+        *,
+        fwmark: int = 0,
+        host4: str | None = "0.0.0.0",
+        host6: str | None = "::",
+    ) -> UdpBind:
+        """Bind both families on `port` (0 picks one free in both); None skips a family.
+
+        IPv6 that the host lacks (EAFNOSUPPORT/EADDRNOTAVAIL) is skipped with a warning.
+        """
+        if host4 is None and host6 is None:
+            raise ValueError("need at least one address family")
+        attempts = 8 if port == 0 else 1
+        last: OSError | None = None
+        for _ in range(attempts):
+            socks: list[socket.socket] = []
+            try:
+                bound = port
+                if host4 is not None:
+                    socks.append(_make_socket(socket.AF_INET, host4, bound, fwmark))
+                    bound = socks[0].getsockname()[1]
+                if host6 is not None:
+                    try:
+                        socks.append(_make_socket(socket.AF_INET6, host6, bound, fwmark))
+                    except OSError as e:
+                        if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL) or not socks:
+                            raise
+                        log.warning("IPv6 UDP socket unavailable (%s); IPv4 only", e)
+                bound = socks[-1].getsockname()[1]
+                return cls([_FamilySocket(s) for s in socks], bound, fwmark)
+            except OSError as e:
+                for s in socks:
+                    s.close()
+                # With port 0 the v4 choice may be taken in v6: try another.
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                last = e
+        assert last is not None
+        raise last
+
+    # -- asyncio wiring ---------------------------------------------------------------------
+
+    def attach(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_readable: Callable[[], None],
+        on_writable: Callable[[], None],
+    ) -> None:
+        """Call `on_readable` when a datagram may be waiting (while reading is resumed) and
+        `on_writable` when a backlog has drained."""
+        self._loop = loop
+        self._on_readable = on_readable
+        self._on_writable = on_writable
+
+    def resume_reading(self) -> None:
+        if self._reading or self._loop is None or self._closed:
+            return
+        self._reading = True
+        assert self._on_readable is not None
+        for s in self._socks.values():
+            self._loop.add_reader(s.sock.fileno(), self._on_readable)
+
+    def pause_reading(self) -> None:
+        if not self._reading or self._loop is None:
+            return
+        self._reading = False
+        for s in self._socks.values():
+            self._loop.remove_reader(s.sock.fileno())
+
+    @property
+    def reading(self) -> bool:
+        return self._reading
+
+    async def wait_readable(self) -> None:
+        """Wait until some socket is readable (for users without callbacks)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        fds = [s.sock.fileno() for s in self._socks.values()]
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        for fd in fds:
+            loop.add_reader(fd, ready)
+        try:
+            await fut
+        finally:
+            for fd in fds:
+                loop.remove_reader(fd)
+
+    # -- send -------------------------------------------------------------------------------
+
+    @property
+    def backlogged(self) -> bool:
+        return any(s.pending_count for s in self._socks.values())
+
+    def send_batch(self, endpoint: Endpoint, datagrams: Sequence[Datagram]) -> int:
+        """Send `datagrams` to `endpoint`, GSO-grouped; returns how many went out now.
+
+        The rest is queued (see `backlogged`) or dropped and counted (unreachable family,
+        errors, a full queue).
+        """
+        if not datagrams:
+            return 0
+        s = self._socks.get(family_of(endpoint))
+        if s is None:
+            self.drops["no_socket_for_family"] += len(datagrams)
+            return 0
+        if s.pending_count:
+            self._enqueue(s, endpoint, list(datagrams))
+            return 0
+        return self._send_now(s, endpoint, datagrams)
+
+    def _send_now(self, s: _FamilySocket, endpoint: Endpoint, datagrams: Sequence[Datagram]) -> int:
+        sent_before = self._n["datagrams_sent"]
+        groups = (
+            gso_groups(datagrams, GSO_MAX_BYTES[s.family])
+            if s.gso and len(datagrams) > 1
+            else [(len(d), [d]) for d in datagrams]
+        )
+        for i, (size, group) in enumerate(groups):
+            done = self._send_group(s, endpoint, size, group)
+            if done < len(group):
+                # The socket would block: keep the unsent tail, in order, for _flush.
+                rest = group[done:] + [d for _, g in groups[i + 1 :] for d in g]
+                self._enqueue(s, endpoint, rest)
+                break
+        return self._n["datagrams_sent"] - sent_before
+
+    def _send_group(
+        self, s: _FamilySocket, endpoint: Endpoint, size: int, group: list[Datagram]
+    ) -> int:
+        """Send one group (one GSO sendmsg if it has several datagrams); returns how many
+        datagrams were dealt with (sent or dropped and counted) before the socket would block."""
+        if len(group) > 1 and s.gso:
+            try:
+                s.sock.sendmsg(group, [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))], 0, endpoint)
+            except BlockingIOError:
+                return 0
+            except OSError as e:
+                if e.errno == errno.EIO:
+                    # The egress device cannot checksum-offload: GSO is off for this family.
+                    s.gso = False
+                    self.events[f"gso_disabled_{s.name}"] += 1
+                    log.info("UDP GSO disabled for %s after EIO", s.name)
+                elif e.errno in (errno.EINVAL, errno.EMSGSIZE):
+                    # A segment larger than the path allows: this group goes one by one.
+                    self.events["gso_rejected"] += 1
+                else:
+                    self._drop_error("send", e, len(group))
+                    return len(group)
+            else:
+                self._n["gso_sends"] += 1
+                self._count_sent(group)
+                return len(group)
+        for i, d in enumerate(group):
+            try:
+                s.sock.sendto(d, endpoint)
+            except BlockingIOError:
+                return i
+            except OSError as e:
+                self._drop_error("send", e, 1)
+                continue
+            self._count_sent([d])
+        return len(group)
+
+    def _drop_error(self, what: str, e: OSError, n: int) -> None:
+        self.drops[f"{what}_{errno.errorcode.get(e.errno or 0, str(e.errno))}"] += n
+
+    def _count_sent(self, group: list[Datagram]) -> None:
+        self._n["send_calls"] += 1
+        self._n["datagrams_sent"] += len(group)
+        self._n["bytes_sent"] += sum(len(d) for d in group)
+
+    def _enqueue(self, s: _FamilySocket, endpoint: Endpoint, datagrams: list[Datagram]) -> None:
+        room = MAX_PENDING - s.pending_count
+        if room < len(datagrams):
+            self.drops["send_queue_full"] += len(datagrams) - max(room, 0)
+            datagrams = datagrams[: max(room, 0)]
+        if not datagrams:
+            return
+        # Later callers' datagrams go behind ours; bytes copies keep memoryviews from dangling.
+        s.pending.append((endpoint, [bytes(d) for d in datagrams]))
+        s.pending_count += len(datagrams)
+        self.events["send_would_block"] += 1
+        if not s.writer_armed and self._loop is not None and not self._closed:
+            s.writer_armed = True
+            self._loop.add_writer(s.sock.fileno(), self._flush, s)
+
+    def flush(self) -> None:
+        """Try to send queued datagrams now (the loop does this on writability)."""
+        for s in self._socks.values():
+            if s.pending_count:
+                self._flush(s)
+
+    def _flush(self, s: _FamilySocket) -> None:
+        while s.pending:
+            endpoint, datagrams = s.pending.popleft()
+            s.pending_count -= len(datagrams)
+            before = s.pending_count
+            self._send_now(s, endpoint, datagrams)
+            if s.pending_count > before:
+                # _send_now re-queued a tail at the back; it must go first.
+                s.pending.rotate(1)
+                return
+        if s.writer_armed and self._loop is not None:
+            s.writer_armed = False
+            self._loop.remove_writer(s.sock.fileno())
+        if not self.backlogged and self._on_writable is not None:
+            self._on_writable()
+
+    # -- receive ----------------------------------------------------------------------------
+
+    def recv_batch(self, max_datagrams: int = 128) -> list[tuple[bytes, Endpoint]]:
+        """Datagrams that are waiting now (never blocks), GRO buffers split, up to about
+        `max_datagrams` (a GRO buffer is never cut, so a batch may run over by one buffer)."""
+        out: list[tuple[bytes, Endpoint]] = []
+        for s in self._socks.values():
+            self._recv_from(s, out, max_datagrams)
+        return out
+
+    def _recv_from(
+        self, s: _FamilySocket, out: list[tuple[bytes, Endpoint]], max_datagrams: int
+    ) -> None:
+        sock = s.sock
+        view = self._view
+        while len(out) < max_datagrams:
+            try:
+                n, ancdata, flags, addr = sock.recvmsg_into([view], _CMSG_SPACE)
+            except BlockingIOError:
+                return
+            except ConnectionRefusedError:
+                # An ICMP unreachable for an earlier send (peer not up yet): not fatal.
+                self.events["recv_connection_refused"] += 1
+                continue
+            except OSError as e:
+                self._drop_error("recv", e, 1)
+                return
+            endpoint: Endpoint = (addr[0], addr[1])
+            if flags & socket.MSG_TRUNC:
+                self.drops["recv_truncated"] += 1
+                continue
+            segment = 0
+            for level, kind, data in ancdata:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    segment = _INT.unpack_from(data.ljust(_INT.size, b"\0"))[0]
+            self._n["bytes_received"] += n
+            if segment and segment < n:
+                self._n["gro_receives"] += 1
+                parts = split_coalesced(view[:n], segment)
+                out.extend((p, endpoint) for p in parts)
+                self._n["datagrams_received"] += len(parts)
+            else:
+                out.append((bytes(view[:n]), endpoint))
+                self._n["datagrams_received"] += 1
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def stats(self) -> UdpStats:
+        return UdpStats(
+            port=self.port,
+            datagrams_sent=self._n["datagrams_sent"],
+            datagrams_received=self._n["datagrams_received"],
+            bytes_sent=self._n["bytes_sent"],
+            bytes_received=self._n["bytes_received"],
+            send_calls=self._n["send_calls"],
+            gso_sends=self._n["gso_sends"],
+            gro_receives=self._n["gro_receives"],
+            pending=sum(s.pending_count for s in self._socks.values()),
+            gso={s.name: s.gso for s in self._socks.values()},
+            gro={s.name: s.gro for s in self._socks.values()},
+            drops=dict(self.drops),
+            events=dict(self.events),
+        )
+
+    def set_fwmark(self, fwmark: int) -> None:
+        """Change SO_MARK on every socket (UAPI `fwmark=`)."""
+        for s in self._socks.values():
+            s.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+        self.fwmark = fwmark
+
+    def disable_gso(self) -> None:
+        for s in self._socks.values():
+            s.gso = False
+
+    def disable_gro(self) -> None:
+        for s in self._socks.values():
+            with contextlib.suppress(OSError):
+                s.sock.setsockopt(SOL_UDP, UDP_GRO, 0)
+            s.gro = False
+
+    def sockets(self) -> list[socket.socket]:
+        return [s.sock for s in self._socks.values()]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.pause_reading()
+        for s in self._socks.values():
+            if s.writer_armed and self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_writer(s.sock.fileno())
+            if s.pending_count:
+                self.drops["closed_with_pending"] += s.pending_count
+            s.pending.clear()
+            s.pending_count = 0
+            s.sock.close()
+        self._closed = True
