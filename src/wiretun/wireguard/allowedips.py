@@ -1,0 +1,159 @@
+"""Allowed-IPs: the longest-prefix table mapping inner IP addresses to peers (both ways).
+
+Outbound it routes a packet to the peer owning its destination; inbound it checks that a
+decrypted packet's source belongs to the peer that sent it. One dict per prefix length,
+probed from the longest length present to the shortest, is faster in Python than walking a
+bit trie; a small cache of recent addresses makes the common case one dict lookup.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator
+from typing import Final, Generic, TypeVar
+
+V = TypeVar("V")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_CACHE_LIMIT: Final = 4096
+_MISS: Final = object()
+
+
+def parse_network(value: str | IPNetwork) -> IPNetwork:
+    """A network from "10.0.0.0/24", "fd00::1" (a host) or a network object.
+
+    Host bits are masked off, as `wg` does ("10.0.0.1/24" means 10.0.0.0/24). Raises
+    ValueError for anything that is not an address or network.
+    """
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"allowed-ip must be a str or ip_network, not {type(value).__name__}")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError as exc:
+        raise ValueError(f"invalid allowed-ip {value!r}: {exc}") from None
+
+
+class _Family(Generic[V]):
+    """The prefixes of one address family: prefix length -> (prefix int -> owner)."""
+
+    __slots__ = ("bits", "lengths", "tables")
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.tables: dict[int, dict[int, V]] = {}
+        self.lengths: list[int] = []
+
+    def _reindex(self) -> None:
+        self.lengths = sorted((n for n, t in self.tables.items() if t), reverse=True)
+
+    def set(self, plen: int, prefix: int, value: V) -> V | None:
+        table = self.tables.setdefault(plen, {})
+        old = table.get(prefix)
+        table[prefix] = value
+        if plen not in self.lengths:
+            self._reindex()
+        return old
+
+    def delete(self, plen: int, prefix: int) -> None:
+        table = self.tables.get(plen)
+        if table is not None and prefix in table:
+            del table[prefix]
+            if not table:
+                self._reindex()
+
+    def lookup(self, addr: int) -> V | None:
+        bits = self.bits
+        tables = self.tables
+        for plen in self.lengths:
+            value = tables[plen].get(addr >> (bits - plen))
+            if value is not None:
+                return value
+        return None
+
+
+class AllowedIPs(Generic[V]):
+    """Prefixes owned by values (peers); each prefix has exactly one owner.
+
+    Inserting a prefix another owner holds moves it, as WireGuard does.
+    """
+
+    __slots__ = ("_cache", "_v4", "_v6")
+
+    def __init__(self) -> None:
+        self._v4: _Family[V] = _Family(32)
+        self._v6: _Family[V] = _Family(128)
+        self._cache: dict[bytes, object] = {}
+
+    def _family(self, net: IPNetwork) -> _Family[V]:
+        return self._v4 if net.version == 4 else self._v6
+
+    def insert(self, network: str | IPNetwork, value: V) -> IPNetwork:
+        """Give `network` to `value` (taking it from a previous owner). Returns the network."""
+        net = parse_network(network)
+        fam = self._family(net)
+        fam.set(net.prefixlen, int(net.network_address) >> (fam.bits - net.prefixlen), value)
+        self._cache.clear()
+        return net
+
+    def remove(self, network: str | IPNetwork, value: V) -> bool:
+        """Remove `network` if `value` owns it; True if something was removed."""
+        net = parse_network(network)
+        fam = self._family(net)
+        prefix = int(net.network_address) >> (fam.bits - net.prefixlen)
+        table = fam.tables.get(net.prefixlen, {})
+        if table.get(prefix) is not value:
+            return False
+        fam.delete(net.prefixlen, prefix)
+        self._cache.clear()
+        return True
+
+    def remove_value(self, value: V) -> None:
+        """Remove every prefix `value` owns."""
+        for net in list(self.networks(value)):
+            self.remove(net, value)
+
+    def networks(self, value: V) -> Iterator[IPNetwork]:
+        """The prefixes `value` owns, IPv4 first, longest prefixes first."""
+        for fam, cls in (
+            (self._v4, ipaddress.IPv4Network),
+            (self._v6, ipaddress.IPv6Network),
+        ):
+            for plen in fam.lengths:
+                for prefix, owner in fam.tables[plen].items():
+                    if owner is value:
+                        yield cls((prefix << (fam.bits - plen), plen))
+
+    def owner(self, network: str | IPNetwork) -> V | None:
+        """The exact owner of `network` (not a longest-prefix match), or None."""
+        net = parse_network(network)
+        fam = self._family(net)
+        prefix = int(net.network_address) >> (fam.bits - net.prefixlen)
+        return fam.tables.get(net.prefixlen, {}).get(prefix)
+
+    def lookup(self, addr: bytes) -> V | None:
+        """The owner of the longest prefix containing `addr` (4 or 16 bytes), or None."""
+        cache = self._cache
+        hit = cache.get(addr, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[return-value]
+        n = len(addr)
+        if n == 4:
+            value = self._v4.lookup(int.from_bytes(addr, "big"))
+        elif n == 16:
+            value = self._v6.lookup(int.from_bytes(addr, "big"))
+        else:
+            return None
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[addr] = value
+        return value
+
+    def update(self, networks: Iterable[str | IPNetwork], value: V) -> list[IPNetwork]:
+        """Insert several prefixes for `value`; all are parsed before any is inserted."""
+        nets = [parse_network(n) for n in networks]
+        for net in nets:
+            self.insert(net, value)
+        return nets

@@ -1,0 +1,97 @@
+"""Longest-prefix allowed-ips lookups, ownership moves and removal."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wiretun.wireguard.allowedips import AllowedIPs, parse_network
+
+
+def a4(text: str) -> bytes:
+    return ipaddress.IPv4Address(text).packed
+
+
+def a6(text: str) -> bytes:
+    return ipaddress.IPv6Address(text).packed
+
+
+def test_longest_prefix_v4_v6() -> None:
+    t: AllowedIPs[str] = AllowedIPs()
+    t.insert("0.0.0.0/0", "default")
+    t.insert("10.0.0.0/8", "a")
+    t.insert("10.1.0.0/16", "b")
+    t.insert("10.1.2.3/32", "c")
+    t.insert("fd00::/8", "v6a")
+    t.insert("fd00:1::/32", "v6b")
+    assert t.lookup(a4("10.1.2.3")) == "c"
+    assert t.lookup(a4("10.1.2.4")) == "b"
+    assert t.lookup(a4("10.2.0.1")) == "a"
+    assert t.lookup(a4("192.168.0.1")) == "default"
+    assert t.lookup(a6("fd00:1::5")) == "v6b"
+    assert t.lookup(a6("fd00:2::5")) == "v6a"
+    assert t.lookup(a6("2001:db8::1")) is None
+    assert t.lookup(b"\x01\x02") is None
+
+
+def test_host_bits_masked_and_moves_between_owners() -> None:
+    t: AllowedIPs[str] = AllowedIPs()
+    assert t.insert("10.0.0.7/24", "a") == ipaddress.ip_network("10.0.0.0/24")
+    assert t.lookup(a4("10.0.0.99")) == "a"
+    t.insert("10.0.0.0/24", "b")  # another peer takes it over
+    assert t.lookup(a4("10.0.0.99")) == "b"
+    assert list(t.networks("a")) == []
+    assert list(t.networks("b")) == [ipaddress.ip_network("10.0.0.0/24")]
+    assert not t.remove("10.0.0.0/24", "a")  # not a's any more
+    assert t.remove("10.0.0.0/24", "b")
+    assert t.lookup(a4("10.0.0.99")) is None
+
+
+def test_remove_value_and_cache_invalidation() -> None:
+    t: AllowedIPs[str] = AllowedIPs()
+    t.update(["10.0.0.0/24", "fd00::/64", "10.9.9.9"], "a")
+    t.insert("10.0.0.0/16", "b")
+    assert t.lookup(a4("10.0.0.1")) == "a"  # now cached
+    t.remove_value("a")
+    assert t.lookup(a4("10.0.0.1")) == "b"
+    assert t.owner("10.0.0.0/16") == "b"
+    assert list(t.networks("a")) == []
+
+
+def test_bad_input_raises() -> None:
+    with pytest.raises(ValueError, match="invalid allowed-ip"):
+        parse_network("10.0.0.0/33")
+    with pytest.raises(ValueError, match="invalid allowed-ip"):
+        parse_network("nonsense")
+    with pytest.raises(TypeError):
+        parse_network(5)  # type: ignore[arg-type]
+
+
+nets4 = st.builds(
+    lambda addr, plen: ipaddress.ip_network((addr, plen), strict=False),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 32),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(nets4, st.integers(0, 3)), max_size=30),
+    st.lists(st.integers(0, 2**32 - 1), max_size=30),
+)
+def test_matches_linear_scan(
+    entries: list[tuple[ipaddress.IPv4Network, int]], addrs: list[int]
+) -> None:
+    t: AllowedIPs[int] = AllowedIPs()
+    model: dict[ipaddress.IPv4Network, int] = {}
+    for net, owner in entries:
+        t.insert(net, owner)
+        model[net] = owner
+    for value in addrs:
+        addr = ipaddress.IPv4Address(value)
+        matches = [n for n in model if addr in n]
+        expected = model[max(matches, key=lambda n: n.prefixlen)] if matches else None
+        assert t.lookup(addr.packed) == expected
