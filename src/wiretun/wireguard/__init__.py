@@ -1,0 +1,1 @@
+"""Sans-I/O WireGuard protocol core: crypto, messages, handshake, cookies, sessions, timers."""
