@@ -1,0 +1,243 @@
+"""The tunnel's event loop: TUN batches <-> WireGuard core <-> UDP batches, with backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from wiretun.tunnel.udp import Endpoint, UdpBind
+
+log = logging.getLogger(__name__)
+
+# Packets per TUN read and datagrams per UDP drain: wireguard-go's IdealBatchSize.
+BATCH = 128
+
+
+class TunPort(Protocol):
+    """What the loop needs from wiretun.tun.Tun."""
+
+    async def recv_many(self, max_packets: int) -> list[bytes]: ...
+    async def send_ready(self) -> None: ...
+    def send_many(self, packets: Sequence[bytes]) -> Any: ...
+
+
+class CorePort(Protocol):
+    """What the loop needs from wiretun.wireguard's Device (sans-I/O)."""
+
+    def send_packets(self, packets: Sequence[bytes], now: float) -> Any: ...
+    def receive_datagrams(
+        self, datagrams: Sequence[tuple[bytes, Endpoint]], now: float
+    ) -> Sequence[bytes]: ...
+    def datagrams_to_send(self) -> Sequence[tuple[Any, Sequence[bytes]]]: ...
+    def handle_timers(self, now: float) -> Any: ...
+    def next_timer(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoopStats:
+    """A snapshot of the loop's counters (the core, TUN and UDP keep their own)."""
+
+    packets_from_tun: int
+    packets_to_tun: int
+    datagrams_in: int
+    datagrams_out: int
+    tun_batches: int
+    udp_batches: int
+    timer_runs: int
+    tun_reads_paused: int  # times the TUN reader waited for a UDP backlog to drain
+    udp_reads_paused: int  # times the UDP reader waited for the TUN to take more
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+def endpoint_tuple(endpoint: Any) -> Endpoint:
+    """The core's endpoint as (host, port), whatever shape it uses."""
+    if isinstance(endpoint, tuple):
+        return (str(endpoint[0]), int(endpoint[1]))
+    return (str(endpoint.host), int(endpoint.port))
+
+
+class TunnelLoop:
+    """Runs the data path until `stop()` or until a side fails (the error is re-raised).
+
+    Two tasks move batches: TUN -> core -> UDP and UDP -> core -> TUN. Each waits before
+    reading for the side it writes to: the TUN reader while UDP has a backlog, the UDP
+    reader until the TUN says `send_ready`. One timer handle follows `core.next_timer()`.
+    """
+
+    def __init__(
+        self,
+        tun: TunPort,
+        core: CorePort,
+        udp: UdpBind,
+        *,
+        batch: int = BATCH,
+        on_event: Callable[[], None] | None = None,
+    ) -> None:
+        self.tun = tun
+        self.core = core
+        self.udp = udp
+        self.batch = batch
+        self._on_event = on_event
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._udp_drained = asyncio.Event()
+        self._udp_drained.set()
+        self._stopped: asyncio.Future[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._n = Counter[str]()
+        self.drops = Counter[str]()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Move packets until stopped; a failing side's exception ends the loop and is raised."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopped = loop.create_future()
+        self.udp.attach(loop, lambda: None, self._on_udp_drained)
+        self._tasks = [
+            loop.create_task(self._tun_to_udp(), name="tun->udp"),
+            loop.create_task(self._udp_to_tun(), name="udp->tun"),
+        ]
+        self._rearm_timer()
+        try:
+            done, _ = await asyncio.wait(
+                [*self._tasks, self._stopped], return_when=asyncio.FIRST_COMPLETED
+            )
+            for t in done:
+                if t is not self._stopped:
+                    t.result()  # re-raise the side's failure
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    async def _shutdown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+
+    def kick(self) -> None:
+        """Something changed the core from outside (UAPI set): send what it queued, re-arm."""
+        self._flush_core()
+        self._rearm_timer()
+
+    # -- data path --------------------------------------------------------------------------
+
+    async def _tun_to_udp(self) -> None:
+        tun, core, loop = self.tun, self.core, self._loop
+        assert loop is not None
+        while True:
+            if self.udp.backlogged:
+                # Backpressure: leave packets in the TUN queues until UDP can take more.
+                self._n["tun_reads_paused"] += 1
+                self._udp_drained.clear()
+                await self._udp_drained.wait()
+            packets = await tun.recv_many(self.batch)
+            if not packets:
+                continue
+            self._n["packets_from_tun"] += len(packets)
+            self._n["tun_batches"] += 1
+            self._guard("core_send_packets", core.send_packets, packets, loop.time())
+            self._flush_core()
+            self._rearm_timer()
+
+    async def _udp_to_tun(self) -> None:
+        tun, core, udp, loop = self.tun, self.core, self.udp, self._loop
+        assert loop is not None
+        while True:
+            # Backpressure: while the TUN is full, datagrams wait in the socket buffer.
+            await tun.send_ready()
+            datagrams = udp.recv_batch(self.batch)
+            if not datagrams:
+                await udp.wait_readable()
+                continue
+            self._n["datagrams_in"] += len(datagrams)
+            self._n["udp_batches"] += 1
+            packets = self._guard("core_receive", core.receive_datagrams, datagrams, loop.time())
+            if packets:
+                self._n["packets_to_tun"] += len(packets)
+                tun.send_many(packets)
+            # Handshake replies, cookies and keepalives the datagrams asked for.
+            self._flush_core()
+            self._rearm_timer()
+            # recv_batch never suspends: yield so the other direction and timers run.
+            await asyncio.sleep(0)
+
+    def _flush_core(self) -> None:
+        out = self._guard("core_datagrams_to_send", self.core.datagrams_to_send)
+        if not out:
+            return
+        for endpoint, datagrams in out:
+            self._n["datagrams_out"] += len(datagrams)
+            self.udp.send_batch(endpoint_tuple(endpoint), datagrams)
+        if self.udp.backlogged:
+            self._udp_drained.clear()
+
+    def _on_udp_drained(self) -> None:
+        self._udp_drained.set()
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def _rearm_timer(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        at = self._guard("core_next_timer", self.core.next_timer)
+        if at == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self._loop is not None
+        self._timer = None
+        self._timer_at = None
+        self._n["timer_runs"] += 1
+        self._guard("core_timers", self.core.handle_timers, self._loop.time())
+        self._flush_core()
+        self._rearm_timer()
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _guard(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call into the core; a bug there is logged and counted, not a dead tunnel."""
+        try:
+            return fn(*args)
+        except Exception:  # a core bug must not kill the data path; the count shows it
+            self.drops[f"{what}_error"] += 1
+            log.exception("%s failed", what)
+            return None
+
+    def stats(self) -> LoopStats:
+        n = self._n
+        return LoopStats(
+            packets_from_tun=n["packets_from_tun"],
+            packets_to_tun=n["packets_to_tun"],
+            datagrams_in=n["datagrams_in"],
+            datagrams_out=n["datagrams_out"],
+            tun_batches=n["tun_batches"],
+            udp_batches=n["udp_batches"],
+            timer_runs=n["timer_runs"],
+            tun_reads_paused=n["tun_reads_paused"],
+            udp_reads_paused=n["udp_reads_paused"],
+            drops=dict(self.drops),
+        )

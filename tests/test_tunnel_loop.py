@@ -1,0 +1,283 @@
+"""Tests for wiretun.tunnel.loop with in-memory TUNs and a toy core over real loopback UDP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+
+from wiretun.tunnel.loop import TunnelLoop
+from wiretun.tunnel.udp import Endpoint, UdpBind
+
+
+class MemoryTun:
+    """A TUN stand-in: `inject` is the kernel writing packets to us, `delivered` what we
+    wrote back. The write side holds `capacity` packets until `drain()`, like a full queue."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._inbound: asyncio.Queue[list[bytes]] = asyncio.Queue()
+        self.capacity = capacity
+        self.delivered: list[bytes] = []
+        self.held: deque[bytes] = deque()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.waited_for_room = 0
+
+    def inject(self, packets: list[bytes]) -> None:
+        self._inbound.put_nowait(packets)
+
+    async def recv_many(self, max_packets: int) -> list[bytes]:
+        batch = await self._inbound.get()
+        if len(batch) > max_packets:
+            self._inbound.put_nowait(batch[max_packets:])
+        return batch[:max_packets]
+
+    async def send_ready(self) -> None:
+        if not self._room.is_set():
+            self.waited_for_room += 1
+        await self._room.wait()
+
+    def send_many(self, packets: Sequence[bytes]) -> int:
+        self.held.extend(packets)
+        if len(self.held) >= self.capacity:
+            self._room.clear()
+        return len(packets)
+
+    def drain(self) -> None:
+        self.delivered.extend(self.held)
+        self.held.clear()
+        self._room.set()
+
+
+class ToyCore:
+    """Not WireGuard: 'seals' a packet by prefixing b"T" and sends everything to one peer;
+    a timer fires `keepalives` times, each sending b"K"."""
+
+    def __init__(self, peer: Endpoint, *, keepalives: int = 0, period: float = 0.02) -> None:
+        self.peer = peer
+        self.out: list[bytes] = []
+        self.received_keepalives = 0
+        self.garbage = 0
+        self.keepalives = keepalives
+        self.period = period
+        self._next: float | None = None
+        self.raise_on: bytes | None = None
+
+    def send_packets(self, packets: Sequence[bytes], now: float) -> None:
+        self.out.extend(b"T" + p for p in packets)
+
+    def receive_datagrams(
+        self, datagrams: Sequence[tuple[bytes, Endpoint]], now: float
+    ) -> list[bytes]:
+        packets = []
+        for d, _ in datagrams:
+            if d == self.raise_on:
+                raise RuntimeError("core bug")
+            if d == b"K":
+                self.received_keepalives += 1
+            elif d.startswith(b"T"):
+                packets.append(d[1:])
+            else:
+                self.garbage += 1
+        return packets
+
+    def datagrams_to_send(self) -> list[tuple[Endpoint, list[bytes]]]:
+        out, self.out = self.out, []
+        return [(self.peer, out)] if out else []
+
+    def handle_timers(self, now: float) -> None:
+        if self._next is not None and now >= self._next:
+            self.keepalives -= 1
+            self.out.append(b"K")
+            self._next = None
+
+    def next_timer(self) -> float | None:
+        if self._next is None and self.keepalives > 0:
+            self._next = asyncio.get_running_loop().time() + self.period
+        return self._next
+
+
+async def _until(cond: object, timeout: float = 5.0) -> None:
+    assert callable(cond)
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.005)
+
+
+def _pair(
+    cap_b: int = 10_000, keepalives: int = 0
+) -> tuple[MemoryTun, MemoryTun, ToyCore, ToyCore, UdpBind, UdpBind]:
+    ua = UdpBind.open(host4="127.0.0.1", host6=None)
+    ub = UdpBind.open(host4="127.0.0.1", host6=None)
+    ca = ToyCore(("127.0.0.1", ub.port), keepalives=keepalives)
+    cb = ToyCore(("127.0.0.1", ua.port))
+    return MemoryTun(), MemoryTun(cap_b), ca, cb, ua, ub
+
+
+def test_packets_cross_both_ways_in_order() -> None:
+    async def main() -> None:
+        ta, tb, ca, cb, ua, ub = _pair()
+        la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
+        runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
+        try:
+            forward = [bytes([i % 256]) * (100 + i % 3) for i in range(1000)]
+            for i in range(0, len(forward), 50):
+                ta.inject(forward[i : i + 50])
+            back = [b"reply %d" % i for i in range(300)]
+            tb.inject(back)
+
+            def arrived() -> bool:
+                tb.drain()
+                ta.drain()
+                return len(tb.delivered) == len(forward) and len(ta.delivered) == len(back)
+
+            await _until(arrived)
+            assert tb.delivered == forward
+            assert ta.delivered == back
+            sa, sb = la.stats(), lb.stats()
+            assert sa.packets_from_tun == 1000 and sa.datagrams_out == 1000
+            assert sb.datagrams_in == 1000 and sb.packets_to_tun == 1000
+            assert sa.tun_batches >= 1000 // 128
+            assert ua.stats().gso_sends > 0  # equal-size runs went out GSO-grouped
+            assert cb.garbage == 0
+        finally:
+            la.stop()
+            lb.stop()
+            await asyncio.gather(*runs)
+            ua.close()
+            ub.close()
+
+    asyncio.run(main())
+
+
+def test_full_tun_stops_udp_reads_until_it_drains() -> None:
+    async def main() -> None:
+        ta, tb, ca, cb, ua, ub = _pair(cap_b=64)
+        la, lb = TunnelLoop(ta, ca, ua, batch=32), TunnelLoop(tb, cb, ub, batch=32)
+        runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
+        try:
+            packets = [b"p%04d" % i for i in range(500)]
+            ta.inject(packets)
+            await _until(lambda: len(tb.held) >= 64)
+            await asyncio.sleep(0.1)
+            # The TUN took its 64 (two batches of 32) and the rest stays in the socket.
+            assert len(tb.held) == 64
+            assert lb.stats().datagrams_in == 64
+            assert tb.waited_for_room >= 1
+
+            def drained() -> bool:
+                tb.drain()
+                return len(tb.delivered) == 500
+
+            await _until(drained)
+            assert tb.delivered == packets
+            assert ub.stats().drops == {}
+        finally:
+            la.stop()
+            lb.stop()
+            await asyncio.gather(*runs)
+            ua.close()
+            ub.close()
+
+    asyncio.run(main())
+
+
+def test_udp_backlog_stops_tun_reads() -> None:
+    async def main() -> None:
+        ta, tb, ca, cb, ua, ub = _pair()
+        la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
+        try:
+            ua.attach(asyncio.get_running_loop(), lambda: None, lambda: None)
+            # A backlog as if the socket had said EAGAIN: the reader must wait for it.
+            sock = ua._socks[next(iter(ua._socks))]
+            sock.pending.append((("127.0.0.1", ub.port), [b"Tqueued"]))
+            sock.pending_count = 1
+            assert ua.backlogged
+            runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
+            ta.inject([b"after"])
+            await asyncio.sleep(0.05)
+            assert la.stats().packets_from_tun == 0
+            assert la.stats().tun_reads_paused == 1
+            ua.flush()  # socket writable: the backlog drains and reading resumes
+
+            def arrived() -> bool:
+                tb.drain()
+                return len(tb.delivered) == 2
+
+            await _until(arrived)
+            assert tb.delivered == [b"queued", b"after"]
+        finally:
+            la.stop()
+            lb.stop()
+            await asyncio.gather(*runs)
+            ua.close()
+            ub.close()
+
+    asyncio.run(main())
+
+
+def test_timer_is_rearmed_and_drives_the_core() -> None:
+    async def main() -> None:
+        ta, tb, ca, cb, ua, ub = _pair(keepalives=3)
+        la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
+        runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
+        try:
+            await _until(lambda: cb.received_keepalives == 3)
+            assert la.stats().timer_runs == 3
+            await asyncio.sleep(0.1)
+            assert cb.received_keepalives == 3  # no timer once the core has none
+        finally:
+            la.stop()
+            lb.stop()
+            await asyncio.gather(*runs)
+            ua.close()
+            ub.close()
+
+    asyncio.run(main())
+
+
+def test_core_failure_is_counted_and_the_loop_goes_on() -> None:
+    async def main() -> None:
+        ta, tb, ca, cb, ua, ub = _pair()
+        cb.raise_on = b"Tboom"
+        la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
+        runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
+        try:
+            ta.inject([b"boom"])
+            await _until(lambda: lb.stats().drops.get("core_receive_error") == 1)
+            ta.inject([b"fine"])
+
+            def arrived() -> bool:
+                tb.drain()
+                return tb.delivered == [b"fine"]
+
+            await _until(arrived)
+        finally:
+            la.stop()
+            lb.stop()
+            await asyncio.gather(*runs)
+            ua.close()
+            ub.close()
+
+    asyncio.run(main())
+
+
+def test_failing_tun_ends_run_with_its_error() -> None:
+    class BrokenTun(MemoryTun):
+        async def recv_many(self, max_packets: int) -> list[bytes]:
+            raise OSError(19, "No such device")
+
+    async def main() -> None:
+        ua = UdpBind.open(host4="127.0.0.1", host6=None)
+        try:
+            loop = TunnelLoop(BrokenTun(), ToyCore(("127.0.0.1", 9)), ua)
+            try:
+                await asyncio.wait_for(loop.run(), 5)
+            except OSError as e:
+                assert e.errno == 19
+            else:
+                raise AssertionError("run() returned despite a dead TUN")
+        finally:
+            ua.close()
+
+    asyncio.run(main())
