@@ -1,0 +1,244 @@
+"""Noise IKpsk2: the cacophony vector byte for byte, and WireGuard initiator <-> responder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wiretun.wireguard.crypto import aead_open, aead_seal, blake2s_hash, tai64n
+from wiretun.wireguard.errors import HandshakeError
+from wiretun.wireguard.handshake import (
+    CONSTRUCTION,
+    IDENTIFIER,
+    InitiatorHandshake,
+    SessionKeys,
+    StaticIdentity,
+    SymmetricState,
+    consume_initiation,
+    initial_state,
+    read_message1,
+    read_message2,
+    write_message1,
+    write_message2,
+)
+from wiretun.wireguard.messages import Initiation, Response
+
+# cacophony Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s (mcginty/snow tests/vectors/cacophony.txt),
+# copied from /work/shared/design/noise_ikpsk2_vectors.json.
+VECTOR_FILE = Path(__file__).parent / "vectors" / "noise_ikpsk2_vectors.json"
+
+
+def _vector() -> dict[str, Any]:
+    vectors = json.loads(VECTOR_FILE.read_text())["vectors"]
+    (vector,) = [v for v in vectors if v["protocol_name"] == CONSTRUCTION.decode()]
+    return dict(vector)
+
+
+def test_cacophony_ikpsk2_vector_byte_exact() -> None:
+    v = _vector()
+    h = bytes.fromhex
+    msgs = [(h(m["payload"]), h(m["ciphertext"])) for m in v["messages"]]
+    prologue, psk = h(v["init_prologue"]), h(v["init_psks"][0])
+    assert (h(v["resp_prologue"]), h(v["resp_psks"][0])) == (prologue, psk)
+    init = StaticIdentity.from_private(h(v["init_static"]))
+    resp = StaticIdentity.from_private(h(v["resp_static"]))
+    assert resp.public == h(v["init_remote_static"])
+    init_eph, resp_eph = h(v["init_ephemeral"]), h(v["resp_ephemeral"])
+
+    # Message 1: -> e, es, s, ss (+ payload).
+    si = initial_state(resp.public, prologue)
+    e, sealed_s, sealed_p = write_message1(si, init, resp.public, init_eph, msgs[0][0])
+    assert e + sealed_s + sealed_p == msgs[0][1]
+    sr = initial_state(resp.public, prologue)
+    ct = msgs[0][1]
+    remote_static, payload = read_message1(sr, resp, ct[:32], ct[32:80], ct[80:])
+    assert (remote_static, payload) == (init.public, msgs[0][0])
+
+    # Message 2: <- e, ee, se, psk (+ payload).
+    e2, sealed2 = write_message2(
+        sr,
+        resp_eph,
+        remote_ephemeral=e,
+        remote_static=remote_static,
+        psk=psk,
+        payload=msgs[1][0],
+    )
+    assert e2 + sealed2 == msgs[1][1]
+    got = read_message2(
+        si,
+        init,
+        ephemeral_private=init_eph,
+        remote_ephemeral=msgs[1][1][:32],
+        psk=psk,
+        sealed_payload=msgs[1][1][32:],
+    )
+    assert got == msgs[1][0]
+    assert si.hash.hex() == v["handshake_hash"]
+    assert sr.hash == si.hash
+
+    # Transport: initiator and responder alternate, each counting its own nonces from 0.
+    i_send, i_recv = si.split()
+    assert sr.split() == (i_send, i_recv)
+    for n, (payload, ciphertext) in enumerate(msgs[2:]):
+        key = i_send if n % 2 == 0 else i_recv
+        assert aead_seal(key, n // 2, payload, b"") == ciphertext
+        assert aead_open(key, n // 2, ciphertext, b"") == payload
+
+
+def test_wireguard_initial_state_is_the_noise_initialisation() -> None:
+    # REFERENCE §4.2: Ci = Hash(CONSTRUCTION), Hi = Hash(Ci || IDENTIFIER), H = Hash(Hi || S_r).
+    ci = blake2s_hash(CONSTRUCTION)
+    hi = blake2s_hash(ci, IDENTIFIER)
+    spub = b"\x09" * 32
+    state = initial_state(spub)
+    assert state.chaining_key == ci
+    assert state.hash == blake2s_hash(hi, spub)
+    generic = SymmetricState.initialize(CONSTRUCTION, IDENTIFIER)
+    generic.mix_hash(spub)
+    assert generic == state
+
+
+def test_short_protocol_names_are_padded_not_hashed() -> None:
+    state = SymmetricState.initialize(b"Noise_NN", b"")
+    assert state.chaining_key == b"Noise_NN" + bytes(24)
+
+
+ALICE = StaticIdentity.from_private(bytes.fromhex("a0" + "11" * 31))
+BOB = StaticIdentity.from_private(bytes.fromhex("b0" + "22" * 31))
+WALL = 1_700_000_000.5
+
+
+def _handshake(psk_i: bytes | None, psk_r: bytes | None) -> tuple[SessionKeys, SessionKeys]:
+    ini = InitiatorHandshake.create(ALICE, BOB.public, psk_i, sender_index=111, wall_time=WALL)
+    assert len(ini.message) == 148
+    assert ini.message[-32:] == bytes(32)  # macs are cookie.py's job
+    resp = consume_initiation(BOB, Initiation.unpack(ini.message))
+    assert resp.remote_static == ALICE.public
+    assert resp.remote_index == 111
+    assert resp.timestamp == tai64n(WALL)
+    message, keys_r = resp.create_response(psk_r, sender_index=222)
+    assert len(message) == 92
+    assert message[-32:] == bytes(32)
+    keys_i = ini.consume_response(Response.unpack(message))
+    assert ini.handshake_hash == resp.handshake_hash
+    return keys_i, keys_r
+
+
+@pytest.mark.parametrize("psk", [None, b"\x42" * 32])
+def test_round_trip_keys_match_crosswise(psk: bytes | None) -> None:
+    keys_i, keys_r = _handshake(psk, psk)
+    assert keys_i.send_key == keys_r.recv_key
+    assert keys_i.recv_key == keys_r.send_key
+    assert keys_i.send_key != keys_i.recv_key
+    assert (keys_i.local_index, keys_i.remote_index, keys_i.is_initiator) == (111, 222, True)
+    assert (keys_r.local_index, keys_r.remote_index, keys_r.is_initiator) == (222, 111, False)
+    packet = aead_seal(keys_i.send_key, 0, b"ping", b"")
+    assert aead_open(keys_r.recv_key, 0, packet, b"") == b"ping"
+    assert "send_key" not in repr(keys_i)  # key material stays out of logs
+    assert "recv_key" not in repr(keys_r)
+
+
+def test_explicit_zero_psk_equals_no_psk() -> None:
+    a, _ = _handshake(None, bytes(32))
+    assert a.send_key  # both sides agreed, so no HandshakeError was raised
+
+
+def test_psk_mismatch_fails_at_the_initiator() -> None:
+    with pytest.raises(HandshakeError):
+        _handshake(b"\x01" * 32, b"\x02" * 32)
+    with pytest.raises(HandshakeError):
+        _handshake(None, b"\x02" * 32)
+
+
+def test_sessions_differ_between_handshakes() -> None:
+    a, _ = _handshake(None, None)
+    b, _ = _handshake(None, None)
+    assert a.send_key != b.send_key  # fresh ephemerals each time
+
+
+def test_injected_ephemeral_and_rng_are_deterministic() -> None:
+    def make() -> tuple[bytes, bytes]:
+        ini = InitiatorHandshake.create(
+            ALICE, BOB.public, None, 5, WALL, ephemeral_private=b"\x05" * 32
+        )
+        resp = consume_initiation(BOB, Initiation.unpack(ini.message))
+        msg, _ = resp.create_response(None, 6, rng=lambda n: b"\x07" * n)
+        return ini.message, msg
+
+    assert make() == make()
+
+
+def test_initiation_for_someone_else_is_rejected() -> None:
+    carol = StaticIdentity.generate()
+    ini = InitiatorHandshake.create(ALICE, carol.public, None, 1, WALL)
+    with pytest.raises(HandshakeError):
+        consume_initiation(BOB, Initiation.unpack(ini.message))
+
+
+@pytest.mark.parametrize(("start", "end"), [(8, 40), (40, 88), (88, 116)])
+def test_tampered_initiation_fields_are_rejected(start: int, end: int) -> None:
+    msg = bytearray(InitiatorHandshake.create(ALICE, BOB.public, None, 1, WALL).message)
+    msg[(start + end) // 2] ^= 0x01
+    with pytest.raises(HandshakeError):
+        consume_initiation(BOB, Initiation.unpack(bytes(msg)))
+
+
+def test_low_order_keys_raise_handshake_error() -> None:
+    with pytest.raises(HandshakeError):
+        InitiatorHandshake.create(ALICE, bytes(32), None, 1, WALL)
+    ini = Initiation.unpack(InitiatorHandshake.create(ALICE, BOB.public, None, 1, WALL).message)
+    forged = Initiation(ini.sender, bytes(32), ini.encrypted_static, ini.encrypted_timestamp)
+    with pytest.raises(HandshakeError):
+        consume_initiation(BOB, forged)
+
+
+def test_response_checks_index_single_use_and_forgeries() -> None:
+    ini = InitiatorHandshake.create(ALICE, BOB.public, None, 111, WALL)
+    resp = consume_initiation(BOB, Initiation.unpack(ini.message))
+    message, keys_r = resp.create_response(None, 222)
+    good = Response.unpack(message)
+    with pytest.raises(HandshakeError):
+        resp.create_response(None, 223)  # one response per initiation
+
+    wrong_index = Response(good.sender, 999, good.ephemeral, good.encrypted_nothing)
+    with pytest.raises(HandshakeError):
+        ini.consume_response(wrong_index)
+    forged = Response(good.sender, good.receiver, good.ephemeral, bytes(16))
+    with pytest.raises(HandshakeError):
+        ini.consume_response(forged)
+    other_eph = Response(good.sender, good.receiver, BOB.public, good.encrypted_nothing)
+    with pytest.raises(HandshakeError):
+        ini.consume_response(other_eph)
+
+    # The failures above must not have spoiled the state: the genuine response still works.
+    keys_i = ini.consume_response(good)
+    assert keys_i.send_key == keys_r.recv_key
+    with pytest.raises(HandshakeError):
+        ini.consume_response(good)  # a replayed response gets no second keypair
+
+
+def test_bad_psk_length_is_api_misuse() -> None:
+    with pytest.raises(ValueError, match="preshared"):
+        InitiatorHandshake.create(ALICE, BOB.public, b"short", 1, WALL)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=144, max_size=144))
+def test_garbage_initiations_raise_only_handshake_error(body: bytes) -> None:
+    msg = Initiation.unpack(b"\x01\x00\x00\x00" + body)
+    with pytest.raises(HandshakeError):
+        consume_initiation(BOB, msg)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=88, max_size=88))
+def test_garbage_responses_raise_only_handshake_error(body: bytes) -> None:
+    ini = InitiatorHandshake.create(ALICE, BOB.public, None, 1, WALL)
+    msg = Response.unpack(b"\x02\x00\x00\x00" + body[:4] + b"\x01\x00\x00\x00" + body[8:])
+    with pytest.raises(HandshakeError):
+        ini.consume_response(msg)
