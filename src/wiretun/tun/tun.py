@@ -1,0 +1,408 @@
+"""Tun: a multi-queue TUN device with batched asyncio and blocking I/O, flow-affine writers,
+bounded channels, backpressure, statistics and foreign-queue detection."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+from wiretun.packet import flow_hash
+from wiretun.tun.codec import Codec, CodecFactory, IdentityCodec, OffloadFeatures
+from wiretun.tun.codec import offload_codec_factory as _offload_codec_factory
+from wiretun.tun.device import (
+    LinkProbe,
+    ensure_tun_node,
+    open_queue,
+    set_mtu,
+    set_offload,
+    validate_name,
+)
+from wiretun.tun.errors import QueueFull, TunClosed, TunError
+from wiretun.tun.queue import Inbound, TunQueue, Wakeup
+from wiretun.tun.stats import TunStats, count
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUES = 256  # the kernel's MAX_TAP_QUEUES
+DEFAULT_MAX_BATCH = 100
+DEFAULT_INBOUND_CAPACITY = 4096
+DEFAULT_OUTBOUND_CAPACITY = 4096
+CLOSE_TIMEOUT = 0.9
+
+
+class Tun:
+    """A TUN device opened once per queue (IFF_MULTI_QUEUE), each queue fd served by its own
+    reader and writer thread.
+
+    Inbound packets of all queues meet in one bounded channel, in arrival order. Outbound
+    packets go to writer `flow_hash(packet) % queues`, so a flow never races itself; all
+    writers share one budget of `outbound_capacity` queued packets, and `send` raises
+    QueueFull exactly when `send_ready()` would wait.
+
+    queues=1 is the default: on this 2-core machine more queues did not raise packets/s under
+    the GIL (see scripts/tun_microbench.py); they pay off when the codec's per-packet work
+    releases the GIL or on a free-threaded CPython.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fds: Sequence[int],
+        *,
+        codecs: Sequence[Codec] | None = None,
+        probe: LinkProbe | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        inbound_capacity: int = DEFAULT_INBOUND_CAPACITY,
+        outbound_capacity: int = DEFAULT_OUTBOUND_CAPACITY,
+        monitor_interval: float | None = 1.0,
+    ) -> None:
+        """Take ownership of ready queue fds; use `Tun.open` (or `Tun.from_fds`) instead."""
+        if not fds:
+            raise ValueError("a Tun needs at least one queue fd")
+        if max_batch < 1 or inbound_capacity < 1 or outbound_capacity < 1:
+            raise ValueError("max_batch and capacities must be positive")
+        self._name = name
+        self._closed = False
+        self._close_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._inbound = Inbound(inbound_capacity, len(fds))
+        self._writable = Wakeup()
+        self._out_capacity = outbound_capacity
+        self._queued = 0  # packets accepted by send/send_many; producer-owned
+        self._done_seen = 0  # last sum of the writers' `done` counters
+        self._probe = probe
+        self._probe_lock = threading.Lock()
+        self._foreign = 0
+        self._foreign_seen = 0
+        self._kernel_dropped: int | None = None
+        prefix = f"tun-{name}"
+        self._qs: tuple[TunQueue, ...] = tuple(
+            TunQueue(
+                i,
+                fd,
+                inbound=self._inbound,
+                close_fd=self._close_fd,
+                codec=codecs[i] if codecs is not None else IdentityCodec(),
+                max_batch=max_batch,
+                on_written=self._writable.fire,
+                thread_prefix=prefix,
+            )
+            for i, fd in enumerate(fds)
+        )
+        self._inbound.on_space = self._kick_readers
+        self._monitor: threading.Thread | None = None
+        if probe is not None and monitor_interval is not None:
+            self._monitor = threading.Thread(
+                target=self._monitor_loop,
+                args=(monitor_interval,),
+                name=f"{prefix}-mon",
+                daemon=True,
+            )
+        for q in self._qs:
+            q.start()
+        if self._monitor is not None:
+            self._monitor.start()
+
+    # --- construction ---
+
+    @classmethod
+    def open(
+        cls,
+        name: str,
+        *,
+        queues: int = 1,
+        mtu: int | None = None,
+        offload: bool = False,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        inbound_capacity: int = DEFAULT_INBOUND_CAPACITY,
+        outbound_capacity: int = DEFAULT_OUTBOUND_CAPACITY,
+        monitor_interval: float | None = 1.0,
+    ) -> Tun:
+        """Create TUN device `name` exclusively (TunExists if it exists) with `queues` queue fds,
+        in the calling thread's network namespace; the device goes away at `close()`.
+
+        `monitor_interval` seconds between checks for foreign queues (None: only in stats()).
+        """
+        validate_name(name)
+        if not 1 <= queues <= MAX_QUEUES:
+            raise ValueError(f"queues must be within 1..{MAX_QUEUES}, not {queues}")
+        if mtu is not None and not 68 <= mtu <= 65535:
+            raise ValueError(f"mtu must be within 68..65535, not {mtu}")
+        factory: CodecFactory | None = _offload_codec_factory() if offload else None
+        ensure_tun_node()
+        fds: list[int] = []
+        probe: LinkProbe | None = None
+        try:
+            for i in range(queues):
+                fds.append(open_queue(name, exclusive=i == 0, vnet_hdr=offload))
+            codecs: list[Codec] | None = None
+            if factory is not None:
+                # Offload features belong to the device: one ioctl on any queue sets them.
+                features = OffloadFeatures(uso=set_offload(fds[0]))
+                codecs = [factory(features) for _ in fds]
+            if mtu is not None:
+                set_mtu(name, mtu)
+            probe = LinkProbe(name)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            if probe is not None:
+                probe.close()
+            raise
+        return cls(
+            name,
+            fds,
+            codecs=codecs,
+            probe=probe,
+            max_batch=max_batch,
+            inbound_capacity=inbound_capacity,
+            outbound_capacity=outbound_capacity,
+            monitor_interval=monitor_interval,
+        )
+
+    @classmethod
+    def from_fds(
+        cls,
+        fds: Sequence[int],
+        *,
+        name: str = "fd",
+        max_batch: int = DEFAULT_MAX_BATCH,
+        inbound_capacity: int = DEFAULT_INBOUND_CAPACITY,
+        outbound_capacity: int = DEFAULT_OUTBOUND_CAPACITY,
+    ) -> Tun:
+        """Serve packet fds opened elsewhere (TUN queues handed over by a privileged helper,
+        or SOCK_SEQPACKET sockets in tests); takes ownership and makes them non-blocking."""
+        for fd in fds:
+            os.set_blocking(fd, False)
+        return cls(
+            name,
+            fds,
+            max_batch=max_batch,
+            inbound_capacity=inbound_capacity,
+            outbound_capacity=outbound_capacity,
+            monitor_interval=None,
+        )
+
+    # --- properties ---
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def queues(self) -> int:
+        return len(self._qs)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Tun {self._name!r} queues={len(self._qs)} {state}>"
+
+    # --- receive ---
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TunClosed(f"TUN {self._name!r} is closed")
+
+    def _recv_ready(self) -> bool:
+        return self._closed or self._inbound.nonempty() or self._inbound.error is not None
+
+    async def recv_many(self, max: int = DEFAULT_MAX_BATCH) -> list[bytes]:
+        """Wait for at least one packet; return up to `max` packets in arrival order.
+        Raises TunClosed after close, TunBroken once a queue failed (read error or EOF)."""
+        if max < 1:
+            raise ValueError("max must be positive")
+        while True:
+            self._check_open()
+            packets = self._inbound.take(max)
+            if packets:
+                return packets
+            await self._inbound.readable.wait_async(self._recv_ready)
+
+    def recv_batch(self, max: int = DEFAULT_MAX_BATCH, timeout: float | None = None) -> list[bytes]:
+        """Blocking `recv_many` for code without an event loop; [] when `timeout` passes."""
+        if max < 1:
+            raise ValueError("max must be positive")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._check_open()
+            packets = self._inbound.take(max)
+            if packets:
+                return packets
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return []
+            self._inbound.readable.wait_sync(self._recv_ready, remaining)
+
+    def _kick_readers(self) -> None:
+        for q in self._qs:
+            q.kick_reader()
+
+    # --- send ---
+
+    def _room(self) -> int:
+        room = self._out_capacity - (self._queued - self._done_seen)
+        if room > 0:
+            return room
+        self._done_seen = sum(q.done for q in self._qs)
+        return self._out_capacity - (self._queued - self._done_seen)
+
+    def _send_ready(self) -> bool:
+        return self._closed or self._room() > 0
+
+    async def send_ready(self) -> None:
+        """Return when at least one packet can be queued; TunClosed if closed meanwhile."""
+        self._check_open()
+        await self._writable.wait_async(self._send_ready)
+        self._check_open()
+
+    def send(self, packet: bytes) -> None:
+        """Queue one IP packet for its flow's writer; never blocks. QueueFull when there is no
+        room (exactly when `send_ready()` would wait)."""
+        if self._closed:
+            raise TunClosed(f"TUN {self._name!r} is closed")
+        qs = self._qs
+        q = qs[flow_hash(packet) % len(qs)] if len(qs) > 1 else qs[0]
+        if self._queued - self._done_seen >= self._out_capacity and self._room() <= 0:
+            q.counters.refused += 1
+            raise QueueFull(f"TUN {self._name!r}: {self._out_capacity} packets already queued")
+        self._queued += 1
+        q.submit([packet])
+
+    def send_many(self, packets: Sequence[bytes]) -> int:
+        """Queue as many of `packets` as fit, in order, one hand-off per writer; return how
+        many were queued (the rest count as refused). Never blocks."""
+        self._check_open()
+        qs = self._qs
+        n = len(qs)
+        room = max(0, self._room())
+        accepted = packets[:room] if room < len(packets) else packets
+        if n == 1:
+            if accepted:
+                self._queued += len(accepted)
+                qs[0].submit(list(accepted))
+            qs[0].counters.refused += len(packets) - len(accepted)
+            return len(accepted)
+        groups: list[list[bytes]] = [[] for _ in qs]
+        for p in accepted:
+            groups[flow_hash(p) % n].append(p)
+        self._queued += len(accepted)
+        for q, group in zip(qs, groups, strict=True):
+            if group:
+                q.submit(group)
+        for p in packets[len(accepted) :]:
+            qs[flow_hash(p) % n].counters.refused += 1
+        return len(accepted)
+
+    def send_blocking(self, packet: bytes, timeout: float | None = None) -> None:
+        """Blocking `send` for code without an event loop; QueueFull if `timeout` passes."""
+        self._check_open()
+        if not self._writable.wait_sync(self._send_ready, timeout):
+            qs = self._qs
+            qs[flow_hash(packet) % len(qs)].counters.refused += 1
+            raise QueueFull(f"TUN {self._name!r}: no room within {timeout} s")
+        self.send(packet)
+
+    # --- device watch ---
+
+    def _check_link(self) -> None:
+        if self._probe is None:
+            return
+        with self._probe_lock:
+            if self._closed and self._monitor is not threading.current_thread():
+                return
+            try:
+                info = self._probe.query()
+            except TunError as e:
+                log.debug("TUN %s: link query failed: %s", self._name, e)
+                return
+        if info.tx_dropped >= 0:
+            self._kernel_dropped = info.tx_dropped
+        if info.num_queues < 0:
+            return
+        foreign = max(0, info.num_queues - len(self._qs))
+        if foreign != self._foreign:
+            if foreign:
+                log.warning(
+                    "TUN %s: %d queue(s) attached by another process; the kernel will steer "
+                    "some flows to them",
+                    self._name,
+                    foreign,
+                )
+            else:
+                log.warning("TUN %s: foreign queues detached", self._name)
+        self._foreign = foreign
+        self._foreign_seen = max(self._foreign_seen, foreign)
+
+    def _monitor_loop(self, interval: float) -> None:
+        wait = select.poll()
+        wait.register(self._close_fd, select.POLLIN)
+        while not self._closed:
+            self._check_link()
+            if wait.poll(int(interval * 1000)):
+                return
+
+    # --- stats ---
+
+    def stats(self) -> TunStats:
+        """An immutable snapshot (queries the device for foreign queues while open)."""
+        if not self._closed:
+            self._check_link()
+        return TunStats(
+            name=self._name,
+            queues=tuple(q.counters.snapshot(q.index) for q in self._qs),
+            foreign_queues=self._foreign,
+            foreign_seen=self._foreign_seen,
+            kernel_dropped=self._kernel_dropped,
+        )
+
+    # --- close ---
+
+    def close(self) -> None:
+        """Stop every thread and close every fd (within about a second, waking blocked readers
+        and waiters, which raise TunClosed); the device disappears. Idempotent."""
+        if self._closed:
+            return
+        with self._probe_lock:
+            self._closed = True
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        for q in self._qs:
+            q.closing = True
+        os.eventfd_write(self._close_fd, 1)
+        self._inbound.readable.fire()
+        self._writable.fire()
+        stopped = [q.join(deadline) for q in self._qs]
+        if self._monitor is not None:
+            self._monitor.join(max(0.0, deadline - time.monotonic()))
+        for q, lost in zip(self._qs, self._inbound.discard(), strict=True):
+            if lost:
+                count(q.counters.rx_drops, "closed", lost)
+        for q, ok in zip(self._qs, stopped, strict=True):
+            q.release(ok)
+        if self._probe is not None:
+            self._probe.close()
+        if all(stopped) and (self._monitor is None or not self._monitor.is_alive()):
+            os.close(self._close_fd)
+
+    def __enter__(self) -> Tun:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Tun:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,100 @@
+"""A real multi-queue TUN inside a namespace: UDP flows echoed back through it, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import pytest
+
+from wiretun.testing.netns import NetNS, Topology, unique_name
+from wiretun.tun import Tun
+
+FLOWS = 8
+PER_FLOW = 200
+
+
+def reflect(packet: bytes) -> bytes:
+    """Swap source and destination address and port: the checksums stay valid."""
+    p = bytearray(packet)
+    if p[0] >> 4 == 4:
+        ihl = (p[0] & 0x0F) * 4
+        p[12:16], p[16:20] = packet[16:20], packet[12:16]
+    else:
+        ihl = 40
+        p[8:24], p[24:40] = packet[24:40], packet[8:24]
+    p[ihl : ihl + 2], p[ihl + 2 : ihl + 4] = packet[ihl + 2 : ihl + 4], packet[ihl : ihl + 2]
+    return bytes(p)
+
+
+def setup_tun_addresses(ns: NetNS, name: str) -> None:
+    ns.run("ip", "addr", "add", "10.91.0.1/24", "dev", name)
+    ns.run("ip", "addr", "add", "fd91::1/64", "dev", name, "nodad")
+    ns.run("ip", "link", "set", name, "txqueuelen", "10000", "up")
+
+
+async def echo(tun: Tun) -> None:
+    while True:
+        for packet in await tun.recv_many():
+            if tun.send_many([reflect(packet)]) == 0:
+                await tun.send_ready()
+                tun.send(reflect(packet))
+
+
+async def run_flows(tun: Tun) -> None:
+    loop = asyncio.get_running_loop()
+    socks: list[socket.socket] = []
+    for i in range(FLOWS):
+        if i % 2:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            s.bind(("fd91::1", 0))
+            s.connect(("fd91::2", 7000 + i))
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("10.91.0.1", 0))
+            s.connect(("10.91.0.2", 7000 + i))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.setblocking(False)
+        socks.append(s)
+    echo_task = asyncio.ensure_future(echo(tun))
+    try:
+        for seq in range(PER_FLOW):
+            for i, s in enumerate(socks):
+                s.send(struct.pack("!II", i, seq) + bytes(40))
+            if seq % 50 == 49:
+                await asyncio.sleep(0)
+        for i, s in enumerate(socks):
+            got = []
+            for _ in range(PER_FLOW):
+                data = await asyncio.wait_for(loop.sock_recv(s, 2048), 5)
+                got.append(struct.unpack_from("!II", data))
+            assert got == [(i, seq) for seq in range(PER_FLOW)], f"flow {i} out of order"
+    finally:
+        echo_task.cancel()
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("queues", [1, 2, 4])
+def test_echo_udp_flows_in_order(topology: Topology, queues: int) -> None:
+    ns = topology.netns()
+    name = unique_name("wtt")
+    with ns.enter():
+        with Tun.open(name, queues=queues, mtu=1400) as tun:
+            setup_tun_addresses(ns, name)
+            assert f"numqueues {queues}" in ns.run("ip", "-d", "link", "show", name)
+            asyncio.run(run_flows(tun))
+            stats = tun.stats()
+        assert tun.closed
+    total = stats.total
+    assert total.rx_packets >= FLOWS * PER_FLOW
+    assert total.tx_packets >= FLOWS * PER_FLOW
+    assert not total.tx_drops
+    assert stats.foreign_queues == 0
+    if queues > 1:
+        # The kernel spread the flows: more than one queue carried traffic each way.
+        assert sum(1 for q in stats.queues if q.rx_packets) > 1
+        assert sum(1 for q in stats.queues if q.tx_packets) > 1
+    assert ns.run("ip", "link", "show", name, check=False) == ""
