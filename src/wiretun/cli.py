@@ -17,6 +17,10 @@ class Command(Protocol):
 # name -> (module implementing Command, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("wiretun.demo", "show wiretun at work inside throwaway network namespaces"),
+    "bench": (
+        "wiretun.bench.cli",
+        "measure throughput/latency of wiretun vs wireguard-go vs bare veth",
+    ),
 }
 
 

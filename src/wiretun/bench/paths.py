@@ -1,0 +1,334 @@
+"""The paths under test (bare veth, wireguard-go, wiretun): set up over the topology, torn down."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import importlib.metadata
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from wiretun.bench.ping import wait_reachable
+from wiretun.bench.topology import BenchTopology
+from wiretun.testing.netns import NetNS, unique_name
+
+OVERLAY_MTU = 1420
+BASE_LISTEN_PORT = 51820
+WG_GO_ENV = "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"  # else it refuses to start
+UAPI_DIR = Path("/var/run/wireguard")
+START_TIMEOUT = 15.0  # seconds for a tunnel process to bring its interface up
+REACH_TIMEOUT = 10.0  # seconds for the first ping across a new tunnel (handshake included)
+
+
+class PathError(RuntimeError):
+    """A path could not be set up; the message says why (with the process's stderr)."""
+
+
+@dataclass
+class PathHandle:
+    """A path that is up: where clients in `a` aim, and the processes that carry it."""
+
+    name: str
+    target: str
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def exited(self) -> str | None:
+        """Why the path broke, if one of its processes has exited, else None."""
+        for proc, log in zip(self.processes, self.logs, strict=False):
+            if proc.poll() is not None:
+                return f"tunnel process exited with {proc.returncode}: {_log_tail(log)}"
+        return None
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+
+class PathKind(ABC):
+    name: str
+
+    def unavailable(self) -> str | None:
+        """Why this path cannot run on this machine (it is then skipped), or None."""
+        return None
+
+    def version(self) -> str | None:
+        return None
+
+    @abstractmethod
+    def setup(self, topo: BenchTopology, slot: int, workdir: Path) -> PathHandle:
+        """Bring the path up. `slot` is unique per path and picks its subnet and port."""
+
+    def teardown(self, handle: PathHandle) -> None:
+        for proc in handle.processes:
+            stop_process(proc)
+
+
+class VethPath(PathKind):
+    """The underlay itself: the ceiling every tunnel is compared with."""
+
+    name = "veth"
+
+    def setup(self, topo: BenchTopology, slot: int, workdir: Path) -> PathHandle:
+        del slot, workdir
+        return PathHandle(self.name, topo.underlay_b)
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelEnd:
+    ns: NetNS
+    ifname: str
+    private_key: str
+    public_key: str
+    overlay: str  # address without prefix
+    underlay: str
+    port: int
+
+
+def generate_keypair() -> tuple[str, str]:
+    """(private, public) X25519 keys in WireGuard's base64 form."""
+    key = X25519PrivateKey.generate()
+    private = base64.b64encode(key.private_bytes_raw()).decode()
+    public = base64.b64encode(key.public_key().public_bytes_raw()).decode()
+    return private, public
+
+
+def tunnel_ends(topo: BenchTopology, slot: int, prefix: str) -> tuple[TunnelEnd, TunnelEnd]:
+    ends = []
+    port = BASE_LISTEN_PORT + slot
+    for host, ns, underlay in ((1, topo.a, topo.underlay_a), (2, topo.b, topo.underlay_b)):
+        private, public = generate_keypair()
+        # UAPI sockets share /var/run/wireguard across namespaces: names must be unique.
+        ifname = unique_name(prefix)
+        ends.append(TunnelEnd(ns, ifname, private, public, f"10.78.{slot}.{host}", underlay, port))
+    return ends[0], ends[1]
+
+
+def wg_quick_config(local: TunnelEnd, peer: TunnelEnd, mtu: int = OVERLAY_MTU) -> str:
+    return (
+        "[Interface]\n"
+        f"PrivateKey = {local.private_key}\n"
+        f"ListenPort = {local.port}\n"
+        f"Address = {local.overlay}/24\n"
+        f"MTU = {mtu}\n"
+        "\n"
+        "[Peer]\n"
+        f"PublicKey = {peer.public_key}\n"
+        f"AllowedIPs = {peer.overlay}/32\n"
+        f"Endpoint = {peer.underlay}:{peer.port}\n"
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; always reaps."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _launch(ns: NetNS, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    # `ip netns exec` and `env` exec in place, so the pid is the tunnel process itself; its own
+    # session keeps a terminal Ctrl-C away from it so teardown decides when it stops.
+    with open(log, "wb") as out:
+        return ns.popen(
+            *argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def _log_tail(log: Path, limit: int = 800) -> str:
+    try:
+        text = log.read_text(errors="replace").strip()
+    except OSError:
+        return "(no output)"
+    return text[-limit:] if text else "(no output)"
+
+
+def _link_flags(ns: NetNS, ifname: str) -> set[str] | None:
+    out = ns.run("ip", "-o", "link", "show", "dev", ifname, check=False)
+    if "<" not in out:
+        return None
+    return set(out[out.index("<") + 1 : out.index(">")].split(","))
+
+
+def wait_for_interface(
+    ns: NetNS,
+    ifname: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    *,
+    what: str,
+    up: bool,
+    timeout: float = START_TIMEOUT,
+) -> None:
+    """Poll `ip link show` in `ns` until `ifname` exists (and is UP if `up`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        flags = _link_flags(ns, ifname)
+        if flags is not None and (not up or "UP" in flags):
+            return
+        if proc.poll() is not None:
+            raise PathError(
+                f"{what} exited with {proc.returncode} before {ifname} was up: {_log_tail(log)}"
+            )
+        time.sleep(0.1)
+    raise PathError(f"{what}: {ifname} not up after {timeout:g} s: {_log_tail(log)}")
+
+
+def _check_reachable(topo: BenchTopology, target: str, name: str) -> None:
+    if not wait_reachable(topo.a, target, REACH_TIMEOUT):
+        raise PathError(f"no ping reply from {target} across {name} within {REACH_TIMEOUT:g} s")
+
+
+def _wait_uapi(ifname: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    sock = UAPI_DIR / f"{ifname}.sock"
+    deadline = time.monotonic() + START_TIMEOUT
+    while not sock.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise PathError(f"wireguard-go made no UAPI socket {sock}: {_log_tail(log)}")
+        time.sleep(0.05)
+
+
+class _TunnelPath(PathKind):
+    """Shared lifecycle: start both ends, stop them all if anything fails, check reachability."""
+
+    ifprefix = "wt"
+
+    @abstractmethod
+    def start_end(
+        self, local: TunnelEnd, peer: TunnelEnd, workdir: Path
+    ) -> subprocess.Popen[bytes]:
+        """Start one end and return once its interface is configured and up."""
+
+    def setup(self, topo: BenchTopology, slot: int, workdir: Path) -> PathHandle:
+        end_a, end_b = tunnel_ends(topo, slot, self.ifprefix)
+        handle = PathHandle(self.name, end_b.overlay)
+        try:
+            for local, peer in ((end_a, end_b), (end_b, end_a)):
+                handle.logs.append(workdir / f"{local.ifname}.log")
+                handle.processes.append(self.start_end(local, peer, workdir))
+            _check_reachable(topo, end_b.overlay, self.name)
+        except BaseException:
+            self.teardown(handle)
+            raise
+        return handle
+
+
+class WireguardGoPath(_TunnelPath):
+    """Debian's wireguard-go at both ends, configured with `wg set` and `ip`."""
+
+    name = "wireguard-go"
+    ifprefix = "wtg"
+
+    def unavailable(self) -> str | None:
+        for tool, package in (("wireguard-go", "wireguard-go"), ("wg", "wireguard-tools")):
+            if shutil.which(tool) is None:
+                return f"{tool} not installed (apt-get install {package})"
+        return None
+
+    def version(self) -> str | None:
+        if shutil.which("wireguard-go") is None:
+            return None
+        proc = subprocess.run(
+            ["wireguard-go", "--version"], capture_output=True, text=True, check=False
+        )
+        return proc.stdout.splitlines()[0].strip() if proc.stdout else None
+
+    def start_end(
+        self, local: TunnelEnd, peer: TunnelEnd, workdir: Path
+    ) -> subprocess.Popen[bytes]:
+        log = workdir / f"{local.ifname}.log"
+        proc = _launch(
+            local.ns,
+            ["env", f"{WG_GO_ENV}=1", "wireguard-go", "-f", local.ifname],
+            log,
+        )  # fmt: skip
+        try:
+            wait_for_interface(local.ns, local.ifname, proc, log, what="wireguard-go", up=False)
+            _wait_uapi(local.ifname, proc, log)
+            keyfile = workdir / f"{local.ifname}.key"
+            keyfile.touch(mode=0o600)
+            keyfile.write_text(local.private_key + "\n")
+            local.ns.run(
+                "wg", "set", local.ifname, "private-key", str(keyfile),
+                "listen-port", str(local.port), "peer", peer.public_key,
+                "endpoint", f"{peer.underlay}:{peer.port}", "allowed-ips", f"{peer.overlay}/32",
+            )  # fmt: skip
+            local.ns.run("ip", "addr", "add", f"{local.overlay}/24", "dev", local.ifname)
+            local.ns.run("ip", "link", "set", local.ifname, "mtu", str(OVERLAY_MTU), "up")
+        except BaseException:
+            stop_process(proc)
+            raise
+        return proc
+
+
+class WiretunPath(_TunnelPath):
+    """`python -m wiretun up` at both ends, from a wg-quick file."""
+
+    ifprefix = "wtt"
+
+    def __init__(self, queues: int, offload: bool, name: str | None = None) -> None:
+        self.queues = queues
+        self.offload = offload
+        self.name = name or f"wiretun-q{queues}" + ("" if offload else "-nooffload")
+
+    def unavailable(self) -> str | None:
+        if not os.path.exists("/dev/net/tun"):
+            return "TUN unavailable: /dev/net/tun is missing (modprobe tun)"
+        return None
+
+    def version(self) -> str | None:
+        try:
+            return importlib.metadata.version("wiretun")
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    def command(self, config: Path, ifname: str) -> list[str]:
+        return [
+            sys.executable, "-m", "wiretun", "up", str(config), "--interface", ifname,
+            "--queues", str(self.queues), "--offload" if self.offload else "--no-offload",
+        ]  # fmt: skip
+
+    def start_end(
+        self, local: TunnelEnd, peer: TunnelEnd, workdir: Path
+    ) -> subprocess.Popen[bytes]:
+        config = workdir / f"{local.ifname}.conf"
+        config.touch(mode=0o600)
+        config.write_text(wg_quick_config(local, peer))
+        log = workdir / f"{local.ifname}.log"
+        proc = _launch(local.ns, self.command(config, local.ifname), log)
+        try:
+            wait_for_interface(local.ns, local.ifname, proc, log, what="wiretun up", up=True)
+        except BaseException:
+            stop_process(proc)
+            raise
+        return proc
+
+
+def path_kind(name: str, offload: bool = True) -> PathKind:
+    """The path kind called `name` (see plan.DEFAULT_PATHS); `offload` applies to wiretun-qN."""
+    if name == "veth":
+        return VethPath()
+    if name == "wireguard-go":
+        return WireguardGoPath()
+    if name.startswith("wiretun-q"):
+        spec = name.removeprefix("wiretun-q")
+        nooffload = spec.endswith("-nooffload")
+        queues = spec.removesuffix("-nooffload")
+        if queues.isdigit() and int(queues) > 0:
+            return WiretunPath(int(queues), offload and not nooffload, name)
+    raise ValueError(f"unknown path {name!r}")
