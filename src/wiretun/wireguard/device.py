@@ -1,0 +1,838 @@
+"""The WireGuard Device: peers, sessions, routing and timers as a sans-I/O state machine.
+
+The shell (wiretun.tunnel) drives it with three inputs and drains four outputs; the Device
+never reads a clock, touches a socket or starts a thread. ``now`` is monotonic seconds
+(``loop.time()``); handshake timestamps use ``now + wall_clock_offset`` as wall time.
+
+Inputs::
+
+    packets = device.receive_datagrams([(datagram, (host, port)), ...], now)
+        # -> inner IP packets to write to the TUN (authenticated, replay-checked, source
+        #    checked against the peer's allowed-ips, trimmed to the IP length). Handshake
+        #    and cookie messages are consumed here; their answers are queued.
+    device.send_packets([ip_packet, ...], now)
+        # routes each packet by destination (longest prefix), pads it to 16 (never past
+        # `mtu`) and seals it; packets for a peer without a session are staged (last 1024)
+        # and a handshake is started.
+    device.handle_timers(now)   # call at (or after) device.next_timer()
+
+Outputs::
+
+    device.datagrams_to_send()  # [((host, port), [datagram, ...]), ...] grouped per
+                                # endpoint, in order: one UDP GSO send per group
+    device.next_timer()         # when handle_timers is next due, or None
+    device.next_event()         # HandshakeCompleted, PeerEndpointChanged, ... or None
+    device.stats()              # DeviceStats: drops by reason, per-peer counters
+
+Configuration (the UAPI ``set=1`` verbs): ``add_peer``, ``remove_peer``, ``remove_all_peers``,
+``set_private_key``, ``set_preshared_key``, ``set_endpoint``, ``set_persistent_keepalive``,
+``replace_allowed_ips``, ``add_allowed_ips``, ``remove_allowed_ips``; ``listen_port``,
+``fwmark``, ``mtu`` are plain attributes. Misuse raises ValueError/KeyError; garbage from the
+network is only counted in ``stats().drops``.
+
+Load: handshake messages need a valid mac1 always; while ``under_load`` they also need a
+valid mac2 (otherwise a cookie reply is sent) and pass a per-source-IP rate limiter. The
+shell may force ``device.under_load = True``; otherwise the Device judges itself under load
+for one second after it received more than 128 handshake messages within one second (the
+spirit of wireguard-go's "handshake queue 1/8 full" rule, measured without a queue).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+
+from wiretun.wireguard.allowedips import AllowedIPs, IPNetwork, parse_network
+from wiretun.wireguard.cookie import CookieChecker, RateLimiter, source_bytes
+from wiretun.wireguard.errors import WireGuardError
+from wiretun.wireguard.events import (
+    Endpoint,
+    Event,
+    HandshakeCompleted,
+    HandshakeFailed,
+    KeypairExpired,
+    KeysZeroed,
+    PeerEndpointChanged,
+)
+from wiretun.wireguard.handshake import InitiatorHandshake, StaticIdentity, consume_initiation
+from wiretun.wireguard.messages import (
+    COOKIE_REPLY_SIZE,
+    INITIATION_SIZE,
+    MSG_COOKIE_REPLY,
+    MSG_INITIATION,
+    MSG_RESPONSE,
+    MSG_TRANSPORT,
+    RESPONSE_SIZE,
+    TRANSPORT_MIN_SIZE,
+    CookieReply,
+    Initiation,
+    Response,
+)
+from wiretun.wireguard.peer import Peer, check_endpoint, check_keepalive, check_key
+from wiretun.wireguard.replay import REJECT_AFTER_MESSAGES
+from wiretun.wireguard.session import NONCE, TRANSPORT_HEADER, Keypair
+from wiretun.wireguard.timers import (
+    HANDSHAKE_INITIATION_RATE,
+    REJECT_AFTER_TIME,
+    REKEY_TIMEOUT,
+    TimerAction,
+    needs_rekey_on_receive,
+    needs_rekey_on_send,
+)
+
+DEFAULT_MTU: Final = 1420
+UNDER_LOAD_HANDSHAKES: Final = 128  # per second, before the Device calls itself under load
+UNDER_LOAD_HOLD: Final = 1.0
+
+_HEADER = TRANSPORT_HEADER
+_NONCE = NONCE
+_PAD = [bytes(n) for n in range(16)]
+
+DROP_REASONS: Final = (
+    "bad_size",  # wrong length for its type
+    "bad_type",  # unknown message type
+    "bad_endpoint",  # source address the core cannot parse
+    "unknown_index",  # receiver index matches no session or handshake
+    "expired",  # keypair too old to receive with
+    "mac1",  # mac1 wrong
+    "cookie_sent",  # under load without a valid mac2: answered with a cookie reply
+    "rate_limited",  # handshake message over the per-source limit
+    "handshake_failed",  # handshake message did not authenticate
+    "unknown_peer",  # initiation from a static key we do not know
+    "handshake_replay",  # initiation timestamp not newer than the last one
+    "handshake_flood",  # initiations from one peer less than 20 ms apart
+    "cookie_invalid",  # cookie reply did not decrypt
+    "replay",  # transport counter already seen or outside the window
+    "decrypt",  # transport message did not authenticate
+    "bad_packet",  # inner packet is not IPv4/IPv6 or its length is wrong
+    "allowed_ips",  # inner source not in the sending peer's allowed-ips
+    "no_route",  # no peer for an outgoing packet's destination
+    "no_endpoint",  # peer has no endpoint to send to
+    "queue_full",  # staged queue overflow: the oldest packet was dropped
+    "handshake_timeout",  # staged packets dropped when handshake attempts gave up
+    "peer_removed",  # staged packets dropped with their peer
+)
+
+
+class _Seen:
+    """What one receive batch saw from a peer: newest source, last keypair, any data."""
+
+    __slots__ = ("data", "keypair", "src")
+
+    def __init__(self, src: Endpoint, keypair: Keypair | None) -> None:
+        self.src = src
+        self.keypair = keypair
+        self.data = False
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStats:
+    public_key: bytes
+    endpoint: Endpoint | None
+    tx_bytes: int
+    rx_bytes: int
+    last_handshake: float | None  # wall-clock seconds, None if never
+    staged_packets: int
+    has_session: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStats:
+    drops: dict[str, int]
+    peers: tuple[PeerStats, ...]
+    packets_sealed: int
+    packets_opened: int
+    handshakes_completed: int
+
+
+class Device:
+    """A WireGuard interface's protocol state: one static identity and its peers."""
+
+    def __init__(
+        self,
+        private_key: bytes,
+        *,
+        listen_port: int | None = None,
+        fwmark: int | None = None,
+        rng: Callable[[int], bytes] = secrets.token_bytes,
+        wall_clock_offset: float = 0.0,
+        mtu: int = DEFAULT_MTU,
+    ) -> None:
+        self.listen_port = listen_port
+        self.fwmark = fwmark
+        self.wall_clock_offset = wall_clock_offset
+        self.mtu = mtu
+        self._rng = rng
+        self._identity = StaticIdentity.from_private(check_key("private key", private_key))
+        self._checker = CookieChecker(self._identity.public, rng)
+        self._limiter = RateLimiter()
+        self._peers: dict[bytes, Peer] = {}
+        self._allowed: AllowedIPs[Peer] = AllowedIPs()
+        # Receiver index -> (keypair, peer) for sessions, -> peer for pending initiations.
+        self._keypairs: dict[int, tuple[Keypair, Peer]] = {}
+        self._pending: dict[int, Peer] = {}
+        self._out: dict[Endpoint, list[bytes]] = {}
+        self._events: deque[Event] = deque()
+        self._drops: Counter[str] = Counter()
+        self._sealed = 0
+        self._opened = 0
+        self._completed = 0
+        self._forced_load = False
+        self._load_window = float("-inf")
+        self._load_count = 0
+        self._loaded_until = float("-inf")
+
+    # ---------------------------------------------------------------- configuration
+
+    @property
+    def public_key(self) -> bytes:
+        return self._identity.public
+
+    @property
+    def private_key(self) -> bytes:
+        return self._identity.private
+
+    @property
+    def peers(self) -> list[Peer]:
+        return list(self._peers.values())
+
+    def peer(self, public_key: bytes) -> Peer:
+        try:
+            return self._peers[public_key]
+        except KeyError:
+            raise KeyError(f"no peer with public key {public_key.hex()}") from None
+
+    def set_private_key(self, private_key: bytes) -> None:
+        """Change identity: every session and pending handshake is dropped (they belong to
+        the old key); a peer whose public key is our new one is removed, as wg does."""
+        identity = StaticIdentity.from_private(check_key("private key", private_key))
+        if identity.public == self._identity.public:
+            return
+        self._identity = identity
+        self._checker = CookieChecker(identity.public, self._rng)
+        if identity.public in self._peers:
+            self.remove_peer(identity.public)
+        for peer in self._peers.values():
+            self._forget_sessions(peer)
+
+    def add_peer(
+        self,
+        public_key: bytes,
+        *,
+        preshared_key: bytes | None = None,
+        endpoint: Endpoint | None = None,
+        allowed_ips: Iterable[str | IPNetwork] = (),
+        persistent_keepalive: int | None = None,
+    ) -> Peer:
+        """Add a peer (ValueError if it exists or is ourselves)."""
+        public_key = check_key("public key", public_key)
+        if public_key in self._peers:
+            raise ValueError(f"peer {public_key.hex()} already exists")
+        if public_key == self._identity.public:
+            raise ValueError("a peer cannot have the device's own public key")
+        nets = [parse_network(n) for n in allowed_ips]
+        peer = Peer(
+            public_key,
+            self._allowed,
+            self._rng,
+            preshared_key=preshared_key,
+            endpoint=endpoint,
+            persistent_keepalive=persistent_keepalive,
+        )
+        self._peers[public_key] = peer
+        self._allowed.update(nets, peer)
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self.peer(public_key)
+        self._forget_sessions(peer)
+        self._drop_staged(peer, "peer_removed")
+        peer.timers.stop_all()
+        self._allowed.remove_value(peer)
+        del self._peers[public_key]
+
+    def remove_all_peers(self) -> None:
+        for key in list(self._peers):
+            self.remove_peer(key)
+
+    def set_preshared_key(self, public_key: bytes, preshared_key: bytes | None) -> None:
+        self.peer(public_key).preshared_key = (
+            None if preshared_key is None else check_key("psk", preshared_key)
+        )
+
+    def set_endpoint(self, public_key: bytes, endpoint: Endpoint | None) -> None:
+        self.peer(public_key).endpoint = check_endpoint(endpoint)
+
+    def set_persistent_keepalive(
+        self, public_key: bytes, interval: int | None, now: float | None = None
+    ) -> None:
+        """Set the interval (0/None: off). With `now`, a keepalive goes out at once if the
+        interval is on, as wireguard-go does when `wg set` turns it on."""
+        peer = self.peer(public_key)
+        value = check_keepalive(interval)
+        peer.timers.set_persistent_interval(value, 0.0 if now is None else now)
+        if now is not None and value:
+            self._send_keepalive(peer, now)
+
+    def replace_allowed_ips(self, public_key: bytes, networks: Iterable[str | IPNetwork]) -> None:
+        peer = self.peer(public_key)
+        nets = [parse_network(n) for n in networks]
+        self._allowed.remove_value(peer)
+        self._allowed.update(nets, peer)
+
+    def add_allowed_ips(self, public_key: bytes, networks: Iterable[str | IPNetwork]) -> None:
+        """Add prefixes; a prefix another peer holds moves to this one."""
+        self._allowed.update(networks, self.peer(public_key))
+
+    def remove_allowed_ips(self, public_key: bytes, networks: Iterable[str | IPNetwork]) -> None:
+        peer = self.peer(public_key)
+        for net in [parse_network(n) for n in networks]:
+            self._allowed.remove(net, peer)
+
+    @property
+    def under_load(self) -> bool:
+        return self._forced_load
+
+    @under_load.setter
+    def under_load(self, value: bool) -> None:
+        self._forced_load = bool(value)
+
+    def is_under_load(self, now: float) -> bool:
+        """Forced by the shell, or busy with handshakes in the last second."""
+        return self._forced_load or now < self._loaded_until
+
+    # ---------------------------------------------------------------- outputs
+
+    def datagrams_to_send(self) -> list[tuple[Endpoint, list[bytes]]]:
+        out = list(self._out.items())
+        self._out = {}
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def next_timer(self) -> float | None:
+        deadlines = [d for p in self._peers.values() if (d := p.timers.next_deadline()) is not None]
+        return min(deadlines) if deadlines else None
+
+    def stats(self) -> DeviceStats:
+        peers = tuple(
+            PeerStats(
+                public_key=p.public_key,
+                endpoint=p.endpoint,
+                tx_bytes=p.tx_bytes,
+                rx_bytes=p.rx_bytes,
+                last_handshake=p.last_handshake,
+                staged_packets=len(p.staged),
+                has_session=p.current is not None,
+            )
+            for p in self._peers.values()
+        )
+        return DeviceStats(
+            drops=dict(self._drops),
+            peers=peers,
+            packets_sealed=self._sealed,
+            packets_opened=self._opened,
+            handshakes_completed=self._completed,
+        )
+
+    # ---------------------------------------------------------------- inbound
+
+    def receive_datagrams(
+        self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float
+    ) -> list[bytes]:
+        """Consume datagrams from the network; return the inner packets to deliver."""
+        out: list[bytes] = []
+        keypairs = self._keypairs
+        drops = self._drops
+        allowed = self._allowed.lookup
+        header = _HEADER.unpack_from
+        nonce = _NONCE.pack
+        # peer -> [newest source, keypair last used, received data?]
+        seen: dict[Peer, _Seen] = {}
+        opened = 0
+        for data, src in datagrams:
+            if len(data) < TRANSPORT_MIN_SIZE or data[0] != MSG_TRANSPORT:
+                self._receive_control(data, src, now, seen)
+                continue
+            kind, receiver, counter = header(data)
+            if kind != MSG_TRANSPORT:
+                drops["bad_type"] += 1
+                continue
+            entry = keypairs.get(receiver)
+            if entry is None:
+                drops["unknown_index"] += 1
+                continue
+            kp, peer = entry
+            aead = kp.recv
+            if aead is None or now - kp.created >= REJECT_AFTER_TIME:
+                drops["expired"] += 1
+                continue
+            replay = kp.replay
+            if not replay.would_accept(counter):
+                drops["replay"] += 1
+                continue
+            try:
+                plain = aead.decrypt(nonce(counter), data[16:], None)
+            except InvalidTag:
+                drops["decrypt"] += 1
+                continue
+            if not replay.check_and_mark(counter):
+                drops["replay"] += 1
+                continue
+            opened += 1
+            peer.rx_bytes += len(data)
+            state = seen.get(peer)
+            if state is None:
+                state = seen[peer] = _Seen(src, kp)
+            else:
+                state.src = src
+                state.keypair = kp
+            if kp is peer.next:
+                self._confirm(peer, kp, now)
+            if not plain:
+                continue  # keepalive
+            n = len(plain)
+            version = plain[0] >> 4
+            if version == 4 and n >= 20:
+                length = (plain[2] << 8) | plain[3]
+                source = plain[12:16]
+                if length < 20:
+                    length = n + 1  # force the bad_packet drop below
+            elif version == 6 and n >= 40:
+                length = 40 + ((plain[4] << 8) | plain[5])
+                source = plain[8:24]
+            else:
+                drops["bad_packet"] += 1
+                continue
+            if length > n:
+                drops["bad_packet"] += 1
+                continue
+            if allowed(source) is not peer:
+                drops["allowed_ips"] += 1
+                continue
+            state.data = True
+            out.append(plain if length == n else plain[:length])
+        self._opened += opened
+        for peer, st in seen.items():
+            self._after_receive(peer, st.src, st.keypair, st.data, now)
+        return out
+
+    def _after_receive(
+        self, peer: Peer, src: Endpoint, kp: Keypair | None, got_data: bool, now: float
+    ) -> None:
+        """Per-peer bookkeeping once per batch: roaming, timers, last-minute rekey."""
+        self._set_endpoint_from(peer, src)
+        timers = peer.timers
+        timers.authenticated_received(now)
+        timers.authenticated_traversal(now)
+        if got_data:
+            timers.data_received(now)
+        if (
+            kp is not None
+            and kp is peer.current
+            and not peer.sent_last_minute_handshake
+            and needs_rekey_on_receive(kp.is_initiator, kp.created, now)
+        ):
+            peer.sent_last_minute_handshake = True
+            self._send_initiation(peer, now, retry=False)
+
+    def _set_endpoint_from(self, peer: Peer, src: Endpoint) -> None:
+        new = (src[0], src[1])
+        if peer.endpoint != new:
+            old = peer.endpoint
+            peer.endpoint = new
+            self._events.append(PeerEndpointChanged(peer.public_key, old, new))
+
+    def _confirm(self, peer: Peer, kp: Keypair, now: float) -> None:
+        dead = peer.confirm(kp)
+        if dead is not None:
+            self._drop_keypair(dead)
+        self._handshake_complete(peer, kp, now)
+        self._flush_staged(peer, now)
+
+    def _note_handshake_load(self, now: float) -> None:
+        if now - self._load_window >= 1.0:
+            self._load_window = now
+            self._load_count = 0
+        self._load_count += 1
+        if self._load_count > UNDER_LOAD_HANDSHAKES:
+            self._loaded_until = now + UNDER_LOAD_HOLD
+
+    def _receive_control(
+        self, data: bytes, src: Endpoint, now: float, seen: dict[Peer, _Seen]
+    ) -> None:
+        drops = self._drops
+        n = len(data)
+        if n < 4:
+            drops["bad_size"] += 1
+            return
+        data = bytes(data)
+        kind = int.from_bytes(data[:4], "little")
+        expected = {
+            MSG_INITIATION: INITIATION_SIZE,
+            MSG_RESPONSE: RESPONSE_SIZE,
+            MSG_COOKIE_REPLY: COOKIE_REPLY_SIZE,
+            MSG_TRANSPORT: TRANSPORT_MIN_SIZE,
+        }.get(kind)
+        if expected is None:
+            drops["bad_type"] += 1
+            return
+        if n != expected:  # transport messages only get here when shorter than 32
+            drops["bad_size"] += 1
+            return
+        if kind == MSG_COOKIE_REPLY:
+            self._receive_cookie_reply(data, now)
+            return
+        if not self._checker.check_mac1(data):
+            drops["mac1"] += 1
+            return
+        self._note_handshake_load(now)
+        if self.is_under_load(now):
+            try:
+                ip = ipaddress.ip_address(src[0]).packed
+            except ValueError:
+                drops["bad_endpoint"] += 1
+                return
+            if not self._checker.check_mac2(data, source_bytes(ip, src[1]), now):
+                sender = int.from_bytes(data[4:8], "little")
+                reply = self._checker.create_reply(data, sender, source_bytes(ip, src[1]), now)
+                self._queue((src[0], src[1]), reply)
+                drops["cookie_sent"] += 1
+                return
+            if not self._limiter.allow(ip, now):
+                drops["rate_limited"] += 1
+                return
+        if kind == MSG_INITIATION:
+            self._receive_initiation(data, src, now, seen)
+        else:
+            self._receive_response(data, src, now, seen)
+
+    def _receive_cookie_reply(self, data: bytes, now: float) -> None:
+        reply = CookieReply.unpack(data)
+        peer = self._pending.get(reply.receiver)
+        if peer is None:
+            entry = self._keypairs.get(reply.receiver)
+            if entry is None:
+                self._drops["unknown_index"] += 1
+                return
+            peer = entry[1]
+        if not peer.cookie.consume_reply(reply, now):
+            self._drops["cookie_invalid"] += 1
+
+    def _receive_initiation(
+        self, data: bytes, src: Endpoint, now: float, seen: dict[Peer, _Seen]
+    ) -> None:
+        drops = self._drops
+        try:
+            hs = consume_initiation(self._identity, Initiation.unpack(data))
+        except WireGuardError:
+            drops["handshake_failed"] += 1
+            return
+        peer = self._peers.get(hs.remote_static)
+        if peer is None:
+            drops["unknown_peer"] += 1
+            return
+        if hs.timestamp <= peer.last_timestamp:
+            drops["handshake_replay"] += 1
+            return
+        if now - peer.last_initiation_at < HANDSHAKE_INITIATION_RATE:
+            drops["handshake_flood"] += 1
+            return
+        peer.last_timestamp = hs.timestamp
+        peer.last_initiation_at = now
+        # Our own initiation (if any) is abandoned, as in wireguard-go: one handshake state.
+        self._forget_pending(peer)
+        index = self._new_index()
+        try:
+            message, keys = hs.create_response(peer.preshared_key, index, rng=self._rng)
+        except WireGuardError:
+            drops["handshake_failed"] += 1
+            return
+        kp = Keypair(
+            keys.send_key,
+            keys.recv_key,
+            keys.local_index,
+            keys.remote_index,
+            is_initiator=False,
+            created=now,
+        )
+        self._install(peer, kp)
+        self._note_authenticated(peer, src, seen)
+        timers = peer.timers
+        timers.session_derived(now)
+        timers.authenticated_traversal(now)
+        timers.authenticated_sent(now)
+        self._queue((src[0], src[1]), peer.cookie.add_macs(message, now))
+
+    def _receive_response(
+        self, data: bytes, src: Endpoint, now: float, seen: dict[Peer, _Seen]
+    ) -> None:
+        response = Response.unpack(data)
+        peer = self._pending.get(response.receiver)
+        hs = None if peer is None else peer.handshake
+        if peer is None or hs is None:
+            self._drops["unknown_index"] += 1
+            return
+        try:
+            keys = hs.consume_response(response)
+        except WireGuardError:
+            self._drops["handshake_failed"] += 1
+            return
+        del self._pending[response.receiver]
+        peer.handshake = None
+        kp = Keypair(
+            keys.send_key,
+            keys.recv_key,
+            keys.local_index,
+            keys.remote_index,
+            is_initiator=True,
+            created=now,
+        )
+        self._install(peer, kp)
+        self._note_authenticated(peer, src, seen)
+        peer.timers.session_derived(now)
+        self._handshake_complete(peer, kp, now)
+        # The responder waits for proof that we have the keys: send data, or a keepalive.
+        if not peer.staged:
+            peer.staged.append(b"")
+        self._flush_staged(peer, now)
+
+    def _note_authenticated(self, peer: Peer, src: Endpoint, seen: dict[Peer, _Seen]) -> None:
+        # Handshake messages also move the endpoint; the newest datagram of the batch wins.
+        self._set_endpoint_from(peer, src)
+        state = seen.get(peer)
+        if state is None:
+            seen[peer] = _Seen(src, None)
+        else:
+            state.src = src
+
+    def _install(self, peer: Peer, kp: Keypair) -> None:
+        for dead in peer.begin_session(kp):
+            self._drop_keypair(dead)
+        self._keypairs[kp.local_index] = (kp, peer)
+
+    def _handshake_complete(self, peer: Peer, kp: Keypair, now: float) -> None:
+        peer.timers.handshake_complete(now)
+        peer.sent_last_minute_handshake = False
+        peer.last_handshake = now + self.wall_clock_offset
+        self._completed += 1
+        self._events.append(HandshakeCompleted(peer.public_key, kp.is_initiator, peer.endpoint))
+
+    # ---------------------------------------------------------------- outbound
+
+    def send_packets(self, packets: Iterable[bytes], now: float) -> None:
+        """Route, pad and seal IP packets; results wait in `datagrams_to_send()`."""
+        drops = self._drops
+        lookup = self._allowed.lookup
+        header = _HEADER.pack
+        nonce = _NONCE.pack
+        pads = _PAD
+        mtu = self.mtu
+        sent: dict[Peer, Keypair | None] = {}
+        last_peer: Peer | None = None
+        kp: Keypair | None = None
+        dest: list[bytes] | None = None
+        sealed = 0
+        for packet in packets:
+            pkt = packet
+            n = len(pkt)
+            version = pkt[0] >> 4 if n else 0
+            if version == 4 and n >= 20:
+                peer = lookup(pkt[16:20])
+            elif version == 6 and n >= 40:
+                peer = lookup(pkt[24:40])
+            else:
+                drops["bad_packet"] += 1
+                continue
+            if peer is None:
+                drops["no_route"] += 1
+                continue
+            if peer is not last_peer:
+                last_peer = peer
+                kp, dest = self._prepare_send(peer, now, sent)
+            if dest is None or kp is None:
+                if peer.endpoint is None:
+                    drops["no_endpoint"] += 1
+                    continue
+                if peer.stage(bytes(pkt)):
+                    drops["queue_full"] += 1
+                continue
+            aead = kp.send
+            counter = kp.send_counter
+            if aead is None or counter >= REJECT_AFTER_MESSAGES:
+                # Exhausted mid-batch: stage the rest and let the post-batch pass rekey.
+                sent[peer] = None
+                last_peer = None
+                if peer.stage(bytes(pkt)):
+                    drops["queue_full"] += 1
+                continue
+            kp.send_counter = counter + 1
+            if n <= mtu:
+                padded = ((n + 15) & ~15) - n
+                if n + padded > mtu:
+                    padded = mtu - n
+                if padded:
+                    pkt = pkt + pads[padded]
+            msg = header(MSG_TRANSPORT, kp.remote_index, counter) + aead.encrypt(
+                nonce(counter), pkt, None
+            )
+            dest.append(msg)
+            peer.tx_bytes += len(msg)
+            sealed += 1
+        self._sealed += sealed
+        for peer, used in sent.items():
+            if used is not None:
+                self._after_send(peer, used, now, data=True)
+            self._flush_staged(peer, now)
+
+    def _prepare_send(
+        self, peer: Peer, now: float, sent: dict[Peer, Keypair | None]
+    ) -> tuple[Keypair | None, list[bytes] | None]:
+        """The keypair and output list for `peer`, or (None, None) to stage."""
+        if peer.endpoint is None:
+            return None, None
+        kp = peer.current
+        if kp is None or not kp.can_send(now):
+            if kp is not None and kp.send is not None:
+                self._events.append(KeypairExpired(peer.public_key, kp.local_index))
+                kp.send = None  # report once; it may still receive until it ages out
+            sent.setdefault(peer, None)
+            return None, None
+        if peer.staged:
+            # Keep order: what waited goes out before this batch.
+            self._flush_staged(peer, now)
+        sent[peer] = kp
+        return kp, self._out.setdefault(peer.endpoint, [])
+
+    def _after_send(self, peer: Peer, kp: Keypair, now: float, *, data: bool) -> None:
+        timers = peer.timers
+        if data:
+            timers.data_sent(now)
+        timers.authenticated_sent(now)
+        timers.authenticated_traversal(now)
+        if needs_rekey_on_send(kp.is_initiator, kp.created, kp.send_counter, now):
+            self._send_initiation(peer, now, retry=False)
+
+    def _flush_staged(self, peer: Peer, now: float) -> None:
+        """Send what is staged (a b"" entry is a keepalive) or start a handshake."""
+        if not peer.staged:
+            return
+        kp = peer.current
+        if peer.endpoint is None:
+            return
+        if kp is None or not kp.can_send(now):
+            self._send_initiation(peer, now, retry=False)
+            return
+        dest = self._out.setdefault(peer.endpoint, [])
+        staged = peer.staged
+        peer.staged = type(staged)()
+        any_data = False
+        mtu = self.mtu
+        for packet in staged:
+            pkt = packet
+            n = len(pkt)
+            if n:
+                any_data = True
+                if n <= mtu:
+                    size = min((n + 15) & ~15, mtu)
+                    pkt = pkt + _PAD[size - n]
+            msg = kp.seal(pkt)
+            dest.append(msg)
+            peer.tx_bytes += len(msg)
+            self._sealed += 1
+        self._after_send(peer, kp, now, data=any_data)
+
+    def _send_keepalive(self, peer: Peer, now: float) -> None:
+        if not peer.staged:
+            peer.staged.append(b"")
+        self._flush_staged(peer, now)
+
+    def _send_initiation(self, peer: Peer, now: float, *, retry: bool) -> None:
+        if peer.endpoint is None:
+            self._drops["no_endpoint"] += 1
+            return
+        timers = peer.timers
+        if not retry:
+            timers.handshake_attempts = 0
+        if now - peer.handshake_sent_at < REKEY_TIMEOUT:
+            return
+        self._forget_pending(peer)
+        index = self._new_index()
+        try:
+            hs = InitiatorHandshake.create(
+                self._identity,
+                peer.public_key,
+                peer.preshared_key,
+                index,
+                max(0.0, now + self.wall_clock_offset),
+                rng=self._rng,
+            )
+        except WireGuardError:
+            self._drops["handshake_failed"] += 1
+            return
+        peer.handshake_sent_at = now
+        peer.handshake = hs
+        self._pending[index] = peer
+        timers.authenticated_traversal(now)
+        timers.authenticated_sent(now)
+        self._queue(peer.endpoint, peer.cookie.add_macs(hs.message, now))
+        timers.handshake_initiated(now)
+
+    def _queue(self, endpoint: Endpoint, datagram: bytes) -> None:
+        self._out.setdefault(endpoint, []).append(datagram)
+
+    # ---------------------------------------------------------------- timers
+
+    def handle_timers(self, now: float) -> None:
+        """Act on every per-peer deadline that has passed."""
+        for peer in list(self._peers.values()):
+            for action in peer.timers.expire(now):
+                if action is TimerAction.RETRANSMIT_HANDSHAKE:
+                    self._send_initiation(peer, now, retry=True)
+                elif action is TimerAction.GIVE_UP_HANDSHAKE:
+                    self._forget_pending(peer)
+                    dropped = self._drop_staged(peer, "handshake_timeout")
+                    self._events.append(HandshakeFailed(peer.public_key, dropped))
+                elif action is TimerAction.NEW_HANDSHAKE:
+                    self._send_initiation(peer, now, retry=False)
+                elif action is TimerAction.ZERO_KEYS:
+                    self._forget_sessions(peer)
+                    self._events.append(KeysZeroed(peer.public_key))
+                else:  # SEND_KEEPALIVE, PERSISTENT_KEEPALIVE
+                    self._send_keepalive(peer, now)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _new_index(self) -> int:
+        while True:
+            index = int.from_bytes(self._rng(4), "little")
+            if index not in self._keypairs and index not in self._pending:
+                return index
+
+    def _drop_keypair(self, kp: Keypair) -> None:
+        self._keypairs.pop(kp.local_index, None)
+        kp.zero()
+
+    def _forget_pending(self, peer: Peer) -> None:
+        if peer.handshake is not None:
+            self._pending.pop(peer.handshake.sender_index, None)
+            peer.handshake = None
+
+    def _forget_sessions(self, peer: Peer) -> None:
+        for kp in peer.clear_keypairs():
+            self._keypairs.pop(kp.local_index, None)
+        self._forget_pending(peer)
+
+    def _drop_staged(self, peer: Peer, reason: str) -> int:
+        dropped = sum(1 for p in peer.staged if p)
+        if dropped:
+            self._drops[reason] += dropped
+        peer.staged.clear()
+        return dropped

@@ -1,0 +1,52 @@
+"""Events the Device reports to its shell (pulled with `Device.next_event()`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Endpoint = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted:
+    """A new session with the peer is usable (initiator: response arrived; responder:
+    the first transport message under the new keys arrived)."""
+
+    public_key: bytes
+    is_initiator: bool
+    endpoint: Endpoint | None
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFailed:
+    """Handshake attempts gave up after the retry limit; staged packets were dropped."""
+
+    public_key: bytes
+    dropped_packets: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEndpointChanged:
+    """An authenticated datagram came from a new address (roaming)."""
+
+    public_key: bytes
+    old: Endpoint | None
+    new: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class KeypairExpired:
+    """The current keypair can no longer send (too old or too many messages)."""
+
+    public_key: bytes
+    local_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeysZeroed:
+    """All key material of the peer was forgotten (540 s without a new handshake)."""
+
+    public_key: bytes
+
+
+Event = HandshakeCompleted | HandshakeFailed | PeerEndpointChanged | KeypairExpired | KeysZeroed
