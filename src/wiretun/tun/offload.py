@@ -1,0 +1,185 @@
+"""TUN offload codec: IFF_VNET_HDR frames to IP packets (GSO split) and back (GRO coalesce)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from wiretun.tun.gro import MAX_COALESCED_LEN, UDP_MAX_SEGMENTS
+from wiretun.tun.gro import coalesce as _coalesce
+from wiretun.tun.gso import (
+    F_DATA_VALID,
+    F_NEEDS_CSUM,
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP_L4,
+    MAX_SEGMENTS,
+    VNET_HDR,
+    VNET_HDR_LEN,
+    ZERO_VNET_HDR,
+    OffloadStats,
+    decode_frame,
+    decode_frames,
+)
+
+__all__ = [
+    "F_DATA_VALID",
+    "F_NEEDS_CSUM",
+    "GSO_NONE",
+    "GSO_TCPV4",
+    "GSO_TCPV6",
+    "GSO_UDP_L4",
+    "MAX_COALESCED_LEN",
+    "MAX_SEGMENTS",
+    "STATS",
+    "TUNSETOFFLOAD",
+    "TUN_F_CSUM",
+    "TUN_F_TSO4",
+    "TUN_F_TSO6",
+    "TUN_F_USO4",
+    "TUN_F_USO6",
+    "UDP_MAX_SEGMENTS",
+    "VNET_HDR",
+    "VNET_HDR_LEN",
+    "ZERO_VNET_HDR",
+    "OffloadCodec",
+    "OffloadStats",
+    "coalesce",
+    "enable_offload",
+    "make_codec",
+    "split",
+    "split_many",
+    "vnet_header",
+]
+
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
+
+# Counts for callers of the plain functions that pass no stats object: never count nowhere.
+STATS = OffloadStats()
+
+
+def split(frame: bytes | bytearray | memoryview, stats: OffloadStats | None = None) -> list[bytes]:
+    """The IP packets in one frame read from an IFF_VNET_HDR fd (a GSO frame gives segments)."""
+    return decode_frame(frame, STATS if stats is None else stats)
+
+
+def split_many(
+    frames: Iterable[bytes | bytearray | memoryview], stats: OffloadStats | None = None
+) -> list[bytes]:
+    """`split` over a batch of frames, in order."""
+    return decode_frames(frames, STATS if stats is None else stats)
+
+
+def coalesce(
+    packets: Sequence[bytes], stats: OffloadStats | None = None, *, udp: bool = False
+) -> list[bytes]:
+    """Frames to write to an IFF_VNET_HDR fd, merging segments the way the kernel's GRO would."""
+    return _coalesce(packets, STATS if stats is None else stats, udp=udp)
+
+
+def enable_offload(fd: int) -> tuple[bool, bool]:
+    """TUNSETOFFLOAD on an IFF_VNET_HDR fd: (TCP offloads on, UDP (USO) offloads on).
+
+    USO needs Linux 6.2; it is probed by asking for it, then retrying without it.
+    """
+    tcp = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, tcp | TUN_F_USO4 | TUN_F_USO6)
+        return True, True
+    except OSError:
+        pass  # older kernel: try without USO
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, tcp)
+        return True, False
+    except OSError:
+        return False, False
+
+
+class OffloadCodec:
+    """The per-device codec a TUN reader/writer calls once per frame / batch.
+
+    `udp` says whether the kernel accepted USO (UDP super-packets may then be written).
+    After the kernel refuses a GSO write (EINVAL), `encode` writes every packet plainly for
+    the rest of this codec's life: a kernel that refuses once will refuse again.
+    """
+
+    def __init__(self, *, udp: bool = False) -> None:
+        self.udp = udp
+        self.gso_writes = True
+        self.stats = OffloadStats()
+
+    def decode(self, frame: bytes | bytearray | memoryview) -> list[bytes]:
+        return decode_frame(frame, self.stats)
+
+    def decode_many(self, frames: Iterable[bytes | bytearray | memoryview]) -> list[bytes]:
+        return decode_frames(frames, self.stats)
+
+    def encode(self, packets: Sequence[bytes]) -> list[bytes]:
+        if self.gso_writes:
+            return _coalesce(packets, self.stats, udp=self.udp)
+        self.stats.packets_in += len(packets)
+        self.stats.frames_out += len(packets)
+        return [ZERO_VNET_HDR + p for p in packets]
+
+    def write_failed(self, frame: bytes, err: OSError) -> list[bytes] | None:
+        """Handle a failed write of `frame`: the plain frames to write instead, or None.
+
+        Only EINVAL on a GSO frame is ours to handle: GSO writes are then turned off and the
+        frame's packets come back as plain frames. Anything else is the caller's error.
+        """
+        if err.errno != errno.EINVAL or len(frame) < VNET_HDR_LEN or frame[1] == GSO_NONE:
+            return None
+        self.gso_writes = False
+        self.stats.gso_write_rejected += 1
+        # Re-split our own frame (its own scratch stats: these are not frames read).
+        packets = decode_frame(frame, OffloadStats())
+        self.stats.fallback_packets += len(packets)
+        return [ZERO_VNET_HDR + p for p in packets]
+
+    def write(
+        self,
+        fd: int,
+        packets: Sequence[bytes],
+        writer: Callable[[int, bytes], int] = os.write,
+    ) -> int:
+        """Encode and write a batch to a blocking fd; the number of frames written."""
+        written = 0
+        for frame in self.encode(packets):
+            try:
+                writer(fd, frame)
+                written += 1
+            except OSError as e:
+                plain = self.write_failed(frame, e)
+                if plain is None:
+                    raise
+                for f in plain:
+                    writer(fd, f)
+                    written += 1
+        return written
+
+
+def vnet_header(frame: bytes | bytearray | memoryview) -> tuple[int, int, int, int, int, int]:
+    """The six fields of a frame's header: flags, gso_type, hdr_len, gso_size, csum_start/offset."""
+    flags, gso_type, hdr_len, gso_size, start, offset = VNET_HDR.unpack_from(frame)
+    return flags, gso_type, hdr_len, gso_size, start, offset
+
+
+class _Features(Protocol):
+    """What TUNSETOFFLOAD accepted (wiretun.tun.codec.OffloadFeatures has this shape)."""
+
+    @property
+    def uso(self) -> bool: ...
+
+
+def make_codec(features: _Features) -> OffloadCodec:
+    """The codec for one queue opened with IFF_VNET_HDR (the hook wiretun.tun.codec calls)."""
+    return OffloadCodec(udp=features.uso)
