@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wiretun.testing.netns import Topology
+from wiretun.wireguard.cookie import CookieChecker, CookieGenerator
 from wiretun.wireguard.crypto import aead_open, aead_seal, blake2s_hash, tai64n
 from wiretun.wireguard.errors import HandshakeError
 from wiretun.wireguard.handshake import (
@@ -26,7 +31,15 @@ from wiretun.wireguard.handshake import (
     write_message1,
     write_message2,
 )
-from wiretun.wireguard.messages import Initiation, Response
+from wiretun.wireguard.keys import key_from_base64, key_to_base64
+from wiretun.wireguard.messages import (
+    MSG_RESPONSE,
+    Initiation,
+    Response,
+    message_type,
+    pack_transport_header,
+    unpack_transport_header,
+)
 
 # cacophony Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s (mcginty/snow tests/vectors/cacophony.txt),
 # copied from /work/shared/design/noise_ikpsk2_vectors.json.
@@ -242,3 +255,71 @@ def test_garbage_responses_raise_only_handshake_error(body: bytes) -> None:
     msg = Response.unpack(b"\x02\x00\x00\x00" + body[:4] + b"\x01\x00\x00\x00" + body[8:])
     with pytest.raises(HandshakeError):
         ini.consume_response(msg)
+
+
+# --- interop: a real wireguard-go answers our initiation and our transport packets ---------
+
+
+def _icmp_echo(src: bytes, dst: bytes, ident: int, seq: int, data: bytes) -> bytes:
+    from wiretun.packet import internet_checksum
+
+    icmp = bytearray(struct.pack("!BBHHH", 8, 0, 0, ident, seq) + data)
+    struct.pack_into("!H", icmp, 2, internet_checksum(icmp))
+    header = bytearray(
+        struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 1, 0, 64, 1, 0, src, dst)
+    )
+    struct.pack_into("!H", header, 10, internet_checksum(header))
+    return bytes(header + icmp)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(
+    shutil.which("wireguard-go") is None or shutil.which("wg") is None,
+    reason="needs wireguard-go and wg",
+)
+@pytest.mark.parametrize("with_psk", [False, True])
+def test_interop_with_wireguard_go(topology: Topology, with_psk: bool) -> None:
+    from wiretun.testing.wgpeer import WireguardGoPeer, generate_psk
+
+    ns = topology.netns()
+    me = StaticIdentity.generate()
+    psk_b64 = generate_psk() if with_psk else None
+    psk = key_from_base64(psk_b64) if psk_b64 else None
+    with WireguardGoPeer(ns).start() as peer:
+        peer.configure(listen_port=51820)
+        peer.add_peer(key_to_base64(me.public), allowed_ips=["10.99.0.2/32"], preshared_key=psk_b64)
+        peer.link_up(["10.99.0.1/24"])
+        remote = key_from_base64(peer.keys.public)
+        with ns.enter():
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            sock.settimeout(5.0)
+            sock.bind(("127.0.0.1", 0))
+            ini = InitiatorHandshake.create(me, remote, psk, 0x1234, wall_time=1_800_000_000.0)
+            sock.sendto(CookieGenerator(remote).add_macs(ini.message, 0.0), ("127.0.0.1", 51820))
+            reply = sock.recv(2048)
+            assert message_type(reply) == MSG_RESPONSE
+            assert CookieChecker(me.public).check_mac1(reply)  # wg-go's mac1 agrees with ours
+            keys = ini.consume_response(Response.unpack(reply))
+            assert keys.local_index == 0x1234
+
+            src, dst = bytes([10, 99, 0, 2]), bytes([10, 99, 0, 1])
+            ping = _icmp_echo(src, dst, 0xBEEF, 1, b"wiretun-interop!")
+            padded = ping + bytes(-len(ping) % 16)
+            sealed = aead_seal(keys.send_key, 0, padded, b"")
+            sock.sendto(pack_transport_header(keys.remote_index, 0) + sealed, ("127.0.0.1", 51820))
+
+            for _ in range(5):  # skip keepalives, if wg-go sends any first
+                msg = sock.recv(2048)
+                receiver, counter = unpack_transport_header(msg)
+                assert receiver == keys.local_index
+                inner = aead_open(keys.recv_key, counter, msg[16:], b"")
+                if inner:
+                    break
+            assert inner[12:16] == dst  # IPv4 source: the echo came from wg-go's side
+            assert inner[16:20] == src
+            assert inner[20] == 0  # ICMP echo reply
+            assert inner[24:28] == struct.pack("!HH", 0xBEEF, 1)
+            assert inner[28:44] == b"wiretun-interop!"
+        _, peers = peer.dump()
+        assert peers[0].latest_handshake > 0
