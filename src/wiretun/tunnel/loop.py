@@ -50,7 +50,7 @@ class LoopStats:
     udp_batches: int
     timer_runs: int
     tun_reads_paused: int  # times the TUN reader waited for a UDP backlog to drain
-    udp_reads_paused: int  # times the UDP reader waited for the TUN to take more
+    udp_reads_paused: int  # times a decrypted batch waited for room in the TUN
     drops: dict[str, int] = field(default_factory=dict)
 
 
@@ -107,12 +107,17 @@ class TunnelLoop:
         ]
         self._rearm_timer()
         try:
-            done, _ = await asyncio.wait(
-                [*self._tasks, self._stopped], return_when=asyncio.FIRST_COMPLETED
-            )
-            for t in done:
-                if t is not self._stopped:
-                    t.result()  # re-raise the side's failure
+            while True:
+                done, _ = await asyncio.wait(
+                    [*self._tasks, self._stopped], return_when=asyncio.FIRST_COMPLETED
+                )
+                if self._stopped in done:
+                    return
+                for t in done:
+                    if t in self._tasks:
+                        t.result()  # re-raise the side's failure
+                        raise RuntimeError(f"{t.get_name()} ended")
+                # Only a task that replace_udp() retired finished: keep waiting.
         finally:
             await self._shutdown()
 
@@ -130,6 +135,22 @@ class TunnelLoop:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+
+    def replace_udp(self, udp: UdpBind) -> UdpBind:
+        """Switch to new sockets (UAPI listen_port change); returns the old ones, to close."""
+        old, self.udp = self.udp, udp
+        loop = self._loop
+        if loop is None:
+            return old
+        old.pause_reading()
+        udp.attach(loop, lambda: None, self._on_udp_drained)
+        self._udp_drained.set()
+        # The UDP reader may be parked on the old sockets: start a fresh one.
+        for i, t in enumerate(self._tasks):
+            if t.get_name() == "udp->tun":
+                t.cancel()
+                self._tasks[i] = loop.create_task(self._udp_to_tun(), name="udp->tun")
+        return old
 
     def kick(self) -> None:
         """Something changed the core from outside (UAPI set): send what it queued, re-arm."""
@@ -171,7 +192,14 @@ class TunnelLoop:
             packets = self._guard("core_receive", core.receive_datagrams, datagrams, loop.time())
             if packets:
                 self._n["packets_to_tun"] += len(packets)
-                tun.send_many(packets)
+                while True:
+                    taken = tun.send_many(packets)
+                    if not isinstance(taken, int) or taken >= len(packets):
+                        break
+                    # The TUN took part of the batch: wait for room instead of dropping.
+                    packets = packets[taken:]
+                    self._n["udp_reads_paused"] += 1
+                    await tun.send_ready()
             # Handshake replies, cookies and keepalives the datagrams asked for.
             self._flush_core()
             self._rearm_timer()
