@@ -7,18 +7,16 @@ import enum
 import errno
 import logging
 import socket
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_interface
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import TracebackType
-from typing import Any, TypeVar
 
 from pyroute2 import AsyncIPRoute
-from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-from pyroute2.netlink.rtnl import RTM_DELROUTE
 
-from wiretun.netdev.errors import OS_ERRORS, NetdevError, errno_of
+from wiretun.netdev.errors import NetdevError
 from wiretun.netdev.mark import mark_socket
+from wiretun.netdev.ops import FAMILIES, LinkOps, collect, family_of, lookup_link
 from wiretun.netdev.spec import (
     DEFAULT_FWMARK,
     DEFAULT_MTU,
@@ -39,16 +37,6 @@ from wiretun.netdev.spec import (
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-
-FIB_RULE_INVERT = 0x2
-IFA_F_NODAD = 0x2
-IN6_ADDR_GEN_MODE_NONE = 1
-_FAMILIES = (socket.AF_INET, socket.AF_INET6)
-# Deleting something already gone is the outcome we wanted (ESRCH is IPv4's "no such route").
-_GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL})
-_EXISTS = frozenset({errno.EEXIST})
-
 
 class IpStack(enum.Flag):
     """Which address families `set_ips` / `set_addresses` configured completely."""
@@ -68,14 +56,6 @@ class AddressResult:
 
     stack: IpStack
     errors: tuple[NetdevError, ...]
-
-
-def _family(obj: Interface | Network) -> socket.AddressFamily:
-    return socket.AF_INET if obj.version == 4 else socket.AF_INET6
-
-
-def _fam_name(family: int) -> str:
-    return "IPv4" if family == socket.AF_INET else "IPv6"
 
 
 class TunDeviceManager:
@@ -109,8 +89,7 @@ class TunDeviceManager:
         self.table = check_table(table)
         self.rule_priority = check_rule_priority(rule_priority)
         self.netns = netns
-        self._ipr: Any = None
-        self._ifindex = 0
+        self._ops: LinkOps | None = None
         self._closed = False
         self._lock = asyncio.Lock()
         self._routes: frozenset[Network] = frozenset()
@@ -121,33 +100,29 @@ class TunDeviceManager:
     async def start(self) -> None:
         """Open the netlink socket, find the device, flush leftovers of a crashed run."""
         if self._closed:
-            raise RuntimeError("TunDeviceManager is closed")
-        if self._ipr is not None:
-            raise RuntimeError("TunDeviceManager already started")
+            raise RuntimeError(f"TunDeviceManager for {self.name} is closed")
+        if self._ops is not None:
+            raise RuntimeError(f"TunDeviceManager for {self.name} already started")
         if self.netns is None:
             ipr = AsyncIPRoute(groups=0)
         else:
             # flags=0: fail instead of creating the namespace when it does not exist.
             ipr = AsyncIPRoute(groups=0, netns=self.netns, flags=0)
-        self._ipr = ipr
         try:
             async with self._lock:
-                self._ifindex = await self._lookup(ipr)
-                errors = await self._flush_table(ipr)
+                ifindex = await lookup_link(ipr, self.name)
+                ops = LinkOps(
+                    ipr, self.name, ifindex,
+                    table=self.table, fwmark=self.fwmark, rule_priority=self.rule_priority,
+                )  # fmt: skip
+                errors = await ops.flush_table()
         except BaseException:
-            self._ipr = None
             ipr.close()
             raise
         if errors:
-            self._ipr = None
             ipr.close()
             raise errors[0]
-
-    async def _lookup(self, ipr: Any) -> int:
-        found = await self._nl("look up link", self.name, ipr.link_lookup(ifname=self.name))
-        if not found:
-            raise NetdevError("look up link", self.name, errno.ENODEV)
-        return int(found[0])
+        self._ops = ops
 
     async def close(self) -> None:
         """Remove our rules and routes and flush our table; raises the first failure after
@@ -155,22 +130,22 @@ class TunDeviceManager:
         if self._closed:
             return
         self._closed = True
-        ipr, self._ipr = self._ipr, None
-        if ipr is None:
+        ops, self._ops = self._ops, None
+        if ops is None:
             return
         errors: list[NetdevError] = []
         try:
             async with self._lock:
                 # Both families, not just the ones we installed: a crashed run's rule goes too.
-                for family in _FAMILIES:
-                    await self._collect(errors, self._del_rule(ipr, family))
+                for family in FAMILIES:
+                    await collect(errors, ops.del_rule(family))
                 for net in sorted(self._routes, key=str):
-                    await self._collect(errors, self._del_route(ipr, net))
-                errors.extend(await self._flush_table(ipr))
+                    await collect(errors, ops.del_route(net))
+                errors.extend(await ops.flush_table())
                 self._routes = frozenset()
                 self._rule_families.clear()
         finally:
-            ipr.close()
+            ops.ipr.close()
         for err in errors[1:]:
             log.warning("close %s: %s", self.name, err)
         if errors:
@@ -190,7 +165,8 @@ class TunDeviceManager:
 
     @property
     def ifindex(self) -> int:
-        return self._ifindex
+        """The device's index (0 before `start()`)."""
+        return self._ops.ifindex if self._ops is not None else 0
 
     @property
     def routes(self) -> frozenset[Network]:
@@ -200,6 +176,12 @@ class TunDeviceManager:
     def mark_socket(self, sock: socket.socket) -> None:
         """Give `sock` our fwmark so its packets bypass the tunnel's table."""
         mark_socket(sock, self.fwmark)
+
+    def _started(self) -> LinkOps:
+        if self._ops is None:
+            state = "closed" if self._closed else "not started (call start())"
+            raise RuntimeError(f"TunDeviceManager for {self.name} is {state}")
+        return self._ops
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -217,55 +199,34 @@ class TunDeviceManager:
         set the MTU, turn off IPv6 link-local generation, bring the link up and install the
         policy rule for each family whose addresses are all in place.
 
-        Raises ValueError on bad input (before touching the system), NetdevError when the
-        device itself cannot be configured or no family could be.
+        Addresses already present stay (no flap); others are removed. Raises ValueError on
+        bad input (before touching the system), NetdevError when the link itself cannot be
+        configured or no family could be; partial failures are in the result.
         """
         wanted = parse_interfaces(addresses)
         if not wanted:
             raise ValueError("set_addresses needs at least one address")
         if any(a.version == 6 for a in wanted) and self.mtu < IPV6_MIN_MTU:
             raise ValueError(f"MTU {self.mtu} is below IPv6's minimum of {IPV6_MIN_MTU}")
-        families = {_family(a) for a in wanted}
+        families: set[int] = {family_of(a) for a in wanted}
         async with self._lock:
-            ipr = self._started()
-            idx = self._ifindex
+            ops = self._started()
             errors: list[NetdevError] = []
             failed: set[int] = set()
-
             # Before the link goes up, or the kernel adds an fe80:: address we would not route.
-            gen_mode = {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]}
-            err = await self._collect(
-                errors,
-                self._nl(
-                    "disable IPv6 link-local on",
-                    self.name,
-                    ipr.link("set", index=idx, IFLA_AF_SPEC=gen_mode),
-                ),
-            )
+            err = await collect(errors, ops.disable_link_local())
             if err is not None and socket.AF_INET6 in families:
                 failed.add(socket.AF_INET6)
-
-            present = await self._addresses(ipr)
+            present = await ops.addresses()
             for addr in present:
                 if addr not in wanted:
-                    await self._collect(errors, self._del_addr(ipr, addr))
-            await self._set_mtu(ipr, self.mtu)
+                    await collect(errors, ops.del_addr(addr))
+            await ops.set_mtu(self.mtu)
             for addr in wanted:
-                if addr in present:
-                    continue
-                if await self._collect(errors, self._add_addr(ipr, addr)) is not None:
-                    failed.add(_family(addr))
-            await self._set_up(ipr)
-
-            stack = IpStack.NONE
-            for family in _FAMILIES:
-                wanted_ok = family in families and family not in failed
-                if wanted_ok and await self._collect(errors, self._add_rule(ipr, family)) is None:
-                    stack |= _STACK_OF[family]
-                    continue
-                # A family without its addresses must not pull traffic into our table.
-                if family in self._rule_families:
-                    await self._collect(errors, self._del_rule(ipr, family))
+                if addr not in present and await collect(errors, ops.add_addr(addr)):
+                    failed.add(family_of(addr))
+            await ops.set_up()
+            stack = await self._sync_rules(ops, families - failed, errors)
         for err in errors:
             log.warning("%s", err)
         if stack is IpStack.NONE:
@@ -273,6 +234,20 @@ class TunDeviceManager:
             first.add_note(f"no address family could be configured on {self.name}")
             raise first
         return AddressResult(stack, tuple(errors))
+
+    async def _sync_rules(
+        self, ops: LinkOps, families: set[int], errors: list[NetdevError]
+    ) -> IpStack:
+        """Our rule for each family in `families`, none for the others."""
+        stack = IpStack.NONE
+        for family in FAMILIES:
+            if family in families and not await collect(errors, ops.add_rule(family)):
+                self._rule_families.add(family)
+                stack |= _STACK_OF[family]
+            # A family without its addresses must not pull traffic into our table.
+            elif family in self._rule_families and not await collect(errors, ops.del_rule(family)):
+                self._rule_families.discard(family)
+        return stack
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -287,18 +262,17 @@ class TunDeviceManager:
         routes when the link goes down, and re-adding makes the call idempotent. Returns the
         per-route failures (each also logged); none of them stops the others.
         """
-        new: frozenset[Network] = parse_networks(v4_networks, IPv4Network) | parse_networks(
-            v6_networks, IPv6Network
-        )
+        v4 = parse_networks(v4_networks, IPv4Network)
+        new: frozenset[Network] = v4 | parse_networks(v6_networks, IPv6Network)
         async with self._lock:
-            ipr = self._started()
+            ops = self._started()
             errors: list[NetdevError] = []
             kept_stale: set[Network] = set()
             for net in sorted(self._routes - new, key=str):
-                if await self._collect(errors, self._del_route(ipr, net)) is not None:
+                if await collect(errors, ops.del_route(net)):
                     kept_stale.add(net)  # retried by the next call and by close()
             for net in sorted(new, key=str):
-                await self._collect(errors, self._add_route(ipr, net))
+                await collect(errors, ops.add_route(net))
             self._routes = new | kept_stale
         for err in errors:
             log.warning("%s", err)
@@ -309,151 +283,15 @@ class TunDeviceManager:
     async def set_mtu(self, mtu: int) -> None:
         check_mtu(mtu)
         async with self._lock:
-            await self._set_mtu(self._started(), mtu)
+            await self._started().set_mtu(mtu)
             self.mtu = mtu
 
     async def set_up(self) -> None:
         async with self._lock:
-            await self._set_up(self._started())
+            await self._started().set_up()
 
     async def set_txqueuelen(self, n: int) -> None:
         """The device's transmit queue length (Firezone found 10000 better than 500)."""
         check_u32("txqueuelen", n)
         async with self._lock:
-            ipr = self._started()
-            await self._nl(
-                f"set txqueuelen {n} on", self.name, ipr.link("set", index=self._ifindex, txqlen=n)
-            )
-
-    # -- netlink steps (lock held) ---------------------------------------------------------
-
-    def _started(self) -> Any:
-        if self._ipr is None:
-            state = "closed" if self._closed else "not started (call start())"
-            raise RuntimeError(f"TunDeviceManager for {self.name} is {state}")
-        return self._ipr
-
-    async def _nl(
-        self, op: str, obj: str, call: Awaitable[_T], ok: frozenset[int] = frozenset()
-    ) -> _T | None:
-        """Await one netlink call; errnos in `ok` give None, others a NetdevError."""
-        try:
-            return await call
-        except OS_ERRORS as exc:
-            code = errno_of(exc)
-            if code in ok:
-                return None
-            raise NetdevError(op, obj, code) from exc
-
-    @staticmethod
-    async def _collect(errors: list[NetdevError], step: Awaitable[object]) -> NetdevError | None:
-        """Run a step that may fail on its own without stopping the caller's other steps."""
-        try:
-            await step
-        except NetdevError as err:
-            errors.append(err)
-            return err
-        return None
-
-    async def _set_mtu(self, ipr: Any, mtu: int) -> None:
-        await self._nl(
-            f"set MTU {mtu} on", self.name, ipr.link("set", index=self._ifindex, mtu=mtu)
-        )
-
-    async def _set_up(self, ipr: Any) -> None:
-        await self._nl("set link up", self.name, ipr.link("set", index=self._ifindex, state="up"))
-
-    async def _addresses(self, ipr: Any) -> list[Interface]:
-        async def dump() -> list[Interface]:
-            return [
-                ip_interface(f"{msg.get('address')}/{msg['prefixlen']}")
-                async for msg in await ipr.get_addr(index=self._ifindex)
-            ]
-
-        found = await self._nl("list addresses of", self.name, dump())
-        return found or []
-
-    async def _add_addr(self, ipr: Any, addr: Interface) -> None:
-        # A tentative (DAD) address cannot be a source address; a tunnel has no neighbours.
-        flags = IFA_F_NODAD if addr.version == 6 else 0
-        call = ipr.addr(
-            "add", index=self._ifindex, address=str(addr.ip), prefixlen=addr.network.prefixlen,
-            flags=flags,
-        )  # fmt: skip
-        await self._nl("add address", f"{addr} to {self.name}", call, _EXISTS)
-
-    async def _del_addr(self, ipr: Any, addr: Interface) -> None:
-        call = ipr.addr(
-            "del", index=self._ifindex, address=str(addr.ip), prefixlen=addr.network.prefixlen
-        )
-        await self._nl("delete address", f"{addr} from {self.name}", call, _GONE)
-
-    def _rule_args(self, family: int) -> dict[str, int]:
-        return {
-            "family": family,
-            "table": self.table,
-            "fwmark": self.fwmark,
-            "priority": self.rule_priority,
-            "flags": FIB_RULE_INVERT,
-        }
-
-    def _rule_name(self, family: int) -> str:
-        return (
-            f"{_fam_name(family)} rule 'not fwmark 0x{self.fwmark:x} lookup {self.table}' "
-            f"priority {self.rule_priority}"
-        )
-
-    async def _add_rule(self, ipr: Any, family: int) -> None:
-        # EEXIST: ours from an earlier call, or a crashed run's identical rule, which is ours.
-        call = ipr.rule("add", **self._rule_args(family))
-        await self._nl("add", self._rule_name(family), call, _EXISTS)
-        self._rule_families.add(family)
-
-    async def _del_rule(self, ipr: Any, family: int) -> None:
-        call = ipr.rule("del", **self._rule_args(family))
-        await self._nl("delete", self._rule_name(family), call, _GONE)
-        self._rule_families.discard(family)
-
-    async def _add_route(self, ipr: Any, net: Network) -> None:
-        call = ipr.route(
-            "add", family=_family(net), dst=str(net.network_address), dst_len=net.prefixlen,
-            oif=self._ifindex, table=self.table,
-        )  # fmt: skip
-        await self._nl("add route", f"{net} table {self.table}", call, _EXISTS)
-
-    async def _del_route(self, ipr: Any, net: Network) -> None:
-        call = ipr.route(
-            "del", family=_family(net), dst=str(net.network_address), dst_len=net.prefixlen,
-            table=self.table,
-        )  # fmt: skip
-        await self._nl("delete route", f"{net} table {self.table}", call, _GONE)
-
-    async def _flush_table(self, ipr: Any = None) -> list[NetdevError]:
-        """Delete every route in our table (both families); returns the failures."""
-        ipr = ipr if ipr is not None else self._ipr
-        errors: list[NetdevError] = []
-        for family in _FAMILIES:
-            where = f"{_fam_name(family)} table {self.table}"
-
-            async def dump(family: int = family) -> list[Any]:
-                return [m async for m in await ipr.get_routes(family=family, table=self.table)]
-
-            # Dump fully before deleting: one socket cannot dump and take requests at once.
-            try:
-                routes = await self._nl("list routes of", where, dump()) or []
-            except NetdevError as err:
-                errors.append(err)
-                continue
-            for msg in routes:
-                # Send the dumped message back as the delete: it matches the route exactly.
-                async def delete(msg: Any = msg) -> None:
-                    request = await ipr.nlm_request(
-                        msg, msg_type=RTM_DELROUTE, msg_flags=NLM_F_REQUEST | NLM_F_ACK
-                    )
-                    async for _ in request:
-                        pass
-
-                dst = f"{msg.get('dst') or ('0.0.0.0' if family == socket.AF_INET else '::')}"
-                obj = f"{dst}/{msg['dst_len']} {where}"
-                await self._collect(errors, self._nl("flush route", obj, delete(), _GONE))
-        return errors
+            await self._started().set_txqueuelen(n)
