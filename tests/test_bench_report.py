@@ -1,0 +1,169 @@
+"""Tests for wiretun.bench.results and wiretun.bench.report on stored iperf3 samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wiretun.bench.iperf import parse_result
+from wiretun.bench.plan import make_plan
+from wiretun.bench.report import COLUMNS, SCHEMA, markdown_table, rich_table, write_reports
+from wiretun.bench.results import ALL_WORKLOADS, Row, aggregate
+from wiretun.bench.runner import BenchResult, PathStatus, RunRecord
+
+DATA = Path(__file__).parent / "data" / "iperf3"
+
+
+def record(
+    path: str, workload: str, sample: str, repeat: int = 0, cpu: float | None = None
+) -> RunRecord:
+    res = parse_result((DATA / f"{sample}.json").read_text())
+    return RunRecord(
+        path, workload, repeat, value=res.gbps, bytes=res.bytes,
+        retransmits=res.retransmits, cpu_seconds=cpu, udp=res.udp,
+    )  # fmt: skip
+
+
+def bench_result() -> BenchResult:
+    plan = make_plan(
+        quick=False, only="veth,wireguard-go,wiretun-q1,wiretun-q2", workloads="tcp,udp,ping",
+        repeats=2,
+    )  # fmt: skip
+    paths = [
+        PathStatus("veth"),
+        PathStatus("wireguard-go", version="wireguard-go v0.0.20220316", peak_rss_bytes=37_000_000),
+        PathStatus(
+            "wiretun-q1", "failed", "failed: wiretun up exited with 2: usage:\nwiretun: error"
+        ),
+        PathStatus("wiretun-q2", "skipped", "skipped: TUN unavailable"),
+    ]
+    runs = [
+        record("veth", "tcp", "veth-tcp"),
+        record("wireguard-go", "tcp", "wireguard-go-tcp", cpu=2.0),
+        record("veth", "udp", "veth-udp"),
+        record("wireguard-go", "udp", "wireguard-go-udp", cpu=1.0),
+        RunRecord("veth", "ping", 0, value=0.05, ping_sent=10, ping_received=10),
+        RunRecord("wireguard-go", "ping", 0, value=0.20, ping_sent=10, ping_received=9),
+        # Second round: wireguard-go from the reverse sample, one failed veth run.
+        RunRecord("veth", "tcp", 1, error="iperf3: the server is busy"),
+        record("wireguard-go", "tcp", "wireguard-go-tcp-rev", repeat=1, cpu=2.5),
+    ]
+    return BenchResult(plan, ("wtb-a", "wtb-b"), paths, runs)
+
+
+def rows_by_key(rows: list[Row]) -> dict[tuple[str, str], Row]:
+    return {(r.path, r.workload): r for r in rows}
+
+
+def test_medians_min_max_and_retransmits() -> None:
+    rows = rows_by_key(aggregate(bench_result()))
+    wg_tcp = rows["wireguard-go", "tcp"]
+    fwd = parse_result((DATA / "wireguard-go-tcp.json").read_text())
+    rev = parse_result((DATA / "wireguard-go-tcp-rev.json").read_text())
+    assert wg_tcp.status == "ok"
+    assert wg_tcp.samples == (fwd.gbps, rev.gbps)
+    assert wg_tcp.median == pytest.approx((fwd.gbps + rev.gbps) / 2)
+    assert (wg_tcp.min, wg_tcp.max) == (min(fwd.gbps, rev.gbps), max(fwd.gbps, rev.gbps))
+    assert fwd.retransmits is not None and rev.retransmits is not None
+    assert wg_tcp.retransmits == pytest.approx((fwd.retransmits + rev.retransmits) / 2)
+
+
+def test_cpu_seconds_per_gb_and_peak_rss() -> None:
+    rows = rows_by_key(aggregate(bench_result()))
+    fwd = parse_result((DATA / "wireguard-go-tcp.json").read_text())
+    rev = parse_result((DATA / "wireguard-go-tcp-rev.json").read_text())
+    expected = (2.0 + 2.5) / ((fwd.bytes + rev.bytes) / 1e9)
+    assert rows["wireguard-go", "tcp"].cpu_s_per_gb == pytest.approx(expected)
+    assert rows["wireguard-go", "tcp"].peak_rss_mb == pytest.approx(37.0)
+    assert rows["veth", "tcp"].cpu_s_per_gb is None
+
+
+def test_ratios_against_both_baselines() -> None:
+    rows = rows_by_key(aggregate(bench_result()))
+    veth, wg = rows["veth", "tcp"], rows["wireguard-go", "tcp"]
+    assert veth.median is not None and wg.median is not None
+    assert wg.ratio_vs_veth == pytest.approx(wg.median / veth.median)
+    assert veth.ratio_vs_wireguard_go == pytest.approx(veth.median / wg.median)
+    assert wg.ratio_vs_wireguard_go == pytest.approx(1.0)
+    assert rows["wireguard-go", "ping"].ratio_vs_veth == pytest.approx(4.0)
+
+
+def test_partial_failure_is_noted_and_whole_failures_get_one_row() -> None:
+    rows = aggregate(bench_result())
+    by_key = rows_by_key(rows)
+    veth_tcp = by_key["veth", "tcp"]
+    assert veth_tcp.status == "ok"
+    assert veth_tcp.samples == (parse_result((DATA / "veth-tcp.json").read_text()).gbps,)
+    assert (
+        veth_tcp.note is not None and "1/2 runs failed: iperf3: the server is busy" in veth_tcp.note
+    )
+    failed = by_key["wiretun-q1", ALL_WORKLOADS]
+    assert failed.status == "failed"
+    assert failed.ratio_vs_veth is None
+    assert by_key["wiretun-q2", ALL_WORKLOADS].status == "skipped"
+    assert [r.path for r in rows].count("wiretun-q1") == 1
+
+
+def test_udp_and_ping_notes() -> None:
+    rows = rows_by_key(aggregate(bench_result()))
+    udp = rows["wireguard-go", "udp"]
+    jitter = parse_result((DATA / "wireguard-go-udp.json").read_text()).udp
+    assert jitter is not None
+    assert udp.udp_lost_percent == pytest.approx(24.177497852848553)
+    assert udp.udp_jitter_ms == pytest.approx(jitter.jitter_ms)
+    assert udp.note == f"loss 24.18%, jitter {jitter.jitter_ms:.3f} ms, out-of-order 0"
+    assert rows["wireguard-go", "ping"].note == "9/10 replies"
+    assert rows["wireguard-go", "ping"].unit == "ms"
+
+
+def test_markdown_table_shape() -> None:
+    rows = aggregate(bench_result())
+    lines = markdown_table(rows).splitlines()
+    assert lines[0] == "| " + " | ".join(COLUMNS) + " |"
+    assert len(lines) == 2 + len(rows)
+    # Every line has the same number of cells: multi-line notes were flattened.
+    assert {line.count(" | ") for line in lines[2:]} == {len(COLUMNS) - 1}
+    ping = next(line for line in lines if line.startswith("| veth | ping |"))
+    assert "0.050 ms" in ping
+    assert any(
+        "failed: wiretun up exited with 2: usage: / wiretun: error" in line for line in lines
+    )
+
+
+def test_rich_table_has_every_row() -> None:
+    rows = aggregate(bench_result())
+    table = rich_table(rows)
+    assert [c.header for c in table.columns] == list(COLUMNS)
+    assert table.row_count == len(rows)
+
+
+def test_write_reports(tmp_path: Path) -> None:
+    result = bench_result()
+    rows = aggregate(result)
+    out = tmp_path / "out"
+    files, problems = write_reports(result, rows, out, "wiretun bench --quick")
+    assert problems == []
+    assert sorted(f.name for f in files) == ["results.json", "results.md", "throughput.png"]
+    data = json.loads((out / "results.json").read_text())
+    assert data["schema"] == SCHEMA
+    assert data["command"] == "wiretun bench --quick"
+    assert data["host"]["cpu_count"] >= 1
+    assert data["host"]["kernel"]
+    assert data["versions"]["iperf3"].startswith("iperf 3")
+    assert data["versions"]["wireguard-go"] == "wireguard-go v0.0.20220316"
+    assert data["settings"]["repeats"] == 2
+    assert data["namespaces"] == ["wtb-a", "wtb-b"]
+    assert [p["status"] for p in data["paths"]] == ["ok", "ok", "failed", "skipped"]
+    assert data["paths"][1]["peak_rss_mb"] == pytest.approx(37.0)
+    assert len(data["rows"]) == len(rows)
+    assert len(data["runs"]) == len(result.runs)
+    wg_udp = next(r for r in data["runs"] if r["path"] == "wireguard-go" and r["workload"] == "udp")
+    assert wg_udp["udp"]["out_of_order"] == 0
+    md = (out / "results.md").read_text()
+    assert "| wireguard-go | tcp |" in md
+    assert "wiretun bench --quick" in md
+    png = (out / "throughput.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(png) > 5000
