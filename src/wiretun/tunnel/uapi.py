@@ -151,29 +151,28 @@ class UapiServer:
         self._socket_dir = socket_dir
         self._poll_interval = poll_interval
         self._on_removed = on_removed
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
         self._identity: tuple[int, int] | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self._connections: set[asyncio.Task[object]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        # Each connection's socket is kept here so close() can close it even if its task
+        # was cancelled before it ever ran.
+        self._connections: dict[asyncio.Task[None], socket.socket] = {}
         self._stats = UapiStats()  # immutable: replaced, so a reader's copy never changes
         self._closed = False
 
     async def start(self) -> None:
         """Create the socket (removing a stale one) and start serving.
         Raises UapiInUseError if another process serves this name."""
-        if self._server is not None or self._closed:
-            raise RuntimeError("UapiServer.start() called twice")
+        if self._listener is not None or self._closed:
+            raise RuntimeError("UapiServer.start() called twice or after close()")
         os.makedirs(self._socket_dir, mode=0o755, exist_ok=True)
-        sock = _bind(self.path)
-        try:
-            st = os.stat(self.path)
-            self._identity = (st.st_dev, st.st_ino)
-            self._server = await asyncio.start_unix_server(self._serve, sock=sock)
-        except BaseException:
-            sock.close()
-            self._unlink_if_ours()
-            raise
-        self._watcher = asyncio.create_task(self._watch(), name=f"uapi-watch-{self.name}")
+        self._listener = _bind(self.path)
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
+        self._tasks = [
+            asyncio.create_task(self._accept(self._listener), name=f"uapi-accept-{self.name}"),
+            asyncio.create_task(self._watch(), name=f"uapi-watch-{self.name}"),
+        ]
         logger.info("UAPI listening on %s", self.path)
 
     async def close(self) -> None:
@@ -181,18 +180,16 @@ class UapiServer:
         if self._closed:
             return
         self._closed = True
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
         self._unlink_if_ours()
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
+        connections = dict(self._connections)
+        tasks = [*self._tasks, *connections]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for conn in connections.values():
+            conn.close()
+        if self._listener is not None:
+            self._listener.close()
 
     async def __aenter__(self) -> UapiServer:
         await self.start()
@@ -225,29 +222,42 @@ class UapiServer:
         if self._on_removed is not None:
             self._on_removed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
-        self._stats = replace(self._stats, connections=self._stats.connections + 1)
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except (ConnectionAbortedError, InterruptedError):
+                continue
+            except OSError as exc:
+                # Out of fds or memory: keep the server, retry shortly.
+                logger.warning("UAPI %s: accept failed: %s", self.name, exc)
+                await asyncio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            self._stats = replace(self._stats, connections=self._stats.connections + 1)
+            task = asyncio.create_task(self._serve(conn), name=f"uapi-conn-{self.name}")
+            self._connections[task] = conn
+            task.add_done_callback(self._connections.pop)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
         requests = UapiRequestReader()
         try:
-            while data := await reader.read(_READ_SIZE):
+            while data := await loop.sock_recv(conn, _READ_SIZE):
                 requests.feed(data)
+                replies: list[str] = []
                 while (request := requests.next_request()) is not None:
-                    writer.write(self._handle(request).encode())
-                await writer.drain()
+                    replies.append(self._handle(request))
+                if replies:
+                    await loop.sock_sendall(conn, "".join(replies).encode())
         except UapiProtocolError as exc:
             self._stats = replace(self._stats, dropped=self._stats.dropped + 1)
             logger.warning("UAPI %s: closing connection: %s", self.name, exc)
         except ConnectionError:
             pass  # the client went away; nothing to answer
         finally:
-            if task is not None:
-                self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            conn.close()
 
     def _handle(self, request: GetRequest | SetRequest) -> str:
         if isinstance(request, GetRequest):
