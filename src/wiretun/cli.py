@@ -17,6 +17,8 @@ class Command(Protocol):
 # name -> (module implementing Command, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("wiretun.demo", "show wiretun at work inside throwaway network namespaces"),
+    "up": ("wiretun.tunnel.up", "run a WireGuard interface from a wg-quick config file"),
+    "down": ("wiretun.tunnel.down", "stop the `wiretun up` serving an interface"),
     "bench": (
         "wiretun.bench.cli",
         "measure throughput/latency of wiretun vs wireguard-go vs bare veth",

@@ -1,0 +1,150 @@
+"""The UAPI backend over a live Device: `wg show` reads it, `wg set` changes it."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+
+from wiretun.tunnel.uapi_protocol import (
+    ZERO_KEY,
+    DeviceSnapshot,
+    PeerSnapshot,
+    PeerUpdate,
+    ReplacePeers,
+    SetFwmark,
+    SetListenPort,
+    SetOperation,
+    SetPrivateKey,
+    UapiError,
+)
+from wiretun.wireguard.device import Device
+
+log = logging.getLogger(__name__)
+
+
+class DeviceBackend:
+    """Applies UAPI operations to `device` in order, as wireguard-go does; stops at the first
+    failing one (its errno goes back to `wg`).
+
+    `rebind(port)` moves the UDP sockets to a new port and returns the bound port (raises
+    OSError, e.g. EADDRINUSE); `set_fwmark(mark)` re-marks them; `changed()` runs after every
+    `apply` so the loop can send what the core queued and re-arm its timer; `now()` is the
+    loop's clock.
+    """
+
+    def __init__(
+        self,
+        device: Device,
+        *,
+        now: Callable[[], float],
+        rebind: Callable[[int], int] | None = None,
+        set_fwmark: Callable[[int], None] | None = None,
+        changed: Callable[[], None] | None = None,
+    ) -> None:
+        self.device = device
+        self._now = now
+        self._rebind = rebind
+        self._set_fwmark = set_fwmark
+        self._changed = changed
+
+    def get_snapshot(self) -> DeviceSnapshot:
+        d = self.device
+        peers = tuple(
+            PeerSnapshot(
+                public_key=p.public_key,
+                preshared_key=p.preshared_key,
+                endpoint=p.endpoint,
+                last_handshake_ns=(
+                    0 if p.last_handshake is None else int(p.last_handshake * 1_000_000_000)
+                ),
+                tx_bytes=p.tx_bytes,
+                rx_bytes=p.rx_bytes,
+                persistent_keepalive=p.persistent_keepalive,
+                allowed_ips=tuple(p.allowed_ips),
+            )
+            for p in d.peers
+        )
+        return DeviceSnapshot(
+            private_key=d.private_key,
+            listen_port=d.listen_port or 0,
+            fwmark=d.fwmark or 0,
+            peers=peers,
+        )
+
+    def apply(self, ops: list[SetOperation]) -> None:
+        try:
+            for op in ops:
+                self._apply_one(op)
+        finally:
+            # Even a partial set may have queued keepalives or changed timers.
+            if self._changed is not None:
+                self._changed()
+
+    def _apply_one(self, op: SetOperation) -> None:
+        d = self.device
+        if isinstance(op, SetPrivateKey):
+            if op.private_key == ZERO_KEY:
+                raise UapiError(errno.EINVAL, "wiretun cannot run without a private key")
+            _device_call(d.set_private_key, op.private_key)
+        elif isinstance(op, SetListenPort):
+            self._listen_port(op.port)
+        elif isinstance(op, SetFwmark):
+            if self._set_fwmark is not None:
+                try:
+                    self._set_fwmark(op.fwmark)
+                except OSError as e:
+                    raise UapiError(e.errno or errno.EIO, f"fwmark: {e}") from e
+            d.fwmark = op.fwmark or None
+        elif isinstance(op, ReplacePeers):
+            d.remove_all_peers()
+        else:
+            self._peer(op)
+
+    def _listen_port(self, port: int) -> None:
+        d = self.device
+        if port == (d.listen_port or 0) or (port == 0 and d.listen_port):
+            # Port 0 asks for "any": the port we already hold is one.
+            return
+        if self._rebind is None:
+            raise UapiError(errno.EOPNOTSUPP, "this device cannot change its port")
+        try:
+            d.listen_port = self._rebind(port)
+        except OSError as e:
+            raise UapiError(e.errno or errno.EIO, f"listen_port {port}: {e}") from e
+
+    def _peer(self, op: PeerUpdate) -> None:
+        d = self.device
+        key = op.public_key
+        if key == d.public_key:
+            return  # wireguard-go ignores a peer with our own key
+        exists = any(p.public_key == key for p in d.peers)
+        if op.remove:
+            if exists:
+                d.remove_peer(key)
+            return
+        if not exists:
+            if op.update_only:
+                return
+            _device_call(d.add_peer, key)
+        if op.preshared_key is not None:
+            psk = None if op.preshared_key == ZERO_KEY else op.preshared_key
+            _device_call(d.set_preshared_key, key, psk)
+        if op.endpoint is not None:
+            _device_call(d.set_endpoint, key, op.endpoint)
+        if op.persistent_keepalive is not None:
+            _device_call(d.set_persistent_keepalive, key, op.persistent_keepalive, self._now())
+        if op.replace_allowed_ips:
+            _device_call(d.replace_allowed_ips, key, ())
+        if op.remove_allowed_ips:
+            _device_call(d.remove_allowed_ips, key, op.remove_allowed_ips)
+        if op.add_allowed_ips:
+            _device_call(d.add_allowed_ips, key, op.add_allowed_ips)
+
+
+def _device_call(fn: Callable[..., object], *args: object) -> None:
+    """Device misuse (ValueError/KeyError) becomes the EINVAL that `wg` expects."""
+    try:
+        fn(*args)
+    except (ValueError, KeyError) as e:
+        raise UapiError(errno.EINVAL, str(e)) from e

@@ -1,0 +1,75 @@
+"""`wiretun down NAME`: stop the `wiretun up` serving NAME and wait for its teardown.
+
+It signals the process named in /var/run/wireguard/NAME.pid (written by `up`) with SIGTERM.
+A pid file rather than deleting the UAPI socket (which `up` also obeys): only the pid lets
+us wait until the teardown has finished, and check that the process is really ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import time
+
+from wiretun.tunnel.config import is_valid_ifname
+from wiretun.tunnel.up import EXIT_CONFIG, pid_path
+
+STOP_TIMEOUT = 15.0
+
+
+def _is_wiretun(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"wiretun" in f.read()
+    except OSError:
+        return False
+
+
+def stop_instance(name: str, timeout: float = STOP_TIMEOUT) -> bool:
+    """SIGTERM the `wiretun up` serving `name` and wait for it to exit; False if none runs.
+    Raises TimeoutError if it does not finish in time."""
+    try:
+        with open(pid_path(name)) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return False
+    if not _is_wiretun(pid):
+        # A stale file from a crash, possibly naming a reused pid: leave that process alone.
+        with contextlib.suppress(OSError):
+            os.unlink(pid_path(name))
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while _is_wiretun(pid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"wiretun for {name} (pid {pid}) still running after {timeout}s")
+        time.sleep(0.05)
+    return True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("interface", help="the interface a `wiretun up` is serving")
+    parser.add_argument(
+        "--timeout", type=float, default=STOP_TIMEOUT, help="seconds to wait for the teardown"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    name = args.interface
+    if not is_valid_ifname(name):
+        print(f"wiretun down: invalid interface name {name!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if not stop_instance(name, args.timeout):
+            print(f"wiretun down: no running wiretun for {name}", file=sys.stderr)
+            return 1
+    except (TimeoutError, PermissionError) as e:
+        print(f"wiretun down: {e}", file=sys.stderr)
+        return 1
+    return 0
