@@ -126,16 +126,24 @@ class Network:
                 return total
         raise AssertionError(f"network still busy after {max_rounds} rounds")
 
-    def tick(self, seconds: float, step: float = 1.0) -> None:
-        """Advance time in steps, running every device's timers and the network each step."""
+    def tick(self, seconds: float, step: float | None = None, max_wakeups: int = 100_000) -> None:
+        """Advance time to each timer deadline in turn (at most `step` at a time), running
+        the due devices' timers and then the network, until `seconds` have passed."""
         end = self.clock.now + seconds
-        while self.clock.now < end:
-            self.clock.advance(min(step, end - self.clock.now))
+        for _ in range(max_wakeups):
+            deadlines = [d for dev in self.devices.values() if (d := dev.next_timer()) is not None]
+            target = min([end, *deadlines])
+            if step is not None:
+                target = min(target, self.clock.now + step)
+            self.clock.now = max(self.clock.now, target)
             for dev in list(self.devices.values()):
                 due = dev.next_timer()
                 if due is not None and due <= self.clock.now:
                     dev.handle_timers(self.clock.now)
             self.roundtrip()
+            if self.clock.now >= end:
+                return
+        raise AssertionError(f"more than {max_wakeups} timer wake-ups in {seconds} s")
 
 
 @dataclass

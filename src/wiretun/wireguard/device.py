@@ -569,7 +569,12 @@ class Device:
         timers.session_derived(now)
         timers.authenticated_traversal(now)
         timers.authenticated_sent(now)
-        self._queue((src[0], src[1]), peer.cookie.add_macs(message, now))
+        message = peer.cookie.add_macs(message, now)
+        # A response counts as a sent handshake: no own initiation for REKEY_TIMEOUT.
+        peer.handshake_sent_at = now
+        peer.rx_bytes += len(data)
+        peer.tx_bytes += len(message)
+        self._queue((src[0], src[1]), message)
 
     def _receive_response(
         self, data: bytes, src: Endpoint, now: float, seen: dict[Peer, _Seen]
@@ -587,6 +592,7 @@ class Device:
             return
         del self._pending[response.receiver]
         peer.handshake = None
+        peer.rx_bytes += len(data)
         kp = Keypair(
             keys.send_key,
             keys.recv_key,
@@ -782,7 +788,9 @@ class Device:
         self._pending[index] = peer
         timers.authenticated_traversal(now)
         timers.authenticated_sent(now)
-        self._queue(peer.endpoint, peer.cookie.add_macs(hs.message, now))
+        message = peer.cookie.add_macs(hs.message, now)
+        peer.tx_bytes += len(message)
+        self._queue(peer.endpoint, message)
         timers.handshake_initiated(now)
 
     def _queue(self, endpoint: Endpoint, datagram: bytes) -> None:
