@@ -272,6 +272,7 @@ class TunQueue:
                     error = TunBroken(f"queue {self.index}: end of file")
                     break
                 nbytes += len(frame)
+                counters.rx_frames += 1
                 if identity:
                     batch.append(frame)
                     continue
@@ -336,8 +337,10 @@ class TunQueue:
                 elif self.closing:
                     count(drops, "closed", len(frames) - i)
                     break
-            # Counted in frames: with offloads one frame may carry a coalesced flow.
-            counters.tx_packets += written
+            # With offloads a frame may carry several packets; when some frames failed we
+            # cannot tell how many packets the others held, so count conservatively.
+            counters.tx_packets += len(good) if written == len(frames) else written
+            counters.tx_frames += written
             counters.tx_bytes += nbytes
             counters.tx_batches += 1
             self.done += len(batch)

@@ -16,10 +16,16 @@ class QueueStats:
     index: int
     rx_packets: int = 0
     rx_bytes: int = 0
+    """Bytes of the frames read (including virtio_net_hdr with offloads)."""
     rx_batches: int = 0
+    rx_frames: int = 0
+    """Reads from the fd; fewer than rx_packets when offloads split super-packets."""
     tx_packets: int = 0
     tx_bytes: int = 0
+    """Bytes of the frames written (including virtio_net_hdr with offloads)."""
     tx_batches: int = 0
+    tx_frames: int = 0
+    """Writes to the fd; fewer than tx_packets when offloads coalesce a flow."""
     refused: int = 0
     """Packets `send`/`send_many` refused with backpressure (QueueFull) for this queue."""
     reader_paused: int = 0
@@ -69,9 +75,11 @@ class TunStats:
             rx_packets=sum(q.rx_packets for q in qs),
             rx_bytes=sum(q.rx_bytes for q in qs),
             rx_batches=sum(q.rx_batches for q in qs),
+            rx_frames=sum(q.rx_frames for q in qs),
             tx_packets=sum(q.tx_packets for q in qs),
             tx_bytes=sum(q.tx_bytes for q in qs),
             tx_batches=sum(q.tx_batches for q in qs),
+            tx_frames=sum(q.tx_frames for q in qs),
             refused=sum(q.refused for q in qs),
             reader_paused=sum(q.reader_paused for q in qs),
             rx_drops=_merge([q.rx_drops for q in qs]),
@@ -89,10 +97,12 @@ class QueueCounters:
         "rx_batches",
         "rx_bytes",
         "rx_drops",
+        "rx_frames",
         "rx_packets",
         "tx_batches",
         "tx_bytes",
         "tx_drops",
+        "tx_frames",
         "tx_packets",
     )
 
@@ -100,9 +110,11 @@ class QueueCounters:
         self.rx_packets = 0
         self.rx_bytes = 0
         self.rx_batches = 0
+        self.rx_frames = 0
         self.tx_packets = 0
         self.tx_bytes = 0
         self.tx_batches = 0
+        self.tx_frames = 0
         self.refused = 0
         self.reader_paused = 0
         self.rx_drops: dict[str, int] = {}
@@ -114,9 +126,11 @@ class QueueCounters:
             rx_packets=self.rx_packets,
             rx_bytes=self.rx_bytes,
             rx_batches=self.rx_batches,
+            rx_frames=self.rx_frames,
             tx_packets=self.tx_packets,
             tx_bytes=self.tx_bytes,
             tx_batches=self.tx_batches,
+            tx_frames=self.tx_frames,
             refused=self.refused,
             reader_paused=self.reader_paused,
             rx_drops=MappingProxyType(dict(self.rx_drops)),

@@ -1,0 +1,88 @@
+"""The channel pieces under Tun: Wakeup and the inbound batch FIFO."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from wiretun.tun import TunBroken
+from wiretun.tun.queue import Inbound, Wakeup
+
+
+def set_and_fire(flag: list[bool], w: Wakeup) -> None:
+    flag.append(True)
+    w.fire()
+
+
+def test_wakeup_sync_wait_is_woken_from_another_thread() -> None:
+    w = Wakeup()
+    flag: list[bool] = []
+    threading.Timer(0.05, set_and_fire, (flag, w)).start()
+    assert w.wait_sync(lambda: bool(flag), timeout=5)
+    assert not w.armed
+
+
+def test_wakeup_sync_wait_times_out() -> None:
+    w = Wakeup()
+    start = time.monotonic()
+    assert not w.wait_sync(lambda: False, timeout=0.05)
+    assert time.monotonic() - start >= 0.05
+    assert not w.armed
+
+
+def test_wakeup_async_wait_is_woken_from_a_thread() -> None:
+    w = Wakeup()
+    flag: list[bool] = []
+
+    async def main() -> None:
+        threading.Timer(0.05, set_and_fire, (flag, w)).start()
+        await asyncio.wait_for(w.wait_async(lambda: bool(flag)), 5)
+
+    asyncio.run(main())
+    assert flag
+
+
+def test_wakeup_fire_without_waiters_is_a_no_op() -> None:
+    w = Wakeup()
+    w.fire()
+    assert w.wait_sync(lambda: True, timeout=0)
+
+
+def test_inbound_keeps_arrival_order_and_splits_batches() -> None:
+    ch = Inbound(capacity=100, readers=2)
+    spaced: list[int] = []
+    ch.on_space = lambda: spaced.append(1)
+    ch.put(0, [b"a", b"b", b"c"])
+    ch.put(1, [b"d"])
+    ch.put(0, [b"e", b"f"])
+    assert ch.occupancy() == 6
+    assert ch.take(2) == [b"a", b"b"]
+    assert ch.take(10) == [b"c", b"d", b"e", b"f"]
+    assert ch.take(10) == []
+    assert ch.occupancy() == 0
+    assert len(spaced) == 2
+
+
+def test_inbound_room_and_error_after_earlier_packets() -> None:
+    ch = Inbound(capacity=3, readers=1)
+    ch.put(0, [b"a", b"b", b"c"])
+    assert not ch.has_room()
+    err = TunBroken("queue 0: end of file")
+    ch.put_error(err)
+    assert ch.take(10) == [b"a", b"b", b"c"]
+    assert ch.has_room()
+    with pytest.raises(TunBroken):
+        ch.take(10)
+    with pytest.raises(TunBroken):
+        ch.take(10)
+
+
+def test_inbound_discard_counts_per_reader() -> None:
+    ch = Inbound(capacity=10, readers=2)
+    ch.put(1, [b"x", b"y"])
+    ch.put(0, [b"z"])
+    assert ch.discard() == [1, 2]
+    assert not ch.nonempty()
