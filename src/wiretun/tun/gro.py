@@ -13,13 +13,13 @@ from wiretun.tun.gso import (
     GSO_TCPV4,
     GSO_TCPV6,
     GSO_UDP_L4,
+    SWAP,
     TCP_ACK,
     TCP_PSH,
     VNET_HDR,
     ZERO_VNET_HDR,
     OffloadStats,
     fold32,
-    fold_rows,
 )
 
 MAX_COALESCED_LEN = 0xFFFF  # IP length of a merged packet; the kernel's gro_max_size is 64 KB
@@ -40,8 +40,11 @@ class _Item:
         "hl",
         "id_step",
         "iph",
+        "m_ack",
+        "m_psh",
         "next_id",
         "next_seq",
+        "opts",
         "packets",
         "psh",
         "tcp",
@@ -62,64 +65,36 @@ class _Item:
         self.closed = psh  # PSH may only end a merged packet
         self.id_step = -1  # IPv4 ID +1 per segment, or (with DF) fixed; set by the 2nd packet
         self.next_id = ((p[4] << 8) | p[5]) if iph == 20 else 0
-
-
-def _ip_compatible(p: bytes, f: bytes, iph: int) -> bool:
-    if iph == 20:
-        # TOS, TTL and the DF/reserved bits must agree (MF/offset were excluded earlier).
-        return p[1] == f[1] and p[8] == f[8] and not (p[6] ^ f[6]) & 0xE0
-    # Version, traffic class and flow label, then hop limit.
-    return p[:4] == f[:4] and p[7] == f[7]
+        # Bytes 8..16 of every merged TCP header must match these (the flags byte being ACK
+        # or ACK|PSH): ACK number, data offset, flags, window. Options must match too.
+        self.m_ack = self.m_psh = b""
+        if tcp:
+            head = bytearray(p[iph + 8 : iph + 16])
+            head[5] = TCP_ACK
+            self.m_ack = bytes(head)
+            head[5] = TCP_ACK | TCP_PSH
+            self.m_psh = bytes(head)
+        self.opts = p[iph + 20 : hl]
 
 
 def _ip_id_ok(item: _Item, p: bytes) -> bool:
-    if item.iph != 20:
-        return True
+    """IPv4 IDs must advance by one per segment or, for DF packets, stay fixed (as in GRO)."""
     ip_id = (p[4] << 8) | p[5]
     if item.id_step < 0:
         if ip_id == (item.next_id + 1) & 0xFFFF:
             item.id_step = 1
         elif ip_id == item.next_id and p[6] & 0x40:
-            item.id_step = 0  # atomic datagrams may keep a fixed ID
+            item.id_step = 0
         else:
             return False
-        item.next_id = ip_id
-        return True
-    if ip_id != (item.next_id + item.id_step) & 0xFFFF:
+    elif ip_id != (item.next_id + item.id_step) & 0xFFFF:
         return False
     item.next_id = ip_id
     return True
 
 
-def _checksums_valid(packets: list[bytes], addr_at: list[int], extra: list[int]) -> list[bool]:
-    """Whether each packet's L4 checksum verifies, with one vectorised sum for the batch.
-
-    The pseudo-header addresses sit right before the L4 header in both IP versions, so each
-    packet is summed from its source address to its end; `extra` adds protocol and length.
-    """
-    pieces: list[bytes] = []
-    idx: list[int] = []
-    off = 0
-    for p, a in zip(packets, addr_at, strict=True):
-        if idx:
-            idx.append(off >> 2)
-        idx.append((off + a) >> 2)
-        pad = _PADS[len(p) & 3]
-        pieces.append(p)
-        pieces.append(pad)
-        off += len(p) + len(pad)
-    words = np.frombuffer(b"".join(pieces), np.uint32)
-    sums = np.add.reduceat(words, idx, dtype=np.uint64)[::2]
-    total = fold_rows(sums) + np.asarray(extra, dtype=np.uint64)
-    total = (total & np.uint64(0xFFFF)) + (total >> np.uint64(16))
-    total = (total & np.uint64(0xFFFF)) + (total >> np.uint64(16))
-    return (total == np.uint64(0xFFFF)).tolist()  # type: ignore[no-any-return]
-
-
 def _emit(item: _Item) -> bytes:
-    """The frame for a finished item: a zero header, or a GSO header and the merged packet."""
-    if item.count == 1:
-        return ZERO_VNET_HDR + item.first
+    """The merged packet with a GSO header and a CHECKSUM_PARTIAL L4 checksum field."""
     first, iph, hl, total = item.first, item.iph, item.hl, item.total
     hdr = bytearray(first[:hl])
     if iph == 20:
@@ -142,7 +117,7 @@ def _emit(item: _Item) -> bytes:
         _U16.pack_into(hdr, iph + 4, l4len)
         csum_offset = 6
         proto = PROTO_UDP
-    # CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, not its complement.
+    # The field holds the folded pseudo-header sum, not its complement: the kernel finishes it.
     _U16.pack_into(hdr, iph + csum_offset, fold32(ones_complement_sum(addrs) + proto + l4len))
     vnet = VNET_HDR.pack(F_NEEDS_CSUM, gso_type, hl, item.gso, iph, csum_offset)
     parts: list[bytes | bytearray | memoryview] = [vnet, hdr, memoryview(first)[hl:]]
@@ -153,130 +128,143 @@ def _emit(item: _Item) -> bytes:
 def coalesce(packets: Sequence[bytes], stats: OffloadStats, *, udp: bool = False) -> list[bytes]:
     """Frames (vnet header + packet) for a batch, merging consecutive segments of a flow.
 
-    A packet only ever joins the newest item of its flow, so per-flow order is kept. The
-    merge rules follow the kernel's GRO: TCP flags exactly ACK or ACK|PSH (PSH ends an item),
-    equal ACK, window, options and IP header fields, sequence-adjacent, IPv4 IDs consecutive,
-    equal payload sizes with only the last smaller, at most 64 KB, and valid checksums
-    (checked in software, since CHECKSUM_PARTIAL makes the kernel trust them). UDP merges
-    only with `udp=True` (the kernel accepted USO).
+    A packet only ever joins the newest item of its flow, and any other packet of the flow
+    ends that item, so per-flow order is kept. The merge rules follow the kernel's GRO: TCP
+    flags exactly ACK or ACK|PSH (PSH ends an item), equal ACK number, window, options, TOS/
+    traffic class, TTL/hop limit and DF, sequence-adjacent, IPv4 IDs consecutive, equal
+    payload sizes with only the last smaller, at most 64 KB. UDP merges only with `udp=True`
+    (the kernel accepted USO), at most 64 datagrams. Checksums must be valid (the kernel
+    trusts CHECKSUM_PARTIAL): they are verified for all merged packets in one vectorised
+    pass afterwards, and an item holding a bad one is written unmerged instead.
     """
     stats.packets_in += len(packets)
-    # Pass 1: parse candidates. rec = (index, key, iph, hl, is_tcp, seq, flags)
-    recs: list[tuple[int, bytes, int, int, bool, int, int]] = []
-    seen: dict[bytes, int] = {}
-    for k, p in enumerate(packets):
+    out: list[_Item | bytes] = []
+    current: dict[bytes, _Item] = {}
+    for p in packets:
         n = len(p)
         if n < 28:
+            out.append(p)
             continue
         b0 = p[0]
         if b0 == 0x45:
             if p[6] & 0x3F or p[7] or ((p[2] << 8) | p[3]) != n:
+                out.append(p)
                 continue
             proto, iph = p[9], 20
             key = p[12:24]
-        elif b0 >> 4 == 6 and n >= 48:
-            if ((p[4] << 8) | p[5]) != n - 40:
-                continue
+        elif b0 >> 4 == 6 and n >= 48 and ((p[4] << 8) | p[5]) == n - 40:
             proto, iph = p[6], 40
             key = p[8:44]
         else:
+            out.append(p)
             continue
-        if proto == PROTO_TCP:
-            if n < iph + 20:
-                continue
+        if proto == PROTO_TCP and n >= iph + 20:
             flags = p[iph + 13]
             hl = iph + (p[iph + 12] >> 4) * 4
             if (flags != TCP_ACK and flags != TCP_ACK | TCP_PSH) or hl < iph + 20 or hl >= n:
-                flags = -1  # same flow, not mergeable: it still ends the flow's item
-            recs.append((k, key, iph, hl, True, int.from_bytes(p[iph + 4 : iph + 8], "big"), flags))
-            seen[key] = seen.get(key, 0) + 1
+                current.pop(key, None)  # e.g. a pure ACK or FIN: nothing may pass it
+                out.append(p)
+                continue
+            tcp = True
+            seq = int.from_bytes(p[iph + 4 : iph + 8], "big")
         elif proto == PROTO_UDP and udp:
-            hl = iph + 8
-            flags = 0 if hl < n else -1
-            if iph == 20 and p[26] == 0 and p[27] == 0:
-                flags = -1  # no checksum to verify
             key += b"u"  # UDP and TCP flows never share an item
-            recs.append((k, key, iph, hl, False, 0, flags))
-            seen[key] = seen.get(key, 0) + 1
-
-    # Checksums only matter for flows with something to merge with.
-    check = [r for r in recs if r[6] >= 0 and seen[r[1]] > 1]
-    valid: dict[int, bool] = {}
-    if check:
-        pk = [packets[r[0]] for r in check]
-        ok = _checksums_valid(
-            pk,
-            [12 if r[2] == 20 else 8 for r in check],
-            [
-                (PROTO_TCP if r[4] else PROTO_UDP) + len(q) - r[2]
-                for r, q in zip(check, pk, strict=True)
-            ],
-        )
-        valid = {r[0]: v for r, v in zip(check, ok, strict=True)}
-
-    # Pass 2: merge in order.
-    out: list[_Item | bytes] = []
-    current: dict[bytes, _Item] = {}
-    ri = 0
-    nrec = len(recs)
-    for k, p in enumerate(packets):
-        if ri == nrec or recs[ri][0] != k:
-            out.append(p)
-            continue
-        _, key, iph, hl, tcp, seq, flags = recs[ri]
-        ri += 1
-        if flags < 0 or not valid.get(k, True):
-            current.pop(key, None)
+            hl = iph + 8
+            if hl >= n or (iph == 20 and not (p[26] or p[27])):
+                current.pop(key, None)  # empty, or no checksum to verify
+                out.append(p)
+                continue
+            tcp = False
+            seq = flags = 0
+        else:
             out.append(p)
             continue
         item = current.get(key)
-        if item is not None and _can_append(item, p, hl, tcp, seq):
-            plen = len(p) - hl
-            item.packets.append(p)
-            item.count += 1
-            item.total += plen
-            item.next_seq = (seq + plen) & 0xFFFFFFFF
-            if plen < item.gso:
-                item.closed = True
-            if tcp and flags & TCP_PSH:
-                item.psh = item.closed = True
-            stats.coalesced += 1
-            continue
-        item = _Item(p, iph=iph, hl=hl, tcp=tcp, seq=seq, psh=tcp and bool(flags & TCP_PSH))
+        if item is not None and not item.closed and hl == item.hl:
+            plen = n - hl
+            f = item.first
+            if (
+                plen <= item.gso
+                and item.total + plen <= MAX_COALESCED_LEN
+                and (
+                    (p[1] == f[1] and p[8] == f[8] and not (p[6] ^ f[6]) & 0xE0)
+                    if iph == 20
+                    else (p[:4] == f[:4] and p[7] == f[7])
+                )
+                and (
+                    (
+                        seq == item.next_seq
+                        and p[iph + 8 : iph + 16]
+                        == (item.m_ack if flags == TCP_ACK else item.m_psh)
+                        and (hl == iph + 20 or p[iph + 20 : hl] == item.opts)
+                    )
+                    if tcp
+                    else item.count < UDP_MAX_SEGMENTS
+                )
+                and (iph != 20 or _ip_id_ok(item, p))
+            ):
+                item.packets.append(p)
+                item.count += 1
+                item.total += plen
+                item.next_seq = (seq + plen) & 0xFFFFFFFF
+                if plen < item.gso:
+                    item.closed = True
+                if flags & TCP_PSH:
+                    item.psh = item.closed = True
+                continue
+        item = _Item(p, iph=iph, hl=hl, tcp=tcp, seq=seq, psh=bool(flags & TCP_PSH))
         current[key] = item
         out.append(item)
 
+    bad = _verify([o for o in out if isinstance(o, _Item) and o.count > 1])
     frames: list[bytes] = []
     for o in out:
-        if isinstance(o, _Item):
-            if o.count > 1:
-                stats.gso_frames_out += 1
-            frames.append(_emit(o))
-        else:
+        if not isinstance(o, _Item):
             frames.append(ZERO_VNET_HDR + o)
+        elif o.count == 1:
+            frames.append(ZERO_VNET_HDR + o.first)
+        elif o in bad:
+            frames.extend(ZERO_VNET_HDR + q for q in o.packets)
+        else:
+            frames.append(_emit(o))
+            stats.gso_frames_out += 1
+            stats.coalesced += o.count - 1
     stats.frames_out += len(frames)
     return frames
 
 
-def _can_append(item: _Item, p: bytes, hl: int, tcp: bool, seq: int) -> bool:
-    if item.closed or hl != item.hl:
-        return False
-    plen = len(p) - hl
-    if plen > item.gso or item.total + plen > MAX_COALESCED_LEN:
-        return False
-    f, iph = item.first, item.iph
-    if not _ip_compatible(p, f, iph):
-        return False
-    if tcp:
-        if seq != item.next_seq:
-            return False
-        # ACK number, data offset, window and options must match (flags were checked).
-        if (
-            p[iph + 8 : iph + 13] != f[iph + 8 : iph + 13]
-            or p[iph + 14 : iph + 16] != f[iph + 14 : iph + 16]
-            or p[iph + 20 : hl] != f[iph + 20 : hl]
-        ):
-            return False
-    elif item.count >= UDP_MAX_SEGMENTS:
-        return False
-    return _ip_id_ok(item, p)
+def _verify(items: list[_Item]) -> set[_Item]:
+    """The items holding a packet whose L4 checksum does not verify: one vectorised pass.
+
+    The pseudo-header addresses sit right before the L4 header in both IP versions, so each
+    packet is summed from its source address to its end (u32-padded, joined, `reduceat`),
+    plus protocol and L4 length. Native u32 sums equal big-endian u16 sums times SWAP
+    (mod 0xffff), and a valid packet sums to 0xffff, i.e. to 0 (mod 0xffff).
+    """
+    if not items:
+        return set()
+    pk = [q for item in items for q in item.packets]
+    counts = np.array([item.count for item in items], dtype=np.int64)
+    lens = np.fromiter(map(len, pk), dtype=np.int64, count=len(pk))
+    if (lens & 3).any():
+        data = b"".join([x for q in pk for x in (q, _PADS[len(q) & 3])])
+        padded = (lens + 3) & ~3
+    else:
+        data = b"".join(pk)
+        padded = lens
+    starts = np.cumsum(padded) - padded
+    addr_at = np.repeat(np.array([12 if it.iph == 20 else 8 for it in items]), counts)
+    idx = np.empty(2 * len(pk) - 1, dtype=np.int64)
+    idx[0::2] = (starts + addr_at) >> 2
+    idx[1::2] = starts[1:] >> 2
+    sums = np.add.reduceat(np.frombuffer(data, np.uint32), idx, dtype=np.uint64)[::2]
+    base = np.repeat(
+        np.array([(PROTO_TCP if it.tcp else PROTO_UDP) - it.iph for it in items]), counts
+    )
+    extra = (base + lens).astype(np.uint64)
+    wrong = ((sums * np.uint64(SWAP) + extra) % np.uint64(0xFFFF)) != 0
+    if not wrong.any():
+        return set()
+    ends = np.cumsum(counts)
+    per_item = np.add.reduceat(wrong, ends - counts)
+    return {it for it, w in zip(items, per_item.tolist(), strict=True) if w}

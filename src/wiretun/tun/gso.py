@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import numpy.typing as npt
 
 from wiretun.packet import PROTO_TCP, PROTO_UDP, ones_complement_sum
 
@@ -36,6 +35,7 @@ MAX_SEGMENTS = 256
 _U16 = struct.Struct("!H")
 _LITTLE = sys.byteorder == "little"
 _U64 = np.uint64
+SWAP = 256 if _LITTLE else 1  # native u32 word sums -> big-endian u16 sums, mod 0xffff
 
 
 @dataclass
@@ -64,28 +64,6 @@ def fold32(total: int) -> int:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
-
-
-def fold_rows(sums: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """Fold per-row sums of native u32 words to 16 bits, in the big-endian word domain.
-
-    The one's-complement sum is byte-order independent up to a final byte swap (RFC 1071 §2(B)),
-    so summing native u32 words and swapping at the end equals summing big-endian u16 words.
-    """
-    s = (sums & _U64(0xFFFFFFFF)) + (sums >> _U64(32))
-    s = (s & _U64(0xFFFFFFFF)) + (s >> _U64(32))
-    s = (s & _U64(0xFFFF)) + (s >> _U64(16))
-    s = (s & _U64(0xFFFF)) + (s >> _U64(16))
-    if _LITTLE:
-        s = ((s & _U64(0xFF)) << _U64(8)) | (s >> _U64(8))
-    return s
-
-
-def _finish(s: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """Fold big-endian-domain sums (< 2**32) and complement them into checksums."""
-    s = (s & _U64(0xFFFF)) + (s >> _U64(16))
-    s = (s & _U64(0xFFFF)) + (s >> _U64(16))
-    return ~s & _U64(0xFFFF)
 
 
 def _complete_csum(pkt: memoryview, start: int, offset: int, stats: OffloadStats) -> bytes | None:
@@ -204,9 +182,18 @@ def split_gso(
     seg_len = hl + gso_size
     stride = (seg_len + 3) & ~3  # rows start u32-aligned for the checksum sums
 
+    # Header template with the per-segment fields that enter checksums zeroed.
+    tmpl = bytearray(pkt[:hl])
+    tmpl[iph + csum_offset] = tmpl[iph + csum_offset + 1] = 0
+    ip_base = 0
+    if version == 4:
+        tmpl[2:6] = bytes(4)  # total length, ID
+        tmpl[10:12] = bytes(2)  # header checksum
+        ip_base = ones_complement_sum(tmpl[:iph])
+
     src = np.frombuffer(pkt, np.uint8)
     buf = np.empty((nseg, stride), np.uint8)
-    buf[:, :hl] = src[:hl]
+    buf[:, :hl] = np.frombuffer(tmpl, np.uint8)
     if nseg > 1:
         buf[: nseg - 1, hl:seg_len] = src[hl : hl + (nseg - 1) * gso_size].reshape(
             nseg - 1, gso_size
@@ -223,33 +210,29 @@ def split_gso(
     t = iph // 2
     if is_tcp:
         seq0 = int.from_bytes(pkt[iph + 4 : iph + 8], "big")
-        seq = (i * _U64(gso_size) + _U64(seq0)) & _U64(0xFFFFFFFF)
-        words[:, t + 2] = seq >> _U64(16)
-        words[:, t + 3] = seq & _U64(0xFFFF)
+        buf.view(">u4")[:, iph // 4 + 1] = (i * _U64(gso_size) + _U64(seq0)) & _U64(0xFFFFFFFF)
         if nseg > 1:
             buf[: nseg - 1, iph + 13] = pkt[iph + 13] & ~(TCP_FIN | TCP_PSH)
-        words[:, t + 8] = 0
     else:
         words[:, t + 2] = l4len
-        words[:, t + 3] = 0
+    # Checksums by congruence: 2**16 == 1 (mod 0xffff), so a sum of native u32 words is the
+    # one's-complement sum up to a byte swap, which is a multiplication by 256 (mod 0xffff).
+    addr_len = 8 if version == 4 else 32
+    const = ones_complement_sum(pkt[addr_at : addr_at + addr_len]) + proto
+    rows = buf.view(np.uint32)[:, iph // 4 :].sum(axis=1, dtype=_U64)
+    m = (rows * _U64(SWAP) + (l4len + _U64(const))) % _U64(0xFFFF)
+    if is_tcp:
+        words[:, t + 8] = (_U64(0xFFFF) - m) % _U64(0xFFFF)
+    else:
+        words[:, t + 3] = _U64(0xFFFF) - m  # a zero checksum is sent as 0xFFFF in UDP
     if version == 4:
-        ip_id0 = (pkt[4] << 8) | pkt[5]
-        words[:, 1] = l4len + _U64(iph)
-        words[:, 2] = (i + _U64(ip_id0)) & _U64(0xFFFF)
-        words[:, 5] = 0
+        tot = l4len + _U64(iph)
+        ids = (i + _U64((pkt[4] << 8) | pkt[5])) & _U64(0xFFFF)
+        words[:, 1] = tot
+        words[:, 2] = ids
+        words[:, 5] = (_U64(0xFFFF) - (tot + ids + _U64(ip_base)) % _U64(0xFFFF)) % _U64(0xFFFF)
     else:
         words[:, 2] = l4len + _U64(iph - 40)
-    rows = buf.view(np.uint32)
-    # Pseudo-header: addresses, protocol, L4 length (the addresses are constant per packet).
-    addr_len = 8 if version == 4 else 32
-    addr_sum = ones_complement_sum(pkt[addr_at : addr_at + addr_len])
-    l4sum = fold_rows(rows[:, iph // 4 :].sum(axis=1, dtype=_U64))
-    csum = _finish(l4sum + l4len + _U64(addr_sum + proto))
-    if not is_tcp:
-        csum[csum == 0] = 0xFFFF  # 0 means "no checksum" in UDP
-    words[:, t + (8 if is_tcp else 3)] = csum
-    if version == 4:
-        words[:, 5] = _finish(fold_rows(rows[:, : iph // 4].sum(axis=1, dtype=_U64)))
 
     data = buf.tobytes()
     out = [data[o : o + seg_len] for o in range(0, (nseg - 1) * stride, stride)]
