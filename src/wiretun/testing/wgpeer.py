@@ -1,4 +1,4 @@
-"""A real WireGuard peer for tests: Debian's wireguard-go in a namespace, configured with `wg`."""
+"""Real WireGuard peers for tests: Debian's wireguard-go configured with `wg`, and `wiretun up`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -234,3 +235,157 @@ def udp_ping(
         srv.close()
         cli.close()
     return answered
+
+
+def wiretun_command(*args: str) -> list[str]:
+    """argv for the wiretun CLI of this interpreter (the venv's, under pytest)."""
+    return [sys.executable, "-m", "wiretun", *args]
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """One [Peer] of a config we write for a wiretun under test."""
+
+    public_key: str
+    allowed_ips: Sequence[str]
+    endpoint: str | None = None
+    preshared_key: str | None = None
+    persistent_keepalive: int | None = None
+
+
+@dataclass
+class WiretunPeer:
+    """`wiretun up` (the real CLI, in the foreground) inside `ns`, from a config we write.
+
+    `stop()` sends SIGTERM and waits; it also cleans up if the process misbehaved.
+    """
+
+    ns: NetNS
+    name: str = field(default_factory=lambda: unique_name("wtn"))
+    keys: KeyPair = field(default_factory=KeyPair.generate)
+    proc: subprocess.Popen[bytes] | None = None
+    config_path: str = ""
+    _dir: tempfile.TemporaryDirectory[str] | None = None
+    _log: tempfile._TemporaryFileWrapper[bytes] | None = None
+
+    @property
+    def socket_path(self) -> str:
+        return f"{SOCKET_DIR}/{self.name}.sock"
+
+    @property
+    def pid_path(self) -> str:
+        return f"{SOCKET_DIR}/{self.name}.pid"
+
+    def write_config(
+        self,
+        *,
+        addresses: Sequence[str],
+        peers: Sequence[PeerSpec],
+        listen_port: int | None = None,
+        mtu: int | None = None,
+        extra: str = "",
+    ) -> str:
+        """Write NAME.conf (mode 0600) in a private directory; returns its path."""
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="wiretun-test-")
+        lines = ["[Interface]", f"PrivateKey = {self.keys.private}"]
+        if addresses:
+            lines.append(f"Address = {', '.join(addresses)}")
+        if listen_port is not None:
+            lines.append(f"ListenPort = {listen_port}")
+        if mtu is not None:
+            lines.append(f"MTU = {mtu}")
+        if extra:
+            lines.append(extra)
+        for p in peers:
+            lines += ["", "[Peer]", f"PublicKey = {p.public_key}"]
+            lines.append(f"AllowedIPs = {', '.join(p.allowed_ips)}")
+            if p.endpoint is not None:
+                lines.append(f"Endpoint = {p.endpoint}")
+            if p.preshared_key is not None:
+                lines.append(f"PresharedKey = {p.preshared_key}")
+            if p.persistent_keepalive is not None:
+                lines.append(f"PersistentKeepalive = {p.persistent_keepalive}")
+        path = os.path.join(self._dir.name, f"{self.name}.conf")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.config_path = path
+        return path
+
+    def command(self, *args: str) -> list[str]:
+        return wiretun_command(*args)
+
+    def start(self, *args: str, timeout: float = 20.0) -> WiretunPeer:
+        """Run `wiretun up CONFIG ARGS` and wait until its interface is up (pid file written)."""
+        if not self.config_path:
+            raise RuntimeError("write_config() first")
+        self._log = tempfile.NamedTemporaryFile(prefix=f"{self.name}-", suffix=".log")  # noqa: SIM115
+        self.proc = self.ns.popen(
+            *self.command("-v", "up", self.config_path, *args),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while not (os.path.exists(self.pid_path) and os.path.exists(self.socket_path)):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"wiretun {self.name} exited early: {self.log_text()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"wiretun {self.name} not up after {timeout}s")
+            time.sleep(0.02)
+        return self
+
+    def log_text(self) -> str:
+        if self._log is None:
+            return ""
+        with open(self._log.name, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def wg(self, *args: str, stdin: str | None = None) -> str:
+        cmd = ["ip", "netns", "exec", self.ns.name, "wg", *args]
+        proc = subprocess.run(
+            cmd, input=stdin, capture_output=True, text=True, timeout=15, check=False
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def dump(self) -> tuple[list[str], list[PeerDump]]:
+        return parse_dump(self.wg("show", self.name, "dump"))
+
+    def stop(self, sig: int = signal.SIGTERM, *, timeout: float = 15.0) -> int | None:
+        """Signal wiretun and wait; returns its exit code (None if it was not running).
+        Anything it failed to remove is removed here so a failing test leaves nothing."""
+        code = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout)
+            code = self.proc.returncode
+            self.proc = None
+        for path in (self.socket_path, self.pid_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self.ns.run("ip", "link", "del", self.name, check=False)
+        return code
+
+    def close(self) -> None:
+        self.stop()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> WiretunPeer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
