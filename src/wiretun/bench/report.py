@@ -196,7 +196,7 @@ def write_plot(path: Path, rows: list[Row]) -> None:
         drawn = ax.bar(xs, heights, width, yerr=[low, high], capsize=3, label=name)
         ax.bar_label(drawn, fmt="%.2f", fontsize=7, padding=2)
     ax.set_xticks(range(len(workloads)), workloads)
-    ax.set_ylabel("Gbit/s (median, bars: min-max)")
+    ax.set_ylabel("Gbit/s (median; error bars: min-max)")
     ax.set_title("wiretun bench: throughput per path")
     if paths:
         ax.legend(fontsize=8)
