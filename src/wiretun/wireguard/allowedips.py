@@ -17,7 +17,6 @@ V = TypeVar("V")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _CACHE_LIMIT: Final = 4096
-_MISS: Final = object()
 
 
 def parse_network(value: str | IPNetwork) -> IPNetwork:
@@ -85,7 +84,14 @@ class AllowedIPs(Generic[V]):
     def __init__(self) -> None:
         self._v4: _Family[V] = _Family(32)
         self._v6: _Family[V] = _Family(128)
-        self._cache: dict[bytes, object] = {}
+        self._cache: dict[bytes, V | None] = {}
+
+    @property
+    def cache(self) -> dict[bytes, V | None]:
+        """Address -> owner (or None) for recent lookups; always the same dict object and
+        cleared on every change, so a hot loop may hold its `.get` across a batch. A None
+        from `.get` means "call lookup" (a miss, or an address with no owner)."""
+        return self._cache
 
     def _family(self, net: IPNetwork) -> _Family[V]:
         return self._v4 if net.version == 4 else self._v6
@@ -136,9 +142,8 @@ class AllowedIPs(Generic[V]):
     def lookup(self, addr: bytes) -> V | None:
         """The owner of the longest prefix containing `addr` (4 or 16 bytes), or None."""
         cache = self._cache
-        hit = cache.get(addr, _MISS)
-        if hit is not _MISS:
-            return hit  # type: ignore[return-value]
+        if addr in cache:
+            return cache[addr]
         n = len(addr)
         if n == 4:
             value = self._v4.lookup(int.from_bytes(addr, "big"))

@@ -75,7 +75,7 @@ from wiretun.wireguard.messages import (
     Response,
 )
 from wiretun.wireguard.peer import Peer, check_endpoint, check_keepalive, check_key
-from wiretun.wireguard.replay import REJECT_AFTER_MESSAGES
+from wiretun.wireguard.replay import REJECT_AFTER_MESSAGES, RING_MASK, WINDOW_SIZE
 from wiretun.wireguard.session import NONCE, TRANSPORT_HEADER, Keypair
 from wiretun.wireguard.timers import (
     HANDSHAKE_INITIATION_RATE,
@@ -128,6 +128,41 @@ class _Seen:
     def __init__(self, src: Endpoint, keypair: Keypair | None) -> None:
         self.src = src
         self.keypair = keypair
+        self.data = False
+
+
+class _Run:
+    """Counters of the current run of datagrams for one keypair, written back on change."""
+
+    __slots__ = ("data", "keypair", "peer", "rx", "src")
+
+    def __init__(self) -> None:
+        self.peer: Peer | None = None
+        self.keypair: Keypair | None = None
+        self.src: Endpoint | None = None
+        self.rx = 0
+        self.data = False
+
+    def start(self, peer: Peer, keypair: Keypair) -> None:
+        self.peer = peer
+        self.keypair = keypair
+
+    def flush(self, seen: dict[Peer, _Seen]) -> None:
+        peer = self.peer
+        if peer is None:
+            return
+        src = self.src
+        if src is not None:  # something authenticated in this run
+            peer.rx_bytes += self.rx
+            state = seen.get(peer)
+            if state is None:
+                state = seen[peer] = _Seen(src, self.keypair)
+            else:
+                state.src = src
+                state.keypair = self.keypair
+            state.data = state.data or self.data
+        self.peer = self.keypair = self.src = None
+        self.rx = 0
         self.data = False
 
 
@@ -348,54 +383,74 @@ class Device:
         self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float
     ) -> list[bytes]:
         """Consume datagrams from the network; return the inner packets to deliver."""
+        # The hot loop: per packet a header unpack, an inlined replay check, one AEAD call
+        # and a slice. Per-keypair work (index lookup, expiry, bookkeeping) happens once per
+        # run of datagrams with the same receiver index; `_flush` writes it back.
         out: list[bytes] = []
         keypairs = self._keypairs
         drops = self._drops
-        allowed = self._allowed.lookup
+        lookup = self._allowed.lookup
+        cached_owner = self._allowed.cache.get
         header = _HEADER.unpack_from
         nonce = _NONCE.pack
-        # peer -> [newest source, keypair last used, received data?]
         seen: dict[Peer, _Seen] = {}
         opened = 0
+        run = _Run()
+        last_receiver = -1
         for data, src in datagrams:
             if len(data) < TRANSPORT_MIN_SIZE or data[0] != MSG_TRANSPORT:
+                run.flush(seen)
+                last_receiver = -1  # a handshake may replace keypairs
                 self._receive_control(data, src, now, seen)
                 continue
             kind, receiver, counter = header(data)
             if kind != MSG_TRANSPORT:
                 drops["bad_type"] += 1
                 continue
-            entry = keypairs.get(receiver)
-            if entry is None:
-                drops["unknown_index"] += 1
-                continue
-            kp, peer = entry
-            aead = kp.recv
-            if aead is None or now - kp.created >= REJECT_AFTER_TIME:
-                drops["expired"] += 1
-                continue
-            replay = kp.replay
-            if not replay.would_accept(counter):
+            if receiver != last_receiver:
+                run.flush(seen)
+                last_receiver = -1
+                entry = keypairs.get(receiver)
+                if entry is None:
+                    drops["unknown_index"] += 1
+                    continue
+                kp, peer = entry
+                recv = kp.recv
+                if recv is None or now - kp.created >= REJECT_AFTER_TIME:
+                    drops["expired"] += 1
+                    continue
+                decrypt = recv.decrypt
+                replay = kp.replay
+                ring = replay.ring
+                run.start(peer, kp)
+                last_receiver = receiver
+            last = replay.last
+            if counter <= last:
+                if last - counter > WINDOW_SIZE or ring[counter & RING_MASK]:
+                    drops["replay"] += 1
+                    continue
+            elif counter >= REJECT_AFTER_MESSAGES:
                 drops["replay"] += 1
                 continue
             try:
-                plain = aead.decrypt(nonce(counter), data[16:], None)
+                plain = decrypt(nonce(counter), data[16:], None)
             except InvalidTag:
                 drops["decrypt"] += 1
                 continue
-            if not replay.check_and_mark(counter):
+            # Mark only after authentication; the next-in-order case inline.
+            if counter == last + 1:
+                ring[counter & RING_MASK] = 1
+                replay.last = counter
+            elif not replay.check_and_mark(counter):
                 drops["replay"] += 1
                 continue
             opened += 1
-            peer.rx_bytes += len(data)
-            state = seen.get(peer)
-            if state is None:
-                state = seen[peer] = _Seen(src, kp)
-            else:
-                state.src = src
-                state.keypair = kp
             if kp is peer.next:
+                run.flush(seen)
                 self._confirm(peer, kp, now)
+                run.start(peer, kp)
+            run.rx += len(data)
+            run.src = src
             if not plain:
                 continue  # keepalive
             n = len(plain)
@@ -414,11 +469,15 @@ class Device:
             if length > n:
                 drops["bad_packet"] += 1
                 continue
-            if allowed(source) is not peer:
+            owner = cached_owner(source)
+            if owner is None:
+                owner = lookup(source)
+            if owner is not peer:
                 drops["allowed_ips"] += 1
                 continue
-            state.data = True
+            run.data = True
             out.append(plain if length == n else plain[:length])
+        run.flush(seen)
         self._opened += opened
         for peer, st in seen.items():
             self._after_receive(peer, st.src, st.keypair, st.data, now)
@@ -637,6 +696,7 @@ class Device:
         """Route, pad and seal IP packets; results wait in `datagrams_to_send()`."""
         drops = self._drops
         lookup = self._allowed.lookup
+        cached_owner = self._allowed.cache.get
         header = _HEADER.pack
         nonce = _NONCE.pack
         pads = _PAD
@@ -646,23 +706,33 @@ class Device:
         kp: Keypair | None = None
         dest: list[bytes] | None = None
         sealed = 0
+        tx = 0
         for packet in packets:
             pkt = packet
             n = len(pkt)
             version = pkt[0] >> 4 if n else 0
             if version == 4 and n >= 20:
-                peer = lookup(pkt[16:20])
+                addr = pkt[16:20]
             elif version == 6 and n >= 40:
-                peer = lookup(pkt[24:40])
+                addr = pkt[24:40]
             else:
                 drops["bad_packet"] += 1
                 continue
+            peer = cached_owner(addr)
+            if peer is None:
+                peer = lookup(addr)
             if peer is None:
                 drops["no_route"] += 1
                 continue
             if peer is not last_peer:
+                if last_peer is not None:
+                    last_peer.tx_bytes += tx
+                tx = 0
                 last_peer = peer
                 kp, dest = self._prepare_send(peer, now, sent)
+                if kp is not None:
+                    aead = kp.send
+                    remote = kp.remote_index
             if dest is None or kp is None:
                 if peer.endpoint is None:
                     drops["no_endpoint"] += 1
@@ -670,12 +740,11 @@ class Device:
                 if peer.stage(bytes(pkt)):
                     drops["queue_full"] += 1
                 continue
-            aead = kp.send
             counter = kp.send_counter
             if aead is None or counter >= REJECT_AFTER_MESSAGES:
                 # Exhausted mid-batch: stage the rest and let the post-batch pass rekey.
                 sent[peer] = None
-                last_peer = None
+                kp = dest = None
                 if peer.stage(bytes(pkt)):
                     drops["queue_full"] += 1
                 continue
@@ -686,12 +755,12 @@ class Device:
                     padded = mtu - n
                 if padded:
                     pkt = pkt + pads[padded]
-            msg = header(MSG_TRANSPORT, kp.remote_index, counter) + aead.encrypt(
-                nonce(counter), pkt, None
-            )
+            msg = header(MSG_TRANSPORT, remote, counter) + aead.encrypt(nonce(counter), pkt, None)
             dest.append(msg)
-            peer.tx_bytes += len(msg)
+            tx += len(msg)
             sealed += 1
+        if last_peer is not None:
+            last_peer.tx_bytes += tx
         self._sealed += sealed
         for peer, used in sent.items():
             if used is not None:

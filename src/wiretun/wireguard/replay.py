@@ -20,17 +20,19 @@ REJECT_AFTER_MESSAGES: Final = 2**64 - 2**13 - 1
 """Counters at or beyond this are never accepted (wireguard-go's RejectAfterMessages)."""
 
 _RING_SIZE: Final = 8192
-_RING_MASK: Final = _RING_SIZE - 1
+RING_MASK: Final = _RING_SIZE - 1
+_RING_MASK: Final = RING_MASK
 _ZEROS: Final = bytes(_RING_SIZE)
 
 
 class ReplayWindow:
     """Accepts each counter at most once, within a sliding window of the newest one."""
 
-    __slots__ = ("_ring", "last")
+    __slots__ = ("last", "ring")
 
     def __init__(self) -> None:
-        self._ring = bytearray(_RING_SIZE)
+        # Public for the Device's receive loop, which inlines the in-order case.
+        self.ring = bytearray(_RING_SIZE)
         # -1 so that counter 0 is "ahead"; counters are unsigned.
         self.last = -1
 
@@ -45,7 +47,7 @@ class ReplayWindow:
             if counter >= REJECT_AFTER_MESSAGES:
                 return False
             gap = counter - last
-            ring = self._ring
+            ring = self.ring
             if gap > 1:
                 # Forget the slots we jump over: they now stand for unseen, newer counters.
                 if gap >= _RING_SIZE:
@@ -63,7 +65,7 @@ class ReplayWindow:
             return True
         if last - counter > WINDOW_SIZE or counter < 0:
             return False
-        ring = self._ring
+        ring = self.ring
         slot = counter & _RING_MASK
         if ring[slot]:
             return False
@@ -80,4 +82,4 @@ class ReplayWindow:
             return counter < REJECT_AFTER_MESSAGES
         if last - counter > WINDOW_SIZE or counter < 0:
             return False
-        return not self._ring[counter & _RING_MASK]
+        return not self.ring[counter & _RING_MASK]
