@@ -131,41 +131,6 @@ class _Seen:
         self.data = False
 
 
-class _Run:
-    """Counters of the current run of datagrams for one keypair, written back on change."""
-
-    __slots__ = ("data", "keypair", "peer", "rx", "src")
-
-    def __init__(self) -> None:
-        self.peer: Peer | None = None
-        self.keypair: Keypair | None = None
-        self.src: Endpoint | None = None
-        self.rx = 0
-        self.data = False
-
-    def start(self, peer: Peer, keypair: Keypair) -> None:
-        self.peer = peer
-        self.keypair = keypair
-
-    def flush(self, seen: dict[Peer, _Seen]) -> None:
-        peer = self.peer
-        if peer is None:
-            return
-        src = self.src
-        if src is not None:  # something authenticated in this run
-            peer.rx_bytes += self.rx
-            state = seen.get(peer)
-            if state is None:
-                state = seen[peer] = _Seen(src, self.keypair)
-            else:
-                state.src = src
-                state.keypair = self.keypair
-            state.data = state.data or self.data
-        self.peer = self.keypair = self.src = None
-        self.rx = 0
-        self.data = False
-
-
 @dataclass(frozen=True, slots=True)
 class PeerStats:
     public_key: bytes
@@ -385,7 +350,8 @@ class Device:
         """Consume datagrams from the network; return the inner packets to deliver."""
         # The hot loop: per packet a header unpack, an inlined replay check, one AEAD call
         # and a slice. Per-keypair work (index lookup, expiry, bookkeeping) happens once per
-        # run of datagrams with the same receiver index; `_flush` writes it back.
+        # run of datagrams with the same receiver index, kept in locals and written back by
+        # `_end_run` when the run ends.
         out: list[bytes] = []
         keypairs = self._keypairs
         drops = self._drops
@@ -393,13 +359,21 @@ class Device:
         cached_owner = self._allowed.cache.get
         header = _HEADER.unpack_from
         nonce = _NONCE.pack
+        end_run = self._end_run
         seen: dict[Peer, _Seen] = {}
         opened = 0
-        run = _Run()
         last_receiver = -1
+        peer: Peer | None = None
+        kp: Keypair | None = None
+        run_src: Endpoint | None = None
+        run_rx = 0
+        run_data = False
+        unconfirmed = False
         for data, src in datagrams:
             if len(data) < TRANSPORT_MIN_SIZE or data[0] != MSG_TRANSPORT:
-                run.flush(seen)
+                if run_src is not None:
+                    end_run(seen, peer, kp=kp, src=run_src, rx=run_rx, data=run_data)
+                    run_src, run_rx, run_data = None, 0, False
                 last_receiver = -1  # a handshake may replace keypairs
                 self._receive_control(data, src, now, seen)
                 continue
@@ -408,7 +382,9 @@ class Device:
                 drops["bad_type"] += 1
                 continue
             if receiver != last_receiver:
-                run.flush(seen)
+                if run_src is not None:
+                    end_run(seen, peer, kp=kp, src=run_src, rx=run_rx, data=run_data)
+                    run_src, run_rx, run_data = None, 0, False
                 last_receiver = -1
                 entry = keypairs.get(receiver)
                 if entry is None:
@@ -422,7 +398,7 @@ class Device:
                 decrypt = recv.decrypt
                 replay = kp.replay
                 ring = replay.ring
-                run.start(peer, kp)
+                unconfirmed = kp is peer.next
                 last_receiver = receiver
             last = replay.last
             if counter <= last:
@@ -445,12 +421,11 @@ class Device:
                 drops["replay"] += 1
                 continue
             opened += 1
-            if kp is peer.next:
-                run.flush(seen)
-                self._confirm(peer, kp, now)
-                run.start(peer, kp)
-            run.rx += len(data)
-            run.src = src
+            run_rx += len(data)
+            run_src = src
+            if unconfirmed:
+                unconfirmed = False
+                self._confirm(peer, kp, now)  # type: ignore[arg-type]
             if not plain:
                 continue  # keepalive
             n = len(plain)
@@ -475,13 +450,36 @@ class Device:
             if owner is not peer:
                 drops["allowed_ips"] += 1
                 continue
-            run.data = True
+            run_data = True
             out.append(plain if length == n else plain[:length])
-        run.flush(seen)
+        if run_src is not None:
+            end_run(seen, peer, kp=kp, src=run_src, rx=run_rx, data=run_data)
         self._opened += opened
-        for peer, st in seen.items():
-            self._after_receive(peer, st.src, st.keypair, st.data, now)
+        for p, st in seen.items():
+            self._after_receive(p, st.src, st.keypair, st.data, now)
         return out
+
+    @staticmethod
+    def _end_run(
+        seen: dict[Peer, _Seen],
+        peer: Peer | None,
+        *,
+        kp: Keypair | None,
+        src: Endpoint,
+        rx: int,
+        data: bool,
+    ) -> None:
+        """Write back what one run of authenticated datagrams for `kp` did."""
+        if peer is None:
+            return
+        peer.rx_bytes += rx
+        state = seen.get(peer)
+        if state is None:
+            state = seen[peer] = _Seen(src, kp)
+        else:
+            state.src = src
+            state.keypair = kp
+        state.data = state.data or data
 
     def _after_receive(
         self, peer: Peer, src: Endpoint, kp: Keypair | None, got_data: bool, now: float
