@@ -48,11 +48,14 @@ def test_child_process_cpu_and_peak_rss() -> None:
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline() == b"done\n"
-            assert total_cpu_seconds([proc.pid]) >= 0.25
-            assert peak_rss_bytes(proc.pid) >= 60_000_000
-            assert max_peak_rss_bytes([proc.pid, os.getpid()]) == max(
-                peak_rss_bytes(proc.pid), peak_rss_bytes(os.getpid())
-            )
+            assert total_cpu_seconds([proc.pid]) >= 0.2
+            child_peak = peak_rss_bytes(proc.pid)
+            assert child_peak >= 60_000_000
+            # The child is idle now, so its peak is stable (ours may still grow).
+            assert max_peak_rss_bytes([proc.pid]) == child_peak
+            both = max_peak_rss_bytes([proc.pid, os.getpid()])
+            assert both is not None
+            assert both >= child_peak
         finally:
             proc.kill()
     with pytest.raises(ProcessGoneError):
