@@ -221,8 +221,9 @@ def test_runtime_wg_set_adds_a_peer(topology: Topology) -> None:
         assert udp_ping(hub, c, "10.9.0.3", count=1, timeout=1) == 0
 
 
-def test_wiretun_to_wiretun_offload_and_queues(topology: Topology) -> None:
-    a, b = _two_namespaces(topology)
+def test_wiretun_to_wiretun_over_ipv6_with_offload_and_queues(topology: Topology) -> None:
+    a, b = topology.netns(), topology.netns()
+    topology.veth(a, b, "fd01::1/64", "fd01::2/64")
     with WiretunPeer(a) as wa, WiretunPeer(b) as wb:
         wa.write_config(
             addresses=["10.9.0.1/24", "fd00:9::1/64"],
@@ -231,7 +232,7 @@ def test_wiretun_to_wiretun_offload_and_queues(topology: Topology) -> None:
                 PeerSpec(
                     wb.keys.public,
                     ["10.9.0.2/32", "fd00:9::2/128"],
-                    endpoint="192.168.241.2:51821",
+                    endpoint="[fd01::2]:51821",
                 )
             ],
         )
@@ -246,6 +247,8 @@ def test_wiretun_to_wiretun_offload_and_queues(topology: Topology) -> None:
         assert udp_ping(b, a, "fd00:9::1") == 3
         assert _tcp_received(_iperf(a, b, "10.9.0.2")) > 1_000_000
         assert _tcp_received(_iperf(a, b, "fd00:9::2", "-R")) > 1_000_000
+        # The underlay is IPv6 only: wb learned wa's v6 endpoint from the handshake.
+        assert wb.dump()[1][0].endpoint == "[fd01::1]:51820"
 
 
 def _lone_wiretun(a: NetNS, wt: WiretunPeer) -> None:
