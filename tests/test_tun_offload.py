@@ -239,6 +239,14 @@ def test_split_ignores_hdr_len() -> None:
         assert split(super_frame(f, segs, 1000, hdr_len=bogus)) == segs
 
 
+def test_split_single_segment_with_large_gso_size() -> None:
+    for f in (Flow(), Flow(v6=True, tcp=False)):
+        segs = segments(f, data_of(900), 900)
+        frame = bytearray(super_frame(f, segs, 900))
+        struct.pack_into("=H", frame, 4, 0xFFF0)  # gso_size far beyond the payload
+        assert split(bytes(frame)) == segs
+
+
 def test_split_fin_psh_only_on_last_and_odd_sizes() -> None:
     f = Flow(options=bytes([1, 1, 8, 10]) + bytes(8))  # NOP NOP timestamp
     segs = segments(f, data_of(4001), 999, flags=ACK | PSH | FIN)

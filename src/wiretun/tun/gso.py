@@ -176,10 +176,10 @@ def split_gso(
     nseg = -(-plen // gso_size)
     if nseg > MAX_SEGMENTS:
         return _bad(stats, "too_many_segments")
-    if hl + gso_size > 0xFFFF:
-        return _bad(stats, "bad_gso")
     last = plen - (nseg - 1) * gso_size
-    seg_len = hl + gso_size
+    seg_len = hl + (gso_size if nseg > 1 else last)  # a gso_size beyond the payload is harmless
+    if seg_len > 0xFFFF:
+        return _bad(stats, "bad_gso")
     stride = (seg_len + 3) & ~3  # rows start u32-aligned for the checksum sums
 
     # Header template with the per-segment fields that enter checksums zeroed.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
@@ -36,12 +35,6 @@ __all__ = [
     "MAX_COALESCED_LEN",
     "MAX_SEGMENTS",
     "STATS",
-    "TUNSETOFFLOAD",
-    "TUN_F_CSUM",
-    "TUN_F_TSO4",
-    "TUN_F_TSO6",
-    "TUN_F_USO4",
-    "TUN_F_USO6",
     "UDP_MAX_SEGMENTS",
     "VNET_HDR",
     "VNET_HDR_LEN",
@@ -49,19 +42,11 @@ __all__ = [
     "OffloadCodec",
     "OffloadStats",
     "coalesce",
-    "enable_offload",
     "make_codec",
     "split",
     "split_many",
     "vnet_header",
 ]
-
-TUNSETOFFLOAD = 0x400454D0
-TUN_F_CSUM = 0x01
-TUN_F_TSO4 = 0x02
-TUN_F_TSO6 = 0x04
-TUN_F_USO4 = 0x20
-TUN_F_USO6 = 0x40
 
 # Counts for callers of the plain functions that pass no stats object: never count nowhere.
 STATS = OffloadStats()
@@ -86,30 +71,13 @@ def coalesce(
     return _coalesce(packets, STATS if stats is None else stats, udp=udp)
 
 
-def enable_offload(fd: int) -> tuple[bool, bool]:
-    """TUNSETOFFLOAD on an IFF_VNET_HDR fd: (TCP offloads on, UDP (USO) offloads on).
-
-    USO needs Linux 6.2; it is probed by asking for it, then retrying without it.
-    """
-    tcp = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
-    try:
-        fcntl.ioctl(fd, TUNSETOFFLOAD, tcp | TUN_F_USO4 | TUN_F_USO6)
-        return True, True
-    except OSError:
-        pass  # older kernel: try without USO
-    try:
-        fcntl.ioctl(fd, TUNSETOFFLOAD, tcp)
-        return True, False
-    except OSError:
-        return False, False
-
-
 class OffloadCodec:
-    """The per-device codec a TUN reader/writer calls once per frame / batch.
+    """The codec of one TUN queue: `decode` per frame read, `encode` per writer batch.
 
     `udp` says whether the kernel accepted USO (UDP super-packets may then be written).
     After the kernel refuses a GSO write (EINVAL), `encode` writes every packet plainly for
-    the rest of this codec's life: a kernel that refuses once will refuse again.
+    the rest of this codec's life (the queue's, i.e. the process's for that device): a kernel
+    that refuses once will refuse again. TUNSETOFFLOAD itself is wiretun.tun.device's job.
     """
 
     def __init__(self, *, udp: bool = False) -> None:
