@@ -44,9 +44,14 @@ class Tun:
     writers share one budget of `outbound_capacity` queued packets, and `send` raises
     QueueFull exactly when `send_ready()` would wait.
 
+    Inbound order per flow rests on the kernel: its automq steers a flow to the queue that
+    last wrote that flow (symmetric hash), so the first reply we write may move a flow to
+    another queue, and packets still queued on the old one can be overtaken once. After that
+    the flow stays put (a TCP flow moves during its handshake, when nothing is in flight).
+
     queues=1 is the default: on this 2-core machine more queues did not raise packets/s under
-    the GIL (see scripts/tun_microbench.py); they pay off when the codec's per-packet work
-    releases the GIL or on a free-threaded CPython.
+    the GIL (writes got slower; see scripts/tun_microbench.py); they can pay off when the
+    per-packet work releases the GIL, or on a free-threaded CPython.
     """
 
     def __init__(
