@@ -64,6 +64,7 @@ class ToyCore:
         self.period = period
         self._next: float | None = None
         self.raise_on: bytes | None = None
+        self.events: list[str] = []
 
     def send_packets(self, packets: Sequence[bytes], now: float) -> None:
         self.out.extend(b"T" + p for p in packets)
@@ -77,6 +78,7 @@ class ToyCore:
                 raise RuntimeError("core bug")
             if d == b"K":
                 self.received_keepalives += 1
+                self.events.append("keepalive")
             elif d.startswith(b"T"):
                 packets.append(d[1:])
             else:
@@ -92,6 +94,9 @@ class ToyCore:
             self.keepalives -= 1
             self.out.append(b"K")
             self._next = None
+
+    def next_event(self) -> str | None:
+        return self.events.pop(0) if self.events else None
 
     def next_timer(self) -> float | None:
         if self._next is None and self.keepalives > 0:
@@ -228,6 +233,9 @@ def test_timer_is_rearmed_and_drives_the_core() -> None:
         try:
             await _until(lambda: cb.received_keepalives == 3)
             assert la.stats().timer_runs == 3
+            # The receiving loop pulled the core's events as they came.
+            await _until(lambda: lb.stats().events == {"str": 3})
+            assert cb.events == []
             await asyncio.sleep(0.1)
             assert cb.received_keepalives == 3  # no timer once the core has none
         finally:

@@ -36,6 +36,7 @@ class CorePort(Protocol):
     def datagrams_to_send(self) -> Sequence[tuple[Any, Sequence[bytes]]]: ...
     def handle_timers(self, now: float) -> Any: ...
     def next_timer(self) -> float | None: ...
+    def next_event(self) -> Any | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class LoopStats:
     tun_reads_paused: int  # times the TUN reader waited for a UDP backlog to drain
     udp_reads_paused: int  # times a decrypted batch waited for room in the TUN
     drops: dict[str, int] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)
 
 
 def endpoint_tuple(endpoint: Any) -> Endpoint:
@@ -76,7 +78,7 @@ class TunnelLoop:
         udp: UdpBind,
         *,
         batch: int = BATCH,
-        on_event: Callable[[], None] | None = None,
+        on_event: Callable[[Any], None] | None = None,
     ) -> None:
         self.tun = tun
         self.core = core
@@ -92,6 +94,7 @@ class TunnelLoop:
         self._tasks: list[asyncio.Task[None]] = []
         self._n = Counter[str]()
         self.drops = Counter[str]()
+        self.events = Counter[str]()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -207,6 +210,7 @@ class TunnelLoop:
             await asyncio.sleep(0)
 
     def _flush_core(self) -> None:
+        self._drain_events()
         out = self._guard("core_datagrams_to_send", self.core.datagrams_to_send)
         if not out:
             return
@@ -215,6 +219,16 @@ class TunnelLoop:
             self.udp.send_batch(endpoint_tuple(endpoint), datagrams)
         if self.udp.backlogged:
             self._udp_drained.clear()
+
+    def _drain_events(self) -> None:
+        """Pull the core's events (they queue until pulled); log them, count by kind."""
+        next_event = self.core.next_event
+        while (event := next_event()) is not None:
+            kind = type(event).__name__
+            self.events[kind] += 1
+            log.info("%s", event)
+            if self._on_event is not None:
+                self._on_event(event)
 
     def _on_udp_drained(self) -> None:
         self._udp_drained.set()
@@ -268,4 +282,5 @@ class TunnelLoop:
             tun_reads_paused=n["tun_reads_paused"],
             udp_reads_paused=n["udp_reads_paused"],
             drops=dict(self.drops),
+            events=dict(self.events),
         )
