@@ -350,5 +350,9 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
             log.exception("%s: the data path failed", name)
             return 1
         finally:
-            log.info("%s down: %s; stats %s", name, stop.reason, tunnel.stats())
+            log.info("%s down: %s", name, stop.reason)
+            log.info("loop %s", tunnel.stats())
+            log.info("udp %s", socks.udp.stats())
+            log.info("core drops %s", device.stats().drops)
+            log.info("tun %s", tun.stats().total)
     return 0
