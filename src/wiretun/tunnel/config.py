@@ -24,6 +24,8 @@ _IFNAME_RE = re.compile(r"[a-zA-Z0-9_=+.-]{1,15}")
 _DIGITS_RE = re.compile(r"[0-9]+")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
 _TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+# Anything shaped like a base64 key; messages quote bad lines, which may hold a PrivateKey.
+_KEYLIKE_RE = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 # wg-quick handles these itself; we do not yet, so they become warnings, not silence.
 _UNSUPPORTED_INTERFACE_KEYS = ("DNS", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig")
 
@@ -64,6 +66,8 @@ class ConfigError(ValueError):
         self, filename: str, line: int | None, field_name: str | None, message: str
     ) -> None:
         self.filename = filename
+        message = _KEYLIKE_RE.sub("<key>", message)
+        field_name = None if field_name is None else _KEYLIKE_RE.sub("<key>", field_name)
         self.line = line
         self.field = field_name
         where = filename if line is None else f"{filename}:{line}"
