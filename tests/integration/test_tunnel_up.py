@@ -181,7 +181,7 @@ def test_two_peers_routed_by_allowed_ips(topology: Topology) -> None:
         assert by_key[wc.keys.public].rx_bytes > 0
 
 
-def test_runtime_wg_set_adds_a_peer(topology: Topology) -> None:
+def test_runtime_wg_set_adds_a_peer_and_moves_the_port(topology: Topology) -> None:
     hub, b, c = topology.netns(), topology.netns(), topology.netns()
     topology.veth(hub, b, "192.168.241.1/24", "192.168.241.2/24")
     topology.veth(hub, c, "192.168.242.1/24", "192.168.242.2/24")
@@ -219,6 +219,11 @@ def test_runtime_wg_set_adds_a_peer(topology: Topology) -> None:
         wt.wg("set", wt.name, "peer", wc.keys.public, "remove")
         assert {p.public_key for p in wt.dump()[1]} == {wb.keys.public}
         assert udp_ping(hub, c, "10.9.0.3", count=1, timeout=1) == 0
+        # A new listen port rebinds the sockets; b roams to it on our next packet.
+        wt.wg("set", wt.name, "listen-port", "40000")
+        assert wt.dump()[0][2] == "40000"
+        assert udp_ping(hub, b, "10.9.0.2") == 3
+        assert wb.dump()[1][0].endpoint == "192.168.241.1:40000"
 
 
 def test_wiretun_to_wiretun_over_ipv6_with_offload_and_queues(topology: Topology) -> None:
