@@ -1,0 +1,1 @@
+"""Fuzz harnesses for every parser that sees outside bytes, and the runner that drives them."""
