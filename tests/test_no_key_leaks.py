@@ -1,0 +1,150 @@
+"""Private and preshared keys never show in repr/str of config, key or Device objects, in
+errors, or in log records written during a handshake and a UAPI set (issue #8 audit)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from pathlib import Path
+
+import pytest
+
+from wiretun.testing.wgpair import make_pair
+from wiretun.tunnel.config import ConfigError, parse_config, parse_key
+from wiretun.tunnel.uapi import MemoryBackend, UapiServer
+from wiretun.tunnel.uapi_protocol import (
+    DeviceSnapshot,
+    PeerSnapshot,
+    PeerUpdate,
+    SetPrivateKey,
+    parse_set,
+)
+from wiretun.wireguard.crypto import public_key
+from wiretun.wireguard.handshake import StaticIdentity
+
+PRIVATE = "SERyCch636eVNDlIMajZJ+lHsqvTClKWBcDAYjNHe3U="
+PSK = "FpCyhws9cxwWoV4xELtfJvjJN+zQVRPISllRWgeopVE="
+PEER = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+
+CONFIG = f"""[Interface]
+PrivateKey = {PRIVATE}
+ListenPort = 51820
+Address = 10.0.0.1/24
+
+[Peer]
+PublicKey = {PEER}
+PresharedKey = {PSK}
+AllowedIPs = 10.0.0.2/32
+Endpoint = 192.0.2.2:51820
+"""
+
+
+def secret_forms(key: bytes) -> list[str]:
+    """Every text form a leaked key could take: base64, hex (both cases), bytes repr."""
+    b64 = base64.b64encode(key).decode()
+    return [b64, b64[:-1], key.hex(), key.hex().upper(), repr(key)[2:-1]]
+
+
+def assert_no_secret(text: str, *keys: bytes) -> None:
+    for key in keys:
+        for form in secret_forms(key):
+            assert form not in text, f"secret key form {form[:8]}... leaked"
+
+
+def test_config_objects_hide_keys() -> None:
+    config = parse_config(CONFIG, "wg0.conf")
+    private, psk = parse_key(PRIVATE), parse_key(PSK)
+    texts = [repr(config), str(config), repr(config.interface), str(config.interface)]
+    texts += [repr(p) for p in config.peers] + [str(p) for p in config.peers]
+    for text in texts:
+        assert_no_secret(text, private, psk)
+    assert PEER in CONFIG and config.peers[0].public_key == parse_key(PEER)  # parsed for real
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"PrivateKey = {PRIVATE}x",  # malformed key
+        f"PrivateKey {PRIVATE}",  # no '='
+        f"PrivateKey{PRIVATE}",  # run together
+        f"[Interface]PrivateKey = {PRIVATE}",  # mangled section line
+        f"ListenPort = {PRIVATE}",  # pasted into the wrong field
+    ],
+)
+def test_config_errors_hide_keys(line: str) -> None:
+    text = CONFIG.replace(f"PrivateKey = {PRIVATE}", line)
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "wg0.conf")
+    assert_no_secret(str(info.value), parse_key(PRIVATE))
+    assert_no_secret(repr(info.value), parse_key(PRIVATE))
+    assert_no_secret(str(info.value.field), parse_key(PRIVATE))
+
+
+def test_key_objects_hide_private_keys() -> None:
+    private, psk = parse_key(PRIVATE), parse_key(PSK)
+    identity = StaticIdentity.from_private(private)
+    ops = parse_set(
+        [f"private_key={private.hex()}", f"public_key={'ab' * 32}", f"preshared_key={psk.hex()}"]
+    )
+    objects: list[object] = [
+        identity,
+        SetPrivateKey(private),
+        PeerUpdate(public_key(private), preshared_key=psk),
+        DeviceSnapshot(private_key=private, peers=(PeerSnapshot(b"\x01" * 32, psk),)),
+        *ops,
+    ]
+    for obj in objects:
+        assert_no_secret(repr(obj), private, psk)
+        assert_no_secret(str(obj), private, psk)
+    assert repr(identity.public) in repr(identity)  # repr still says which key it is
+
+
+def test_device_handshake_logs_no_keys(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    pair = make_pair(11, psk=parse_key(PSK))
+    pair.a_to_b(b"ping")
+    pair.net.roundtrip()
+    pair.b_to_a(b"pong")
+    pair.net.roundtrip()
+    assert pair.delivered_to(pair.b) and pair.delivered_to(pair.a)  # the handshake happened
+    keys = (pair.a.private_key, pair.b.private_key, parse_key(PSK))
+    texts = [repr(pair.a), str(pair.b), repr(pair.a.peers), repr(pair.b.stats())]
+    texts += [repr(e) for evs in pair.net.events.values() for e in evs]
+    texts += [r.getMessage() for r in caplog.records]
+    for text in texts:
+        assert_no_secret(text, *keys)
+
+
+def test_uapi_set_logs_no_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    private, psk = parse_key(PRIVATE), parse_key(PSK)
+    request = (
+        f"set=1\nprivate_key={private.hex()}\npublic_key={parse_key(PEER).hex()}\n"
+        f"preshared_key={psk.hex()}\nallowed_ip=10.0.0.2/32\n\n"
+        # A malformed set that quotes its lines would leak here:
+        f"set=1\nprivate_key={private.hex()}0\n\nset=1\nprivate_key {private.hex()}\n\n"
+    )
+
+    async def run() -> bytes:
+        backend = MemoryBackend()
+        async with UapiServer("wgleak0", backend, socket_dir=str(tmp_path)) as server:
+            reader, writer = await asyncio.open_unix_connection(server.path)
+            writer.write(request.encode())
+            await writer.drain()
+            replies = b""
+            while replies.count(b"\n\n") < 3:
+                chunk = await asyncio.wait_for(reader.read(4096), 5)
+                if not chunk:
+                    break
+                replies += chunk
+            writer.close()
+            await writer.wait_closed()
+        assert backend.snapshot.private_key == private  # the set was applied
+        return replies
+
+    replies = asyncio.run(run())
+    assert replies.startswith(b"errno=0\n\n")
+    assert any(r.levelno == logging.DEBUG for r in caplog.records)  # debug logging was on
+    for record in caplog.records:
+        assert_no_secret(record.getMessage(), private, psk)
