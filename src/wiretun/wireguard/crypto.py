@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from wiretun.wireguard.errors import CryptoError
@@ -179,43 +180,31 @@ def aead_open(key: bytes, counter: int, ciphertext: bytes, ad: bytes) -> bytes:
     return AeadKey(key).open(counter, ciphertext, ad)
 
 
-# --- XChaCha20-Poly1305 (cookie replies only, so pure Python is fine) ----------------------
+# --- XChaCha20-Poly1305 (cookie replies) ---------------------------------------------------
 
 _SIGMA = struct.unpack("<4I", b"expand 32-byte k")
 _MASK32 = 0xFFFFFFFF
-
-
-def _rotl(v: int, n: int) -> int:
-    return ((v << n) & _MASK32) | (v >> (32 - n))
-
-
-def _quarter_round(s: list[int], a: int, b: int, c: int, d: int) -> None:
-    s[a] = (s[a] + s[b]) & _MASK32
-    s[d] = _rotl(s[d] ^ s[a], 16)
-    s[c] = (s[c] + s[d]) & _MASK32
-    s[b] = _rotl(s[b] ^ s[c], 12)
-    s[a] = (s[a] + s[b]) & _MASK32
-    s[d] = _rotl(s[d] ^ s[a], 8)
-    s[c] = (s[c] + s[d]) & _MASK32
-    s[b] = _rotl(s[b] ^ s[c], 7)
+_WORDS = struct.Struct("<16I")
+_ZERO_BLOCK = bytes(64)
 
 
 def hchacha20(key: bytes, nonce16: bytes) -> bytes:
     """HChaCha20 (draft-irtf-cfrg-xchacha §2.2): the ChaCha20 rounds without the final
-    addition, keeping words 0-3 and 12-15 as the 32-byte subkey."""
+    addition, keeping words 0-3 and 12-15 as the 32-byte subkey.
+
+    A responder under a handshake flood makes one per cookie reply, so it must be cheap:
+    OpenSSL's ChaCha20 (whose 16-byte nonce fills words 12-15 exactly) gives the rounds plus
+    the input state, and subtracting the known input words leaves HChaCha20's output."""
     if len(key) != KEY_LEN or len(nonce16) != 16:
         raise CryptoError("HChaCha20 needs a 32-byte key and a 16-byte nonce")
-    s = [*_SIGMA, *struct.unpack("<8I", key), *struct.unpack("<4I", nonce16)]
-    for _ in range(10):
-        _quarter_round(s, 0, 4, 8, 12)
-        _quarter_round(s, 1, 5, 9, 13)
-        _quarter_round(s, 2, 6, 10, 14)
-        _quarter_round(s, 3, 7, 11, 15)
-        _quarter_round(s, 0, 5, 10, 15)
-        _quarter_round(s, 1, 6, 11, 12)
-        _quarter_round(s, 2, 7, 8, 13)
-        _quarter_round(s, 3, 4, 9, 14)
-    return struct.pack("<8I", *s[0:4], *s[12:16])
+    block = Cipher(algorithms.ChaCha20(key, nonce16), mode=None).encryptor().update(_ZERO_BLOCK)
+    w = _WORDS.unpack(block)
+    n = struct.unpack("<4I", nonce16)
+    return struct.pack(
+        "<8I",
+        *((w[i] - _SIGMA[i]) & _MASK32 for i in range(4)),
+        *((w[12 + i] - n[i]) & _MASK32 for i in range(4)),
+    )
 
 
 def _xchacha(key: bytes, nonce24: bytes) -> tuple[ChaCha20Poly1305, bytes]:
