@@ -261,15 +261,16 @@ class FloodStats:
     cookie_replies: int = 0  # replies that decrypted under the mac1 we sent: real cookies
     bad_replies: int = 0
     other_replies: int = 0
-    sources_with_cookie: int = 0
+    sources_with_cookie: int = 0  # sources that adopted a cookie (sent a valid mac2)
 
 
 class HandshakeFlood(_Worker):
     """Initiations with a valid mac1 from many source ports at about `rate`/s.
 
-    Each socket is one source (address, port). Once a socket got a cookie reply, its later
-    initiations carry the mac2 that cookie makes valid, as a real initiator would: the
-    responder must then fall back on its per-source-IP rate limit.
+    Each socket is one source (address, port). The first `cookie_sources` sockets behave
+    like real initiators: once they got a cookie reply, their initiations carry the mac2 it
+    makes valid, so the responder must fall back on its per-source-IP rate limit. The rest
+    ignore cookies, so each of their initiations costs the responder a cookie reply.
     """
 
     def __init__(
@@ -279,6 +280,7 @@ class HandshakeFlood(_Worker):
         responder_public: bytes,
         *,
         rate: float,
+        cookie_sources: int | None = None,
         pool: int = 64,
     ) -> None:
         super().__init__("handshake-flood")
@@ -292,6 +294,8 @@ class HandshakeFlood(_Worker):
         self._cookie_key = blake2s_hash(LABEL_COOKIE, responder_public)
         self._by_index = {_U32.unpack_from(m, 4)[0]: m for m in self._pool}
         self._cookies: dict[int, bytes] = {}  # fileno -> cookie
+        n = len(self.socks) if cookie_sources is None else cookie_sources
+        self._adopt = {s.fileno() for s in self.socks[:n]}
         for s in self.socks:
             s.setblocking(False)
 
@@ -337,7 +341,8 @@ class HandshakeFlood(_Worker):
                         self.stats.other_replies += 1
                     continue
                 self.stats.cookie_replies += 1
-                self._cookies[s.fileno()] = cookie
+                if s.fileno() in self._adopt:
+                    self._cookies[s.fileno()] = cookie
 
     def _open_cookie(self, data: bytes) -> bytes | None:
         """The cookie in a reply to one of our initiations, or None if it is not one."""
