@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wiretun.tun.codec import OffloadFeatures
 from wiretun.tun.offload import (
     F_DATA_VALID,
     F_NEEDS_CSUM,
@@ -583,3 +584,16 @@ def test_make_codec_features() -> None:
     big = super_frame(Flow(), segments(Flow(), data_of(3000), 1000), 1000)
     assert len(codec.decode(big)) == 3
     assert codec.stats.gso_frames_in == 1
+
+
+def test_unverified_codec_merges_what_the_verifying_one_splits() -> None:
+    # The tunnel's codec trusts checksums of AEAD-authenticated packets; the default does not.
+    f = Flow()
+    good = segments(f, data_of(300), 100)
+    bad = bytearray(good[1])
+    bad[-1] ^= 0xFF  # payload changed, checksum not
+    batch = [good[0], bytes(bad), good[2]]
+    assert len(coalesce(batch)) == 3
+    assert len(coalesce(batch, verify=False)) == 1
+    assert len(make_codec(OffloadFeatures(uso=True, verify_checksums=False)).encode(batch)) == 1
+    assert len(make_codec(OffloadFeatures(uso=True)).encode(batch)) == 3

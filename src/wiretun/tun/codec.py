@@ -43,9 +43,12 @@ class IdentityCodec:
 
 @dataclass(frozen=True, slots=True)
 class OffloadFeatures:
-    """What TUNSETOFFLOAD accepted: checksum + TSO always, UDP segmentation if the kernel has it."""
+    """What TUNSETOFFLOAD accepted: checksum + TSO always, UDP segmentation if the kernel has it;
+    and whether packets must have valid L4 checksums to be merged (False: the caller vouches
+    for them, as the WireGuard tunnel does for AEAD-authenticated packets)."""
 
     uso: bool
+    verify_checksums: bool = True
 
 
 CodecFactory = Callable[[OffloadFeatures], Codec]

@@ -65,10 +65,15 @@ def split_many(
 
 
 def coalesce(
-    packets: Sequence[bytes], stats: OffloadStats | None = None, *, udp: bool = False
+    packets: Sequence[bytes],
+    stats: OffloadStats | None = None,
+    *,
+    udp: bool = False,
+    verify: bool = True,
 ) -> list[bytes]:
-    """Frames to write to an IFF_VNET_HDR fd, merging segments the way the kernel's GRO would."""
-    return _coalesce(packets, STATS if stats is None else stats, udp=udp)
+    """Frames to write to an IFF_VNET_HDR fd, merging segments the way the kernel's GRO would
+    (`verify=False`: trust the packets' checksums, see wiretun.tun.gro.coalesce)."""
+    return _coalesce(packets, STATS if stats is None else stats, udp=udp, verify=verify)
 
 
 class OffloadCodec:
@@ -80,8 +85,9 @@ class OffloadCodec:
     that refuses once will refuse again. TUNSETOFFLOAD itself is wiretun.tun.device's job.
     """
 
-    def __init__(self, *, udp: bool = False) -> None:
+    def __init__(self, *, udp: bool = False, verify: bool = True) -> None:
         self.udp = udp
+        self.verify = verify
         self.gso_writes = True
         self.stats = OffloadStats()
 
@@ -93,7 +99,7 @@ class OffloadCodec:
 
     def encode(self, packets: Sequence[bytes]) -> list[bytes]:
         if self.gso_writes:
-            return _coalesce(packets, self.stats, udp=self.udp)
+            return _coalesce(packets, self.stats, udp=self.udp, verify=self.verify)
         self.stats.packets_in += len(packets)
         self.stats.frames_out += len(packets)
         return [ZERO_VNET_HDR + p for p in packets]
@@ -150,4 +156,5 @@ class _Features(Protocol):
 
 def make_codec(features: _Features) -> OffloadCodec:
     """The codec for one queue opened with IFF_VNET_HDR (the hook wiretun.tun.codec calls)."""
-    return OffloadCodec(udp=features.uso)
+    # verify_checksums is optional: features without it keep the verifying default.
+    return OffloadCodec(udp=features.uso, verify=getattr(features, "verify_checksums", True))

@@ -122,6 +122,7 @@ class Tun:
         queues: int = 1,
         mtu: int | None = None,
         offload: bool = False,
+        verify_checksums: bool = True,
         max_batch: int = DEFAULT_MAX_BATCH,
         inbound_capacity: int = DEFAULT_INBOUND_CAPACITY,
         outbound_capacity: int = DEFAULT_OUTBOUND_CAPACITY,
@@ -131,6 +132,8 @@ class Tun:
         in the calling thread's network namespace; the device goes away at `close()`.
 
         `monitor_interval` seconds between checks for foreign queues (None: only in stats()).
+        With `offload`, packets sent are merged only if their L4 checksums verify, unless
+        `verify_checksums=False` says the caller vouches for them (authenticated packets).
         """
         validate_name(name)
         if not 1 <= queues <= MAX_QUEUES:
@@ -147,7 +150,7 @@ class Tun:
             codecs: list[Codec] | None = None
             if factory is not None:
                 # Offload features belong to the device: one ioctl on any queue sets them.
-                features = OffloadFeatures(uso=set_offload(fds[0]))
+                features = OffloadFeatures(set_offload(fds[0]), verify_checksums)
                 codecs = [factory(features) for _ in fds]
             if mtu is not None:
                 set_mtu(name, mtu)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from wiretun.tunnel.udp import Endpoint, UdpBind
+from wiretun.tunnel.udp import Datagram, Endpoint, UdpBind
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class CorePort(Protocol):
 
     def send_packets(self, packets: Sequence[bytes], now: float) -> Any: ...
     def receive_datagrams(
-        self, datagrams: Sequence[tuple[bytes, Endpoint]], now: float
+        self, datagrams: Sequence[tuple[Datagram, Endpoint]], now: float
     ) -> Sequence[bytes]: ...
     def datagrams_to_send(self) -> Sequence[tuple[Any, Sequence[bytes]]]: ...
     def handle_timers(self, now: float) -> Any: ...

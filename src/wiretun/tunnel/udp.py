@@ -155,8 +155,6 @@ class UdpBind:
         self._socks = {s.family: s for s in sockets}
         self.port = port
         self.fwmark = fwmark
-        self._buf = bytearray(RECV_BUFFER)
-        self._view = memoryview(self._buf)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_writable: Callable[[], None] | None = None
         self._reading = False
@@ -383,48 +381,63 @@ class UdpBind:
 
     # -- receive ----------------------------------------------------------------------------
 
-    def recv_batch(self, max_datagrams: int = 128) -> list[tuple[bytes, Endpoint]]:
+    def recv_batch(self, max_datagrams: int = 128) -> list[tuple[Datagram, Endpoint]]:
         """Datagrams that are waiting now (never blocks), GRO buffers split, up to about
-        `max_datagrams` (a GRO buffer is never cut, so a batch may run over by one buffer)."""
-        out: list[tuple[bytes, Endpoint]] = []
+        `max_datagrams` (a GRO buffer is never cut, so a batch may run over by one buffer).
+
+        The datagrams of a GRO buffer are memoryviews of one fresh `bytes` per receive: no
+        copy per datagram, and nothing is reused, so they stay valid as long as they are held.
+        """
+        out: list[tuple[Datagram, Endpoint]] = []
         for s in self._socks.values():
             self._recv_from(s, out, max_datagrams)
         return out
 
     def _recv_from(
-        self, s: _FamilySocket, out: list[tuple[bytes, Endpoint]], max_datagrams: int
+        self, s: _FamilySocket, out: list[tuple[Datagram, Endpoint]], max_datagrams: int
     ) -> None:
-        sock = s.sock
-        view = self._view
-        while len(out) < max_datagrams:
-            try:
-                n, ancdata, flags, addr = sock.recvmsg_into([view], _CMSG_SPACE)
-            except BlockingIOError:
-                return
-            except ConnectionRefusedError:
-                # An ICMP unreachable for an earlier send (peer not up yet): not fatal.
-                self.events["recv_connection_refused"] += 1
-                continue
-            except OSError as e:
-                self._drop_error("recv", e, 1)
-                return
-            endpoint: Endpoint = (addr[0], addr[1])
-            if flags & socket.MSG_TRUNC:
-                self.drops["recv_truncated"] += 1
-                continue
-            segment = 0
-            for level, kind, data in ancdata:
-                if level == SOL_UDP and kind == UDP_GRO:
-                    segment = _INT.unpack_from(data.ljust(_INT.size, b"\0"))[0]
-            self._n["bytes_received"] += n
-            if segment and segment < n:
-                self._n["gro_receives"] += 1
-                parts = split_coalesced(view[:n], segment)
-                out.extend((p, endpoint) for p in parts)
-                self._n["datagrams_received"] += len(parts)
-            else:
-                out.append((bytes(view[:n]), endpoint))
-                self._n["datagrams_received"] += 1
+        recvmsg = s.sock.recvmsg
+        n_in = 0
+        nbytes = 0
+        gro = 0
+        try:
+            while len(out) < max_datagrams:
+                try:
+                    data, ancdata, flags, addr = recvmsg(RECV_BUFFER, _CMSG_SPACE)
+                except BlockingIOError:
+                    return
+                except ConnectionRefusedError:
+                    # An ICMP unreachable for an earlier send (peer not up yet): not fatal.
+                    self.events["recv_connection_refused"] += 1
+                    continue
+                except OSError as e:
+                    self._drop_error("recv", e, 1)
+                    return
+                endpoint: Endpoint = (addr[0], addr[1])
+                if flags & socket.MSG_TRUNC:
+                    self.drops["recv_truncated"] += 1
+                    continue
+                n = len(data)
+                nbytes += n
+                segment = 0
+                if ancdata:
+                    for level, kind, cdata in ancdata:
+                        if level == SOL_UDP and kind == UDP_GRO:
+                            segment = _INT.unpack_from(cdata.ljust(_INT.size, b"\0"))[0]
+                if 0 < segment < n:
+                    gro += 1
+                    view = memoryview(data)
+                    before = len(out)
+                    out += [(view[i : i + segment], endpoint) for i in range(0, n, segment)]
+                    n_in += len(out) - before
+                else:
+                    out.append((data, endpoint))
+                    n_in += 1
+        finally:
+            counters = self._n
+            counters["bytes_received"] += nbytes
+            counters["datagrams_received"] += n_in
+            counters["gro_receives"] += gro
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -90,6 +90,8 @@ DEFAULT_MTU: Final = 1420
 UNDER_LOAD_HANDSHAKES: Final = 128  # per second, before the Device calls itself under load
 UNDER_LOAD_HOLD: Final = 1.0
 
+Buffer = bytes | bytearray | memoryview
+
 _HEADER = TRANSPORT_HEADER
 _NONCE = NONCE
 _PAD = [bytes(n) for n in range(16)]
@@ -345,9 +347,12 @@ class Device:
     # ---------------------------------------------------------------- inbound
 
     def receive_datagrams(
-        self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float
+        self, datagrams: Iterable[tuple[Buffer, Endpoint]], now: float
     ) -> list[bytes]:
-        """Consume datagrams from the network; return the inner packets to deliver."""
+        """Consume datagrams from the network; return the inner packets to deliver.
+
+        Datagrams may be memoryviews (of a GRO receive buffer): none is kept past the call.
+        """
         # The hot loop: per packet a header unpack, an inlined replay check, one AEAD call
         # and a slice. Per-keypair work (index lookup, expiry, bookkeeping) happens once per
         # run of datagrams with the same receiver index, kept in locals and written back by
@@ -523,14 +528,14 @@ class Device:
             self._loaded_until = now + UNDER_LOAD_HOLD
 
     def _receive_control(
-        self, data: bytes, src: Endpoint, now: float, seen: dict[Peer, _Seen]
+        self, datagram: Buffer, src: Endpoint, now: float, seen: dict[Peer, _Seen]
     ) -> None:
         drops = self._drops
-        n = len(data)
+        n = len(datagram)
         if n < 4:
             drops["bad_size"] += 1
             return
-        data = bytes(data)
+        data = bytes(datagram)
         kind = int.from_bytes(data[:4], "little")
         expected = {
             MSG_INITIATION: INITIATION_SIZE,
