@@ -389,3 +389,32 @@ class WiretunPeer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def wiretun_leftovers(
+    ns: NetNS,
+    name: str,
+    *,
+    listen_port: int | None = None,
+    fwmark: str = "0x5754",
+    table: str = "22356",
+) -> list[str]:
+    """What a stopped `wiretun up` for `name` in `ns` left behind (empty if nothing): its
+    device, policy rules, routes in its table, UDP socket, UAPI socket and pid file.
+    The defaults are netdev's fwmark and table (0x5754 both)."""
+    left: list[str] = []
+    if ns.run("ip", "link", "show", "dev", name, check=False).strip():
+        left.append(f"device {name}")
+    for family in ("-4", "-6"):
+        rules = [ln for ln in ns.run("ip", family, "rule").splitlines() if fwmark in ln]
+        left += [f"rule {ln.strip()}" for ln in rules]
+        # A table without routes may not exist at all (an error for `ip -6`): empty either way.
+        routes = ns.run("ip", family, "route", "show", "table", table, check=False).strip()
+        left += [f"route {ln.strip()} (table {table})" for ln in routes.splitlines()]
+    if listen_port is not None:
+        udp = ns.run("ss", "-uanH", f"sport = :{listen_port}").strip()
+        left += [f"udp socket {ln.split()[3]}" for ln in udp.splitlines() if ln.strip()]
+    for path in (f"{SOCKET_DIR}/{name}.sock", f"{SOCKET_DIR}/{name}.pid"):
+        if os.path.exists(path):
+            left.append(path)
+    return left
