@@ -316,13 +316,14 @@ class WiretunPeer:
     def command(self, *args: str) -> list[str]:
         return wiretun_command(*args)
 
-    def start(self, *args: str, timeout: float = 20.0) -> WiretunPeer:
-        """Run `wiretun up CONFIG ARGS` and wait until its interface is up (pid file written)."""
+    def start(self, *args: str, timeout: float = 20.0, verbose: int = 1) -> WiretunPeer:
+        """Run `wiretun -v up CONFIG ARGS` (`verbose` times -v: 2 logs at DEBUG) and wait
+        until its interface is up (pid file written)."""
         if not self.config_path:
             raise RuntimeError("write_config() first")
         self._log = tempfile.NamedTemporaryFile(prefix=f"{self.name}-", suffix=".log")  # noqa: SIM115
         self.proc = self.ns.popen(
-            *self.command("-v", "up", self.config_path, *args),
+            *self.command(*["-v"] * verbose, "up", self.config_path, *args),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,129 @@
+"""Security posture (issue #8) of a live daemon: the UAPI socket is 0600 in a 0755 directory;
+no private or preshared key reaches the logs of `wiretun -vv up` through a handshake with
+wireguard-go, `wg set` of new keys and `wg show`; a world-readable config is warned about;
+and no MAC, tag or cookie is compared with `==` anywhere in the protocol core."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+import wiretun.wireguard
+from wiretun.testing.netns import Topology
+from wiretun.testing.wgpeer import (
+    SOCKET_DIR,
+    KeyPair,
+    PeerSpec,
+    WireguardGoPeer,
+    WiretunPeer,
+    generate_psk,
+    have_wireguard_go,
+    udp_ping,
+)
+
+SECRET_NAME = re.compile(r"mac|tag|cookie", re.IGNORECASE)
+
+
+def _forms(secret_b64: str) -> list[str]:
+    """The text forms a leaked key could take: base64 (with and without padding), hex."""
+    raw = base64.b64decode(secret_b64)
+    return [secret_b64, secret_b64.rstrip("="), raw.hex(), raw.hex().upper(), repr(raw)[2:-1]]
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not have_wireguard_go(), reason="needs wireguard-go and wg")
+def test_live_daemon_keeps_its_secrets(topology: Topology) -> None:
+    a, b = topology.netns(), topology.netns()
+    topology.veth(a, b, "192.168.241.1/24", "192.168.241.2/24")
+    psk, new_psk, new_key = generate_psk(), generate_psk(), KeyPair.generate()
+    with WireguardGoPeer(b).start() as wg, WiretunPeer(a) as wt:
+        wg.configure(listen_port=51821)
+        wg.add_peer(wt.keys.public, allowed_ips=["10.9.0.1/32"], preshared_key=psk)
+        wg.link_up(["10.9.0.2/24"])
+        path = wt.write_config(
+            addresses=["10.9.0.1/24"],
+            peers=[
+                PeerSpec(
+                    wg.keys.public,
+                    ["10.9.0.2/32"],
+                    endpoint="192.168.241.2:51821",
+                    preshared_key=psk,
+                )
+            ],
+        )
+        os.chmod(path, 0o644)  # world-readable, with a private key in it
+        wt.start(verbose=2)
+
+        # The UAPI socket: 0600, root's, in a root-owned 0755 directory.
+        sock = os.lstat(wt.socket_path)
+        assert stat.S_ISSOCK(sock.st_mode) and stat.S_IMODE(sock.st_mode) == 0o600
+        assert sock.st_uid == 0
+        run_dir = os.stat(SOCKET_DIR)
+        assert stat.S_IMODE(run_dir.st_mode) == 0o755 and run_dir.st_uid == 0
+
+        assert udp_ping(a, b, "10.9.0.2") == 3  # a full handshake with the psk
+        assert wt.dump()[0][0] == wt.keys.private  # a UAPI get carries it: must not be logged
+        wt.wg("set", wt.name, "peer", wg.keys.public, "preshared-key", "/dev/stdin", stdin=new_psk)
+        wt.wg("set", wt.name, "private-key", "/dev/stdin", stdin=new_key.private)
+        (peer,) = wt.dump()[1]
+        assert peer.preshared_key == new_psk  # the sets were applied, not ignored
+        assert wt.dump()[0][1] == new_key.public
+        assert wt.stop() == 0
+
+        log = wt.log_text()
+        print(f"{len(log.splitlines())} log lines, {log.count(' DEBUG ')} at DEBUG")
+        assert " DEBUG " in log  # we did read a debug-level log
+        assert "handshake" in log.lower()
+        assert "readable by group or others (mode 0644)" in log
+        for secret in (wt.keys.private, new_key.private, psk, new_psk):
+            for form in _forms(secret):
+                assert form not in log, f"secret form {form[:6]}... in the log"
+
+
+def _identifiers(node: ast.AST) -> list[str]:
+    """Names and attributes in an operand, except inside len(...) and ALL_CAPS constants."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "len":
+        return []
+    names: list[str] = []
+    if isinstance(node, ast.Name):
+        names.append(node.id)
+    elif isinstance(node, ast.Attribute):
+        names.append(node.attr)
+    for child in ast.iter_child_nodes(node):
+        names += _identifiers(child)
+    return [n for n in names if not n.isupper()]
+
+
+def _equality_on_secrets(source: str) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        if not any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops):
+            continue
+        names = [n for operand in (node.left, *node.comparators) for n in _identifiers(operand)]
+        if any(SECRET_NAME.search(n) for n in names):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_macs_tags_and_cookies_are_never_compared_with_eq() -> None:
+    """MAC comparisons go through hmac.compare_digest; AEAD tags are checked inside
+    OpenSSL (cryptography's ChaCha20Poly1305), so no Python code compares one."""
+    assert _equality_on_secrets("ok = mac1 == expected\n")  # the check can fire
+    assert not _equality_on_secrets("ok = len(mac1) == MAC_LEN and kind == MSG_COOKIE_REPLY\n")
+    core = Path(wiretun.wireguard.__file__).parent
+    offenders = {
+        p.name: hits
+        for p in sorted(core.glob("*.py"))
+        if (hits := _equality_on_secrets(p.read_text()))
+    }
+    assert offenders == {}
+    cookie = (core / "cookie.py").read_text()
+    assert cookie.count("hmac.compare_digest(") == 2  # mac1 and mac2
