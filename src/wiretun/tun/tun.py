@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 
-from wiretun.packet import flow_hash
+from wiretun.packet import PROTO_TCP, PROTO_UDP, flow_hash
 from wiretun.tun.codec import Codec, CodecFactory, IdentityCodec, OffloadFeatures
 from wiretun.tun.codec import offload_codec_factory as _offload_codec_factory
 from wiretun.tun.device import (
@@ -300,7 +300,18 @@ class Tun:
             return len(accepted)
         groups: list[list[bytes]] = [[] for _ in qs]
         for p in accepted:
-            groups[flow_hash(p) % n].append(p)
+            # flow_hash's key for plain IPv4 TCP/UDP (protocol, addresses, ports) built in one
+            # expression: equal hashes as before, at a fraction of the per-packet cost.
+            if (
+                type(p) is bytes
+                and len(p) >= 24
+                and p[0] == 0x45
+                and (p[9] == PROTO_TCP or p[9] == PROTO_UDP)
+                and not (p[6] & 0x3F or p[7])
+            ):
+                groups[hash(p[9:10] + p[12:24]) % n].append(p)
+            else:
+                groups[flow_hash(p) % n].append(p)
         self._queued += len(accepted)
         for q, group in zip(qs, groups, strict=True):
             if group:
