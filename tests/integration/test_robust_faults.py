@@ -5,6 +5,7 @@ TUN device or the UAPI socket is removed, or SIGTERM arrives, in the middle of h
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -178,16 +179,19 @@ def _sigterm(a: NetNS, wt: WiretunPeer) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fault", "reason"),
+    ("fault", "reason", "warning"),
     [
-        (_delete_device, "TUN device gone"),
-        (_remove_socket, "UAPI socket removed"),
-        (_sigterm, "SIGTERM"),
+        (_delete_device, "TUN device gone", r"WARNING wiretun\.tunnel\.up: stopping: TUN device"),
+        (_remove_socket, "UAPI socket removed", r"WARNING wiretun\.tunnel\.uapi: UAPI socket"),
+        (_sigterm, "SIGTERM", None),
     ],
     ids=["device-deleted", "uapi-socket-removed", "sigterm"],
 )
 def test_fault_during_heavy_traffic_exits_cleanly(
-    topology: Topology, fault: Callable[[NetNS, WiretunPeer], None], reason: str
+    topology: Topology,
+    fault: Callable[[NetNS, WiretunPeer], None],
+    reason: str,
+    warning: str | None,
 ) -> None:
     a, b = _namespaces(topology)
     wg_keys = KeyPair.generate()
@@ -213,6 +217,8 @@ def test_fault_during_heavy_traffic_exits_cleanly(
         print(f"{reason}: exit {code} after {took:.2f}s")
         assert code == 0, log
         assert f"stopping: {reason}" in log
+        if warning is not None:  # an unrequested stop is explained without -v as well
+            assert re.search(warning, log), log
         assert "Traceback" not in log
         core_drops(log)  # the teardown summary was written: the shutdown path ran to the end
         assert wiretun_leftovers(a, wt.name) == []

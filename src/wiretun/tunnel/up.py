@@ -165,10 +165,10 @@ class _Stop:
         self.reason: str | None = None
         self.event = asyncio.Event()
 
-    def __call__(self, reason: str) -> None:
+    def __call__(self, reason: str, level: int = logging.INFO) -> None:
         if self.reason is None:
             self.reason = reason
-            log.info("stopping: %s", reason)
+            log.log(level, "stopping: %s", reason)
         self.event.set()
 
 
@@ -353,7 +353,8 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
         try:
             await run_task
         except (TunBroken, TunClosed) as e:
-            stop(f"TUN device gone ({e})")
+            # Not asked for: say why at the default verbosity, not only with -v.
+            stop(f"TUN device gone ({e})", logging.WARNING)
         except Exception:
             log.exception("%s: the data path failed", name)
             return 1
