@@ -67,9 +67,9 @@ def _resize(rng: random.Random, data: bytes) -> bytes:
 class GarbageMaker:
     """Random datagrams and mutated versions of valid ones, labelled by kind.
 
-    `initiations` are well-formed ones (valid mac1) for the target; `transports` are real
-    transport messages seen on the wire (their receiver index is live), which are only ever
-    sent mutated so that none of them can authenticate.
+    `initiations` are well-formed ones (valid mac1) for the target from static keys it does
+    not know (`stranger_initiation`); `transports` are real transport messages seen on the
+    wire (their receiver index is live), only ever sent mutated so none can authenticate.
     """
 
     rng: random.Random
