@@ -172,6 +172,91 @@ class Inbound:
         return lost
 
 
+def read_batch(
+    fd: int,
+    decode: Callable[[bytes], list[bytes]] | None,
+    limit: int,
+    counters: QueueCounters,
+    index: int,
+) -> tuple[list[bytes], bool, TunBroken | None]:
+    """Read frames from non-blocking `fd` until `limit` packets, EAGAIN or an error; decode
+    them (None: frames are packets) and count. Returns (packets, drained, error)."""
+    batch: list[bytes] = []
+    nbytes = 0
+    drained = False
+    error: TunBroken | None = None
+    read = os.read
+    while len(batch) < limit:
+        try:
+            frame = read(fd, MAX_FRAME)
+        except BlockingIOError:
+            drained = True
+            break
+        except OSError as e:
+            error = TunBroken(f"queue {index}: read failed: {e.strerror}")
+            error.__cause__ = e
+            break
+        if not frame:
+            error = TunBroken(f"queue {index}: end of file")
+            break
+        nbytes += len(frame)
+        counters.rx_frames += 1
+        if decode is None:
+            batch.append(frame)
+            continue
+        try:
+            batch += decode(frame)
+        except ValueError as e:
+            count(counters.rx_drops, f"decode: {e}")
+    if batch:
+        counters.rx_packets += len(batch)
+        counters.rx_bytes += nbytes
+        counters.rx_batches += 1
+    return batch, drained, error
+
+
+def encode_batch(
+    packets: list[bytes], codec: Codec | None, counters: QueueCounters
+) -> tuple[int, list[bytes]]:
+    """(well-formed packets, frames to write) for one write batch; the kernel accepts any
+    write and drops garbage silently, so malformed packets are counted here."""
+    good = [p for p in packets if ip_length(p) == len(p)]
+    if len(good) != len(packets):
+        count(counters.tx_drops, "malformed", len(packets) - len(good))
+    if codec is None:
+        return len(good), good
+    try:
+        return len(good), codec.encode(good)
+    except ValueError as e:
+        count(counters.tx_drops, f"encode: {e}", len(good))
+        return 0, []
+
+
+def try_write(
+    fd: int,
+    frame: bytes,
+    counters: QueueCounters,
+    write_failed: Callable[[bytes, OSError], list[bytes] | None] | None,
+) -> bool | list[bytes]:
+    """Write one frame to non-blocking `fd`: True if written, False if refused (counted by
+    errno name), or the frames the codec offers to write instead. BlockingIOError propagates."""
+    try:
+        n = os.write(fd, frame)
+    except BlockingIOError:
+        raise
+    except OSError as e:
+        if write_failed is not None:
+            instead = write_failed(frame, e)
+            if instead is not None:
+                return instead
+        count(counters.tx_drops, errno.errorcode.get(e.errno or 0, str(e.errno)))
+        return False
+    if n != len(frame):
+        count(counters.tx_drops, "short_write")
+        return False
+    return True
+
+
 class TunQueue:
     """One queue fd: a reader thread draining it into `Inbound`, a writer thread draining its
     own outbound FIFO into it. Both wait in poll() on the fd, a private kick eventfd and the
@@ -243,8 +328,8 @@ class TunQueue:
         room = select.poll()
         room.register(self._reader_kick, _POLLIN)
         room.register(self._close_fd, _POLLIN)
-        decode, identity, limit = self._codec.decode, self._identity, self._max_batch
-        error: TunBroken | None = None
+        decode = None if self._identity else self._codec.decode
+        limit, index = self._max_batch, self.index
         while not self.closing:
             if not inbound.has_room():
                 self.reader_paused = True
@@ -255,36 +340,9 @@ class TunQueue:
                         os.eventfd_read(self._reader_kick)
                 self.reader_paused = False
                 continue
-            batch: list[bytes] = []
-            nbytes = 0
-            drained = False
-            while len(batch) < limit:
-                try:
-                    frame = os.read(fd, MAX_FRAME)
-                except BlockingIOError:
-                    drained = True
-                    break
-                except OSError as e:
-                    error = TunBroken(f"queue {self.index}: read failed: {e.strerror}")
-                    error.__cause__ = e
-                    break
-                if not frame:
-                    error = TunBroken(f"queue {self.index}: end of file")
-                    break
-                nbytes += len(frame)
-                counters.rx_frames += 1
-                if identity:
-                    batch.append(frame)
-                    continue
-                try:
-                    batch += decode(frame)
-                except ValueError as e:
-                    count(counters.rx_drops, f"decode: {e}")
+            batch, drained, error = read_batch(fd, decode, limit, counters, index)
             if batch:
-                counters.rx_packets += len(batch)
-                counters.rx_bytes += nbytes
-                counters.rx_batches += 1
-                inbound.put(self.index, batch)
+                inbound.put(index, batch)
             if error is not None:
                 if not self.closing:
                     log.error("TUN %s", error)
@@ -321,14 +379,7 @@ class TunQueue:
                         os.eventfd_read(self._writer_kick)
                 self._writer_idle = False
                 continue
-            good: list[bytes] = []
-            for packet in batch:
-                # The kernel accepts any write and drops garbage silently; count it here.
-                if ip_length(packet) == len(packet):
-                    good.append(packet)
-                else:
-                    count(drops, "malformed")
-            frames = good if self._identity else self._encode(good)
+            good, frames = encode_batch(batch, None if self._identity else self._codec, counters)
             written = nbytes = 0
             for i, frame in enumerate(frames):
                 if self._write(frame, full):
@@ -339,43 +390,40 @@ class TunQueue:
                     break
             # With offloads a frame may carry several packets; when some frames failed we
             # cannot tell how many packets the others held, so count conservatively.
-            counters.tx_packets += len(good) if written == len(frames) else written
+            counters.tx_packets += good if written == len(frames) else written
             counters.tx_frames += written
             counters.tx_bytes += nbytes
             counters.tx_batches += 1
             self.done += len(batch)
             self._on_written()
 
-    def _encode(self, packets: list[bytes]) -> list[bytes]:
-        try:
-            return self._codec.encode(packets)
-        except ValueError as e:
-            count(self.counters.tx_drops, f"encode: {e}", len(packets))
-            return []
-
-    def _write(self, frame: bytes, full: select.poll, fallback: bool = True) -> bool:
-        """Write one frame; a refused frame is counted by errno name and skipped, unless the
-        codec offers frames to write instead."""
+    def _write(self, frame: bytes, full: select.poll) -> bool:
+        """Write one frame, waiting while the fd is full; False if it was refused (counted)
+        or the queue is closing."""
         while True:
             try:
-                n = os.write(self.fd, frame)
+                result = try_write(self.fd, frame, self.counters, self._write_failed)
             except BlockingIOError:
                 full.poll()
                 if self.closing:
                     return False
                 continue
-            except OSError as e:
-                if fallback and self._write_failed is not None:
-                    instead = self._write_failed(frame, e)
-                    if instead is not None:
-                        results = [self._write(f, full, fallback=False) for f in instead]
-                        return all(results)
-                count(self.counters.tx_drops, errno.errorcode.get(e.errno or 0, str(e.errno)))
-                return False
-            if n != len(frame):
-                count(self.counters.tx_drops, "short_write")
-                return False
-            return True
+            if isinstance(result, bool):
+                return result
+            # The codec's plain frames instead (each one written, no second fallback).
+            results = [self._write_plain(f, full) for f in result]
+            return all(results)
+
+    def _write_plain(self, frame: bytes, full: select.poll) -> bool:
+        while True:
+            try:
+                result = try_write(self.fd, frame, self.counters, None)
+            except BlockingIOError:
+                full.poll()
+                if self.closing:
+                    return False
+                continue
+            return result is True
 
     # --- close ---
 

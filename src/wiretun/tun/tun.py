@@ -35,6 +35,40 @@ DEFAULT_OUTBOUND_CAPACITY = 4096
 CLOSE_TIMEOUT = 0.9
 
 
+def open_device(
+    name: str, *, queues: int, mtu: int | None, offload: bool, verify_checksums: bool
+) -> tuple[list[int], list[Codec] | None, LinkProbe]:
+    """Create TUN device `name` exclusively with `queues` non-blocking queue fds: the fds,
+    one codec per fd (None without offload) and a link probe; nothing is left on failure."""
+    validate_name(name)
+    if not 1 <= queues <= MAX_QUEUES:
+        raise ValueError(f"queues must be within 1..{MAX_QUEUES}, not {queues}")
+    if mtu is not None and not 68 <= mtu <= 65535:
+        raise ValueError(f"mtu must be within 68..65535, not {mtu}")
+    factory: CodecFactory | None = _offload_codec_factory() if offload else None
+    ensure_tun_node()
+    fds: list[int] = []
+    probe: LinkProbe | None = None
+    try:
+        for i in range(queues):
+            fds.append(open_queue(name, exclusive=i == 0, vnet_hdr=offload))
+        codecs: list[Codec] | None = None
+        if factory is not None:
+            # Offload features belong to the device: one ioctl on any queue sets them.
+            features = OffloadFeatures(set_offload(fds[0]), verify_checksums)
+            codecs = [factory(features) for _ in fds]
+        if mtu is not None:
+            set_mtu(name, mtu)
+        probe = LinkProbe(name)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        if probe is not None:
+            probe.close()
+        raise
+    return fds, codecs, probe
+
+
 class Tun:
     """A TUN device opened once per queue (IFF_MULTI_QUEUE), each queue fd served by its own
     reader and writer thread.
@@ -135,32 +169,9 @@ class Tun:
         With `offload`, packets sent are merged only if their L4 checksums verify, unless
         `verify_checksums=False` says the caller vouches for them (authenticated packets).
         """
-        validate_name(name)
-        if not 1 <= queues <= MAX_QUEUES:
-            raise ValueError(f"queues must be within 1..{MAX_QUEUES}, not {queues}")
-        if mtu is not None and not 68 <= mtu <= 65535:
-            raise ValueError(f"mtu must be within 68..65535, not {mtu}")
-        factory: CodecFactory | None = _offload_codec_factory() if offload else None
-        ensure_tun_node()
-        fds: list[int] = []
-        probe: LinkProbe | None = None
-        try:
-            for i in range(queues):
-                fds.append(open_queue(name, exclusive=i == 0, vnet_hdr=offload))
-            codecs: list[Codec] | None = None
-            if factory is not None:
-                # Offload features belong to the device: one ioctl on any queue sets them.
-                features = OffloadFeatures(set_offload(fds[0]), verify_checksums)
-                codecs = [factory(features) for _ in fds]
-            if mtu is not None:
-                set_mtu(name, mtu)
-            probe = LinkProbe(name)
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            if probe is not None:
-                probe.close()
-            raise
+        fds, codecs, probe = open_device(
+            name, queues=queues, mtu=mtu, offload=offload, verify_checksums=verify_checksums
+        )
         return cls(
             name,
             fds,

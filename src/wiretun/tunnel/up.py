@@ -24,6 +24,7 @@ from pathlib import Path
 from wiretun.netdev.manager import TunDeviceManager
 from wiretun.netdev.spec import DEFAULT_FWMARK, DEFAULT_TABLE
 from wiretun.tun import Tun, TunBroken, TunClosed
+from wiretun.tun.inline import InlineTun
 from wiretun.tunnel.backend import DeviceBackend
 from wiretun.tunnel.config import ConfigError, TunnelConfig, is_valid_ifname, load_config
 from wiretun.tunnel.loop import TunnelLoop
@@ -56,6 +57,7 @@ class UpOptions:
     queues: int
     offload: bool
     ready_fd: int | None
+    tun_threads: bool = False
 
 
 # -- CLI -------------------------------------------------------------------------------------
@@ -72,6 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="TUN TSO/USO offloads (IFF_VNET_HDR) (default: on)",
+    )
+    parser.add_argument(
+        "--tun-threads",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="serve a single TUN queue from reader/writer threads instead of the event loop "
+        "(more queues always use threads) (default: off)",
     )
     parser.add_argument(
         "--background",
@@ -103,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wiretun up: warning: {warning}", file=sys.stderr)
     if args.background:
         return _start_background(args, name)
-    opts = UpOptions(args.config, name, args.queues, args.offload, args.ready_fd)
+    opts = UpOptions(args.config, name, args.queues, args.offload, args.ready_fd, args.tun_threads)
     return asyncio.run(_main(config, opts))
 
 
@@ -117,6 +126,7 @@ def _start_background(args: argparse.Namespace, name: str) -> int:
     cmd += ["-v"] * int(getattr(args, "verbose", 0) or 0)
     cmd += ["up", args.config, "--interface", name, "--queues", str(args.queues)]
     cmd += ["--offload" if args.offload else "--no-offload", "--ready-fd", str(w)]
+    cmd += ["--tun-threads" if args.tun_threads else "--no-tun-threads"]
     try:
         child = subprocess.Popen(
             cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, start_new_session=True
@@ -303,13 +313,19 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
         try:
             # Packets to the TUN passed the peer's AEAD: merging them need not re-verify L4
             # checksums (the kernel's WireGuard marks them CHECKSUM_UNNECESSARY likewise).
-            tun = Tun.open(
-                name,
-                queues=opts.queues,
-                mtu=mtu,
-                offload=opts.offload,
-                verify_checksums=False,
-            )
+            tun: Tun | InlineTun
+            if opts.queues == 1 and not opts.tun_threads:
+                # One queue under the GIL gains nothing from threads, and pays for their
+                # hand-offs: the event loop reads and writes the TUN fd itself.
+                tun = InlineTun.open(name, mtu=mtu, offload=opts.offload, verify_checksums=False)
+            else:
+                tun = Tun.open(
+                    name,
+                    queues=opts.queues,
+                    mtu=mtu,
+                    offload=opts.offload,
+                    verify_checksums=False,
+                )
         except OSError as e:
             print(f"wiretun up: cannot create TUN {name}: {e}", file=sys.stderr)
             return 1
