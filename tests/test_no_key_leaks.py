@@ -148,3 +148,54 @@ def test_uapi_set_logs_no_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     assert any(r.levelno == logging.DEBUG for r in caplog.records)  # debug logging was on
     for record in caplog.records:
         assert_no_secret(record.getMessage(), private, psk)
+
+
+async def _send_to_uapi(tmp_path: Path, request: bytes) -> tuple[bytes, MemoryBackend]:
+    """Writes `request` to a live UAPI socket and reads until the server closes it."""
+    backend = MemoryBackend()
+    async with UapiServer("wgleak1", backend, socket_dir=str(tmp_path)) as server:
+        reader, writer = await asyncio.open_unix_connection(server.path)
+        writer.write(request)
+        await writer.drain()
+        writer.write_eof()
+        replies = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        await writer.wait_closed()
+    return replies, backend
+
+
+@pytest.mark.parametrize(
+    "request_text",
+    [
+        # A key sent without `set=1` first: the server rejects the operation line.
+        f"private_key={parse_key(PRIVATE).hex()}\n\n",
+        f"preshared_key={parse_key(PSK).hex()}\n",
+        f"{parse_key(PRIVATE).hex()}\n",
+        # A key pasted into the wrong field of a valid set.
+        f"set=1\nlisten_port={parse_key(PRIVATE).hex()}\n\n",
+        f"set=1\npublic_key={parse_key(PEER).hex()}\nendpoint={parse_key(PSK).hex()}\n\n",
+        f"set=1\n{parse_key(PRIVATE).hex()}=1\n\n",
+    ],
+    ids=["no-set", "no-set-psk", "bare-key", "listen-port", "endpoint", "key-as-name"],
+)
+def test_uapi_rejects_without_logging_keys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, request_text: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    replies, backend = asyncio.run(_send_to_uapi(tmp_path, request_text.encode()))
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings, "the rejected request was not logged"
+    assert not replies.startswith(b"errno=0")  # rejected: closed, or answered with an errno
+    assert backend.snapshot.private_key is None  # nothing applied
+    for record in caplog.records:
+        assert_no_key_fragment(record.getMessage(), parse_key(PRIVATE), parse_key(PSK))
+
+
+def assert_no_key_fragment(text: str, *keys: bytes, size: int = 16) -> None:
+    """Stricter than assert_no_secret: no `size` hex digits in a row of any key either
+    (a truncated quote such as op[:64] leaks most of a key)."""
+    lowered = text.lower()
+    for key in keys:
+        digits = key.hex()
+        for start in range(len(digits) - size + 1):
+            assert digits[start : start + size] not in lowered, "part of a secret key leaked"

@@ -22,6 +22,9 @@ MAX_SET_BYTES = 32 * 1024 * 1024
 
 _HEX_KEY_RE = re.compile(r"[0-9a-fA-F]{64}")
 _UINT_RE = re.compile(r"[0-9]+")
+# Longer values are not quoted in errors: a 64-hex-digit key never fits (an IPv6
+# endpoint or prefix does).
+_MAX_SHOWN = 48
 _PREFIX_RE = re.compile(r"([0-9a-fA-F:.]+)/(0|[1-9][0-9]{0,2})")
 
 Endpoint = tuple[str, int]
@@ -185,7 +188,11 @@ class UapiRequestReader:
                 if op == b"set=1":
                     self._set_lines, self._set_bytes = [], 0
                     continue
-                raise UapiProtocolError(f"invalid operation {op[:64]!r}")
+                # Quote only a short name, never the value: the line may be a key sent
+                # without `set=1` (or a bare key with no '=').
+                name = op.partition(b"=")[0]
+                shown = repr(name) if len(name) <= 16 else f"<{len(name)} bytes>"
+                raise UapiProtocolError(f"invalid operation {shown}")
             line = self._line()
             if line is None:
                 return None
@@ -210,15 +217,20 @@ def _hex_key(value: str, what: str) -> bytes:
     return bytes.fromhex(value)
 
 
+def _shown(value: str) -> str:
+    """A value for an error message: a key pasted into the wrong field is not quoted."""
+    return repr(value) if len(value) <= _MAX_SHOWN else f"<{len(value)} characters>"
+
+
 def _uint(value: str, bits: int, what: str) -> int:
     if _UINT_RE.fullmatch(value) is None or int(value) >= 1 << bits:
-        raise UapiError(errno_codes.EINVAL, f"{what}: {value!r} is not a {bits}-bit number")
+        raise UapiError(errno_codes.EINVAL, f"{what}: {_shown(value)} is not a {bits}-bit number")
     return int(value)
 
 
 def _true(value: str, what: str) -> None:
     if value != "true":
-        raise UapiError(errno_codes.EINVAL, f"{what}: invalid value {value!r}")
+        raise UapiError(errno_codes.EINVAL, f"{what}: invalid value {_shown(value)}")
 
 
 def parse_endpoint(value: str) -> Endpoint:
@@ -231,7 +243,7 @@ def parse_endpoint(value: str) -> Endpoint:
     else:
         host, sep, port = value.rpartition(":")
         ok = bool(sep) and ":" not in host
-    bad = UapiError(errno_codes.EINVAL, f"endpoint: {value!r} is not ip:port")
+    bad = UapiError(errno_codes.EINVAL, f"endpoint: {_shown(value)} is not ip:port")
     if not ok:
         raise bad
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -244,7 +256,7 @@ def parse_endpoint(value: str) -> Endpoint:
 
 def parse_prefix(value: str) -> IPNetwork:
     """`ip/bits` (bits required); host bits are masked off, as wireguard-go's trie does."""
-    bad = UapiError(errno_codes.EINVAL, f"allowed_ip: {value!r} is not ip/cidr")
+    bad = UapiError(errno_codes.EINVAL, f"allowed_ip: {_shown(value)} is not ip/cidr")
     if _PREFIX_RE.fullmatch(value) is None:
         raise bad
     try:
@@ -290,7 +302,7 @@ def _device_line(key: str, value: str) -> SetOperation:
     if key == "replace_peers":
         _true(value, "replace_peers")
         return ReplacePeers()
-    raise UapiError(errno_codes.EINVAL, f"invalid UAPI device key: {key!r}")
+    raise UapiError(errno_codes.EINVAL, f"invalid UAPI device key: {_shown(key)}")
 
 
 def _peer_line(peer: _PeerDraft, key: str, value: str) -> None:
@@ -319,9 +331,9 @@ def _peer_line(peer: _PeerDraft, key: str, value: str) -> None:
         (peer.drop if removing else peer.add)[network] = None
     elif key == "protocol_version":
         if value != "1":
-            raise UapiError(errno_codes.EINVAL, f"invalid protocol version: {value!r}")
+            raise UapiError(errno_codes.EINVAL, f"invalid protocol version: {_shown(value)}")
     else:
-        raise UapiError(errno_codes.EINVAL, f"invalid UAPI peer key: {key!r}")
+        raise UapiError(errno_codes.EINVAL, f"invalid UAPI peer key: {_shown(key)}")
 
 
 def parse_set(lines: Iterable[str]) -> list[SetOperation]:
