@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ class SoakResult:
     mbps: float = 0.0
     drops: tuple[dict[str, int], dict[str, int]] = ({}, {})
     exit_codes: tuple[int | None, int | None] = (None, None)
+    loss_seconds: dict[int, int] = field(default_factory=dict)  # second -> packets lost
+    counters: list[str] = field(default_factory=list)  # kernel drop counters, non-zero
 
     def rss_growth(self, index: int) -> float:
         """Growth of one daemon's RSS from the first sample (traffic warmed up) to the last."""
@@ -81,6 +84,13 @@ class SoakResult:
         if len(self.samples) >= 2:
             lines.append(f"RSS growth: a {self.rss_growth(0):+.2%}, b {self.rss_growth(1):+.2%}")
         lines.append(f"core drops: a {self.drops[0]}, b {self.drops[1]}")
+        if self.loss_seconds:
+            worst = sorted(self.loss_seconds.items(), key=lambda kv: -kv[1])[:10]
+            lines.append(
+                f"loss in {len(self.loss_seconds)} of the seconds (t: lost, worst first): "
+                + ", ".join(f"{t}: {n}" for t, n in worst)
+            )
+        lines.append("kernel drop counters: " + (", ".join(self.counters) or "all zero"))
         return "\n".join(lines)
 
 
@@ -110,6 +120,38 @@ def _udp_result(out: str) -> tuple[int, int, int, float]:
         ooo,
         float(total["bits_per_second"]) / 1e6,
     )
+
+
+def _loss_seconds(out: str, warmup: float) -> dict[int, int]:
+    """Per-second loss as the iperf3 server saw it (--get-server-output), keyed by seconds
+    since sampling started (negative: during the warm-up)."""
+    data: dict[str, Any] = json.loads(out)
+    server = data.get("server_output_json") or {}
+    lost: dict[int, int] = {}
+    for interval in server.get("intervals", []):
+        total = interval.get("sum", {})
+        n = int(total.get("lost_packets", 0))
+        if n > 0:
+            lost[int(float(total.get("start", 0)) - warmup)] = n
+    return lost
+
+
+def _kernel_counters(ns: NetNS, tun: str) -> list[str]:
+    """Where the kernel dropped packets in `ns`: UDP buffer overflows and the TUN device's
+    drop counters (non-zero ones only)."""
+    found: list[str] = []
+    rows = [ln.split() for ln in ns.run("cat", "/proc/net/snmp").splitlines()]
+    udp = [r[1:] for r in rows if r and r[0] == "Udp:"]
+    if len(udp) >= 2:
+        for key, value in zip(udp[0], udp[1], strict=False):
+            if key in ("InErrors", "RcvbufErrors", "SndbufErrors", "MemErrors") and value != "0":
+                found.append(f"{ns.name} udp {key}={value}")
+    link = json.loads(ns.run("ip", "-s", "-j", "link", "show", "dev", tun))[0]
+    for direction in ("rx", "tx"):
+        for key, value in link.get("stats64", {}).get(direction, {}).items():
+            if key in ("dropped", "errors", "over_errors") and value:
+                found.append(f"{tun} {direction}_{key}={value}")
+    return found
 
 
 def run_soak(
@@ -147,13 +189,16 @@ def run_soak(
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         client: subprocess.Popen[bytes] | None = None
+        out_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
         try:
             _wait_listening(b, server)
             duration = warmup + seconds
+            # A file, not a pipe: -J output of a long run outgrows the pipe buffer, and
+            # iperf3 would block writing it while we wait for it to exit.
             client = a.popen(
                 "iperf3", "-c", "10.9.0.2", "-u", "-b", f"{rate_mbps}M", "-l", str(PAYLOAD),
-                "-t", f"{duration:g}", "-J", "-w", "4M",
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                "-t", f"{duration:g}", "-J", "-w", "4M", "--get-server-output",
+                stdout=out_file, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             start = time.monotonic()
             next_at = warmup
@@ -170,14 +215,19 @@ def run_soak(
                         progress(sample)
                     next_at += sample_every
                 time.sleep(0.2)
-            out = client.communicate(timeout=30)[0].decode()
+            client.wait(timeout=30)
+            out_file.seek(0)
+            out = out_file.read().decode()
             result.packets, result.lost, result.out_of_order, result.mbps = _udp_result(out)
+            result.loss_seconds = _loss_seconds(out, warmup)
+            result.counters = _kernel_counters(a, wa.name) + _kernel_counters(b, wb.name)
         finally:
             for p in (client, server):
                 if p is not None and p.poll() is None:
                     p.kill()
                 if p is not None:
                     p.wait()
+            out_file.close()
         result.exit_codes = (wa.stop(), wb.stop())
         result.drops = (core_drops(wa.log_text()), core_drops(wb.log_text()))
     return result
