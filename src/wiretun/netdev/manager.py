@@ -16,15 +16,19 @@ from pyroute2 import AsyncIPRoute
 
 from wiretun.netdev.errors import NetdevError
 from wiretun.netdev.mark import mark_socket
-from wiretun.netdev.ops import FAMILIES, LinkOps, collect, family_of, lookup_link
+from wiretun.netdev.ops import FAMILIES, LinkOps, collect, family_of, lookup_link, used_tables
 from wiretun.netdev.spec import (
+    AUTO_TABLE_START,
     DEFAULT_FWMARK,
     DEFAULT_MTU,
     DEFAULT_RULE_PRIORITY,
     DEFAULT_TABLE,
     IPV6_MIN_MTU,
+    RESERVED_TABLES,
+    U32_MAX,
     Interface,
     Network,
+    TableSpec,
     check_ifname,
     check_mtu,
     check_rule_priority,
@@ -71,6 +75,12 @@ class TunDeviceManager:
     calling thread (e.g. inside `NetNS.enter()`), and stays bound to it; or pass `netns=` (a
     name under /run/netns) and pyroute2 opens it there from a helper process. Use the manager
     from one thread (pyroute2 keeps its socket per thread).
+
+    Several devices on one host: give each its own table, or `table="auto"`, which makes
+    `start()` take the first table from `AUTO_TABLE_START` up that has no route and that no
+    rule uses (as table or mark), as wg-quick does. `fwmark=None` means "the table's number".
+    `table="off"` manages addresses and the link only: no rule, no routes, no flush.
+    `start()` flushes a table given by number (a crashed run's leftovers), never an "auto" one.
     """
 
     def __init__(
@@ -78,15 +88,22 @@ class TunDeviceManager:
         name: str,
         *,
         mtu: int = DEFAULT_MTU,
-        fwmark: int = DEFAULT_FWMARK,
-        table: int = DEFAULT_TABLE,
+        fwmark: int | None = DEFAULT_FWMARK,
+        table: TableSpec = DEFAULT_TABLE,
         rule_priority: int = DEFAULT_RULE_PRIORITY,
         netns: str | None = None,
     ) -> None:
         self.name = check_ifname(name)
         self.mtu = check_mtu(mtu)
-        self.fwmark = check_u32("fwmark", fwmark, low=1)
-        self.table = check_table(table)
+        if fwmark is not None:
+            check_u32("fwmark", fwmark, low=1)
+        self._table_spec: TableSpec = table
+        # The table in use: None for "off", and for "auto" until start() has picked one.
+        self.table: int | None = None
+        if not isinstance(table, str) or table not in ("auto", "off"):
+            self.table = check_table(table)  # type: ignore[arg-type]  # a bad str fails here
+        # 0: no mark (Table=off without one, or "auto" before start()).
+        self.fwmark: int = fwmark if fwmark is not None else (self.table or 0)
         self.rule_priority = check_rule_priority(rule_priority)
         self.netns = netns
         self._ops: LinkOps | None = None
@@ -111,11 +128,16 @@ class TunDeviceManager:
         try:
             async with self._lock:
                 ifindex = await lookup_link(ipr, self.name)
+                errors: list[NetdevError] = []
+                if self._table_spec == "auto":
+                    self.table = _free_table(await used_tables(ipr))
+                    self.fwmark = self.fwmark or self.table
                 ops = LinkOps(
                     ipr, self.name, ifindex,
-                    table=self.table, fwmark=self.fwmark, rule_priority=self.rule_priority,
+                    table=self.table or 0, fwmark=self.fwmark, rule_priority=self.rule_priority,
                 )  # fmt: skip
-                errors = await ops.flush_table()
+                if self._table_spec not in ("auto", "off"):
+                    errors = await ops.flush_table()
         except BaseException:
             ipr.close()
             raise
@@ -136,6 +158,8 @@ class TunDeviceManager:
         errors: list[NetdevError] = []
         try:
             async with self._lock:
+                if self.table is None:
+                    return  # Table=off: nothing of ours in the routing tables
                 # Both families, not just the ones we installed: a crashed run's rule goes too.
                 for family in FAMILIES:
                     await collect(errors, ops.del_rule(family))
@@ -172,6 +196,36 @@ class TunDeviceManager:
     def routes(self) -> frozenset[Network]:
         """The routes the last `set_routes` asked for (plus any whose removal failed)."""
         return self._routes
+
+    async def set_fwmark(self, fwmark: int) -> None:
+        """Change our mark (e.g. `wg set NAME fwmark X`): each installed rule is replaced by
+        one that excludes the new mark. The tunnel's sockets are the caller's to re-mark."""
+        check_u32("fwmark", fwmark, low=1)
+        async with self._lock:
+            ops = self._started()
+            if fwmark == self.fwmark:
+                return
+            families = sorted(self._rule_families)
+            old_mark = ops.fwmark
+            # Add the new rule before deleting the old: no moment without one.
+            ops.fwmark = fwmark
+            added: list[int] = []
+            errors: list[NetdevError] = []
+            for family in families:
+                if await collect(errors, ops.add_rule(family)):
+                    break
+                added.append(family)
+            if errors:
+                for family in added:  # undo: keep the old mark and its rules
+                    await collect(errors, ops.del_rule(family))
+                ops.fwmark = old_mark
+                raise errors[0]
+            ops.fwmark = old_mark
+            for family in families:
+                await collect(errors, ops.del_rule(family))
+            ops.fwmark = self.fwmark = fwmark
+        for err in errors:
+            log.warning("set fwmark on %s: %s", self.name, err)
 
     def mark_socket(self, sock: socket.socket) -> None:
         """Give `sock` our fwmark so its packets bypass the tunnel's table."""
@@ -240,6 +294,10 @@ class TunDeviceManager:
     ) -> IpStack:
         """Our rule for each family in `families`, none for the others."""
         stack = IpStack.NONE
+        if self.table is None:  # Table=off: no rules to install
+            for family in families:
+                stack |= _STACK_OF[socket.AddressFamily(family)]
+            return stack
         for family in FAMILIES:
             if family in families and not await collect(errors, ops.add_rule(family)):
                 self._rule_families.add(family)
@@ -266,6 +324,8 @@ class TunDeviceManager:
         new: frozenset[Network] = v4 | parse_networks(v6_networks, IPv6Network)
         async with self._lock:
             ops = self._started()
+            if self.table is None:
+                raise RuntimeError(f"{self.name} has no routing table (table='off')")
             errors: list[NetdevError] = []
             kept_stale: set[Network] = set()
             for net in sorted(self._routes - new, key=str):
@@ -295,3 +355,13 @@ class TunDeviceManager:
         check_u32("txqueuelen", n)
         async with self._lock:
             await self._started().set_txqueuelen(n)
+
+
+def _free_table(used: set[int]) -> int:
+    """The first table from AUTO_TABLE_START up that nothing uses."""
+    table = AUTO_TABLE_START
+    while table in used or table in RESERVED_TABLES:
+        table += 1
+        if table > U32_MAX:
+            raise NetdevError("find a free routing table", "from 51820", errno.ENOSPC)
+    return table

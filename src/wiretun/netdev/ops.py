@@ -63,6 +63,23 @@ async def lookup_link(ipr: Any, name: str) -> int:
     return int(found[0])
 
 
+async def used_tables(ipr: Any) -> set[int]:
+    """Every table number that has a route, or that a policy rule looks up or matches as
+    its fwmark, in either family (a table we take also serves as our mark)."""
+
+    async def dump() -> set[int]:
+        used: set[int] = set()
+        for family in FAMILIES:
+            async for msg in await ipr.get_routes(family=family):
+                used.add(int(msg.get("table") or 0))
+            async for msg in await ipr.get_rules(family=family):
+                used.add(int(msg.get("table") or 0))
+                used.add(int(msg.get("fwmark") or 0))
+        return used
+
+    return await nl_call("list", "routes and rules", dump()) or set()
+
+
 class LinkOps:
     """Steps on one link (by index) and one table; the caller serialises them."""
 

@@ -12,14 +12,17 @@ from ipaddress import (
     IPv6Interface,
     IPv6Network,
 )
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 # "WT" in ASCII. The mark on sockets that must bypass the tunnel, and our routing table's id;
 # wg-quick's FwMark / Table override them.
 DEFAULT_FWMARK = 0x5754
 DEFAULT_TABLE = 0x5754
 # Before the main table (32766), after anything an administrator put in the low range.
+# Several devices share it: their rules differ in table and mark.
 DEFAULT_RULE_PRIORITY = 0x5754
+# table="auto" probes upward from here for a table nobody uses, as wg-quick does.
+AUTO_TABLE_START = 51820
 DEFAULT_MTU = 1280
 # Firezone measured 10000 better than the kernel default of 500 for a TUN.
 DEFAULT_TXQUEUELEN = 10000
@@ -33,6 +36,8 @@ U32_MAX = 0xFFFFFFFF
 RESERVED_TABLES = frozenset({0, 252, 253, 254, 255})
 RULE_PRIORITY_MAX = 32765
 
+# A table number, "auto" (a free one, picked by start()) or "off" (no rules, no routes).
+TableSpec = int | Literal["auto", "off"]
 Interface = IPv4Interface | IPv6Interface
 Network = IPv4Network | IPv6Network
 

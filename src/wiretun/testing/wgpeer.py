@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from wiretun.netdev.spec import AUTO_TABLE_START, DEFAULT_RULE_PRIORITY
 from wiretun.testing.netns import NetNS, unique_name
 
 SOCKET_DIR = "/var/run/wireguard"
@@ -397,17 +398,23 @@ def wiretun_leftovers(
     name: str,
     *,
     listen_port: int | None = None,
-    fwmark: str = "0x5754",
-    table: str = "22356",
+    fwmark: str | None = None,
+    table: str = str(AUTO_TABLE_START),
 ) -> list[str]:
     """What a stopped `wiretun up` for `name` in `ns` left behind (empty if nothing): its
     device, policy rules, routes in its table, UDP socket, UAPI socket and pid file.
-    The defaults are netdev's fwmark and table (0x5754 both)."""
+    Rules: any at netdev's priority, or with `fwmark` (e.g. "0x1234") when given. The
+    default table is the one the first Table=auto instance in a namespace gets."""
     left: list[str] = []
     if ns.run("ip", "link", "show", "dev", name, check=False).strip():
         left.append(f"device {name}")
+    ours = f"{DEFAULT_RULE_PRIORITY}:"
     for family in ("-4", "-6"):
-        rules = [ln for ln in ns.run("ip", family, "rule").splitlines() if fwmark in ln]
+        rules = [
+            ln
+            for ln in ns.run("ip", family, "rule").splitlines()
+            if ln.startswith(ours) or (fwmark is not None and fwmark in ln)
+        ]
         left += [f"rule {ln.strip()}" for ln in rules]
         # A table without routes may not exist at all (an error for `ip -6`): empty either way.
         routes = ns.run("ip", family, "route", "show", "table", table, check=False).strip()

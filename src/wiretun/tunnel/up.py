@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wiretun.netdev.manager import TunDeviceManager
-from wiretun.netdev.spec import DEFAULT_FWMARK, DEFAULT_TABLE
 from wiretun.tun import Tun, TunBroken, TunClosed
 from wiretun.tun.inline import InlineTun
 from wiretun.tunnel.backend import DeviceBackend
 from wiretun.tunnel.config import ConfigError, TunnelConfig, is_valid_ifname, load_config
 from wiretun.tunnel.loop import TunnelLoop
+from wiretun.tunnel.routing import FwmarkFollower, configured_fwmark, routing_table
 from wiretun.tunnel.uapi import UapiInUseError, UapiServer
 from wiretun.tunnel.uapi_protocol import (
     SetFwmark,
@@ -182,23 +182,6 @@ class _Stop:
         self.event.set()
 
 
-def _routing_table(config: TunnelConfig) -> int | None:
-    """Our table per wg-quick's Table= (None for "off")."""
-    table = config.interface.table
-    if table == "off":
-        return None
-    if table == "auto":
-        return int(DEFAULT_TABLE)
-    if isinstance(table, int):
-        return table
-    with contextlib.suppress(OSError), open("/etc/iproute2/rt_tables") as f:
-        for line in f:
-            fields = line.split("#", 1)[0].split()
-            if len(fields) == 2 and fields[1] == table and fields[0].isdigit():
-                return int(fields[0])
-    raise ConfigError(config.interface.name, None, "Table", f"unknown routing table {table!r}")
-
-
 def _allowed_routes(
     config: TunnelConfig,
 ) -> tuple[list[ipaddress.IPv4Network], list[ipaddress.IPv6Network]]:
@@ -248,9 +231,10 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
     iface = config.interface
     name = opts.name
     mtu = iface.mtu or DEFAULT_MTU
-    fwmark = iface.fwmark or DEFAULT_FWMARK
+    # Table=auto without FwMark: the manager picks a free table and uses it as the mark.
+    fwmark = configured_fwmark(config) or 0
     try:
-        table = _routing_table(config)
+        table = routing_table(config)
     except ConfigError as e:
         print(f"wiretun up: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -266,7 +250,7 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
         device = Device(
             iface.private_key,
             listen_port=udp.port,
-            fwmark=fwmark,
+            fwmark=fwmark or None,
             wall_clock_offset=time.time() - loop.time(),
             mtu=mtu,
         )
@@ -279,8 +263,10 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
             old.close()
             return new.port
 
-        def set_mark(mark: int) -> None:
+        def remark_sockets(mark: int) -> None:
             socks.udp.set_fwmark(mark)
+
+        set_mark = FwmarkFollower(remark_sockets)
 
         def changed() -> None:
             if tunnel is not None:
@@ -331,19 +317,21 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
             return 1
         stack.callback(tun.close)
 
-        # With Table=off the rule points at our (empty) table: it routes nothing.
-        manager = TunDeviceManager(
-            name, mtu=mtu, fwmark=fwmark, table=DEFAULT_TABLE if table is None else table
-        )
+        manager = TunDeviceManager(name, mtu=mtu, fwmark=fwmark or None, table=table)
         await manager.start()
         stack.push_async_callback(_close_manager, manager)
+        stack.push_async_callback(set_mark.settle)
+        set_mark.manager = manager
+        if manager.fwmark != socks.udp.fwmark:  # the mark of a table picked just now
+            socks.udp.set_fwmark(manager.fwmark)
+            device.fwmark = manager.fwmark
         if iface.addresses:
             await manager.set_addresses(iface.addresses)
         else:
             await manager.set_up()
         with contextlib.suppress(OSError):
             await manager.set_txqueuelen(TXQUEUELEN)
-        if table is not None:
+        if manager.table is not None:
             v4, v6 = _allowed_routes(config)
             await manager.set_routes(v4, v6)
 
