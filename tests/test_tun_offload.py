@@ -597,3 +597,66 @@ def test_unverified_codec_merges_what_the_verifying_one_splits() -> None:
     assert len(coalesce(batch, verify=False)) == 1
     assert len(make_codec(OffloadFeatures(uso=True, verify_checksums=False)).encode(batch)) == 1
     assert len(make_codec(OffloadFeatures(uso=True)).encode(batch)) == 3
+
+
+# --- the vectorised coalesce path must give exactly what the per-packet loop gives ---
+
+_TWEAKS = ("plain", "psh", "short", "gap", "same_id", "id_plus2", "window", "ttl", "flow_b",
+           "option", "no_df", "fin", "big")  # fmt: skip
+
+
+@given(
+    n=st.integers(2, 140),
+    changes=st.lists(st.tuples(st.integers(0, 139), st.sampled_from(_TWEAKS)), max_size=6),
+    size=st.sampled_from([100, 536, 1368]),
+    options=st.sampled_from([b"", b"\x01\x01\x08\x0a" + bytes(8)]),
+    verify=st.booleans(),
+)
+@settings(max_examples=400, deadline=None)
+def test_vectorised_coalesce_equals_the_loop(
+    n: int, changes: list[tuple[int, str]], size: int, options: bytes, verify: bool
+) -> None:
+    """Mostly plain segments of one flow with a few departures (so the vectorised path is
+    taken often): its frames equal the per-packet loop's, bit for bit."""
+    from wiretun.tun.gro import _coalesce_loop, _coalesce_tcp4, _frames
+
+    tweaks = ["plain"] * n
+    for at, tweak in changes:
+        if at < n:
+            tweaks[at] = tweak
+
+    a = Flow(options=options)
+    b = Flow(options=options, sport=40001)
+    seq = {a.sport: 1000, b.sport: 5000}
+    ip_id = {a.sport: 7, b.sport: 70}
+    packets: list[bytes] = []
+    for t in tweaks:
+        f = b if t == "flow_b" else a
+        if t == "window":
+            f = Flow(options=options, window=a.window + 1)
+        elif t == "ttl":
+            f = Flow(options=options, ttl=63)
+        elif t == "option":
+            f = Flow(options=b"\x01\x01\x08\x0a" + bytes(7) + b"\x01" if options else b"")
+        elif t == "no_df":
+            f = Flow(options=options, df=False)
+        n = size // 2 if t == "short" else size
+        if t == "big":
+            n = size + 16
+        if t == "gap":
+            seq[f.sport] += 1
+        if t == "id_plus2":
+            ip_id[f.sport] += 1
+        flags = ACK | PSH if t == "psh" else (ACK | 0x01 if t == "fin" else ACK)
+        packets.append(packet(f, bytes([len(packets) & 0xFF]) * n, seq=seq[f.sport],
+                              flags=flags, ip_id=ip_id[f.sport]))  # fmt: skip
+        seq[f.sport] = (seq[f.sport] + n) & 0xFFFFFFFF
+        if t != "same_id":
+            ip_id[f.sport] = (ip_id[f.sport] + 1) & 0xFFFF
+    want = _frames(_coalesce_loop(packets, False), OffloadStats(), verify)
+    fast = _coalesce_tcp4(packets)
+    if fast is not None:
+        assert _frames(fast, OffloadStats(), verify) == want
+    assert coalesce(packets, OffloadStats(), verify=verify) == want
+    if set(tweaks) <= {"plain", "psh", "short", "gap", "window", "ttl", "option", "big"}:
+        assert fast is not None  # one flow, all candidates: the vectorised path decided
