@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from wiretun.netdev.errors import NetdevError
 from wiretun.netdev.manager import TunDeviceManager
 from wiretun.tun import Tun, TunBroken, TunClosed
 from wiretun.tun.inline import InlineTun
@@ -219,8 +220,25 @@ async def _close_manager(manager: TunDeviceManager) -> None:
     so the rest of the teardown still runs."""
     try:
         await manager.close()
-    except OSError as e:
+    except (NetdevError, OSError) as e:
         log.warning("teardown of %s: %s", manager.name, e)
+
+
+async def _configure_device(manager: TunDeviceManager, config: TunnelConfig) -> None:
+    """Addresses, link up, routes; raises NetdevError (or ValueError for what the kernel's
+    rules forbid, e.g. IPv6 with an MTU below 1280)."""
+    await manager.start()
+    if config.interface.addresses:
+        await manager.set_addresses(config.interface.addresses)
+    else:
+        await manager.set_up()
+    try:
+        await manager.set_txqueuelen(TXQUEUELEN)
+    except NetdevError as e:
+        log.info("%s: keeping the default txqueuelen: %s", manager.name, e)
+    if manager.table is not None:
+        v4, v6 = _allowed_routes(config)
+        await manager.set_routes(v4, v6)
 
 
 async def _main(config: TunnelConfig, opts: UpOptions) -> int:
@@ -317,23 +335,22 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
             return 1
         stack.callback(tun.close)
 
-        manager = TunDeviceManager(name, mtu=mtu, fwmark=fwmark or None, table=table)
-        await manager.start()
+        try:
+            manager = TunDeviceManager(name, mtu=mtu, fwmark=fwmark or None, table=table)
+        except ValueError as e:
+            print(f"wiretun up: {name}: {e}", file=sys.stderr)
+            return EXIT_CONFIG
         stack.push_async_callback(_close_manager, manager)
         stack.push_async_callback(set_mark.settle)
+        try:
+            await _configure_device(manager, config)
+        except (NetdevError, ValueError) as e:
+            print(f"wiretun up: cannot configure {name}: {e}", file=sys.stderr)
+            return 1
         set_mark.manager = manager
         if manager.fwmark != socks.udp.fwmark:  # the mark of a table picked just now
             socks.udp.set_fwmark(manager.fwmark)
             device.fwmark = manager.fwmark
-        if iface.addresses:
-            await manager.set_addresses(iface.addresses)
-        else:
-            await manager.set_up()
-        with contextlib.suppress(OSError):
-            await manager.set_txqueuelen(TXQUEUELEN)
-        if manager.table is not None:
-            v4, v6 = _allowed_routes(config)
-            await manager.set_routes(v4, v6)
 
         tunnel = TunnelLoop(tun, device, socks.udp)
         stack.callback(lambda: _remove_pid_file(pid_path(name)))
