@@ -2,7 +2,8 @@
 
 It signals the process named in /var/run/wireguard/NAME.pid (written by `up`) with SIGTERM.
 A pid file rather than deleting the UAPI socket (which `up` also obeys): only the pid lets
-us wait until the teardown has finished, and check that the process is really ours.
+us wait until the teardown has finished. The file also holds the process's start time: a
+pid reused by another process after a crash does not match it, and is left alone.
 """
 
 from __future__ import annotations
@@ -15,38 +16,40 @@ import sys
 import time
 
 from wiretun.tunnel.config import is_valid_ifname
+from wiretun.tunnel.pidfile import is_alive, read_pid_file
 from wiretun.tunnel.up import EXIT_CONFIG, pid_path
 
 STOP_TIMEOUT = 15.0
 
 
-def _is_wiretun(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"wiretun" in f.read()
-    except OSError:
-        return False
-
-
 def stop_instance(name: str, timeout: float = STOP_TIMEOUT) -> bool:
     """SIGTERM the `wiretun up` serving `name` and wait for it to exit; False if none runs.
     Raises TimeoutError if it does not finish in time."""
-    try:
-        with open(pid_path(name)) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        return False
-    if not _is_wiretun(pid):
-        # A stale file from a crash, possibly naming a reused pid: leave that process alone.
-        with contextlib.suppress(OSError):
-            os.unlink(pid_path(name))
+    proc = read_pid_file(pid_path(name))
+    if proc is None:
         return False
     try:
-        os.kill(pid, signal.SIGTERM)
+        # A pidfd keeps naming this process even if it exits and its pid is reused before
+        # the signal: check the start time through it, then signal through it.
+        pidfd = os.pidfd_open(proc.pid)
     except ProcessLookupError:
-        return False
+        pidfd = None
+    try:
+        if pidfd is None or not is_alive(proc):
+            # A stale file from a crash, possibly naming a reused pid: leave it alone.
+            with contextlib.suppress(OSError):
+                os.unlink(pid_path(name))
+            return False
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    pid = proc.pid
     deadline = time.monotonic() + timeout
-    while _is_wiretun(pid):
+    while is_alive(proc):
         if time.monotonic() > deadline:
             raise TimeoutError(f"wiretun for {name} (pid {pid}) still running after {timeout}s")
         time.sleep(0.05)

@@ -28,6 +28,7 @@ from wiretun.tun.inline import InlineTun
 from wiretun.tunnel.backend import DeviceBackend
 from wiretun.tunnel.config import ConfigError, TunnelConfig, is_valid_ifname, load_config
 from wiretun.tunnel.loop import TunnelLoop
+from wiretun.tunnel.pidfile import remove_pid_file, write_pid_file
 from wiretun.tunnel.routing import FwmarkFollower, configured_fwmark, routing_table
 from wiretun.tunnel.uapi import UapiInUseError, UapiServer
 from wiretun.tunnel.uapi_protocol import (
@@ -200,19 +201,12 @@ def _allowed_routes(
 def _write_pid_file(name: str) -> str:
     os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
     path = pid_path(name)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    os.replace(tmp, path)
+    write_pid_file(path)  # pid and start time: `down` checks both before signalling
     return path
 
 
 def _remove_pid_file(path: str) -> None:
-    with contextlib.suppress(OSError):
-        with open(path) as f:
-            if f.read().strip() != str(os.getpid()):
-                return  # a newer instance owns it now
-        os.unlink(path)
+    remove_pid_file(path)  # only if it still names us: a newer instance may own it now
 
 
 async def _close_manager(manager: TunDeviceManager) -> None:
