@@ -105,19 +105,45 @@ def test_peer_restarts_with_fresh_state_and_initiates(topology: Topology) -> Non
         assert wt.proc is not None and wt.proc.poll() is None
 
 
+def _initiations_seen(ns: NetNS, port: int, want: int, within: float) -> list[float]:
+    """Listen on 192.168.241.2:`port` in `ns` (a peer that is down: nothing answers) and
+    return the arrival times of WireGuard initiations (type 1, 148 bytes), until `want`
+    arrived or `within` seconds passed."""
+    with ns.enter():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    times: list[float] = []
+    with sock:
+        sock.bind(("192.168.241.2", port))
+        deadline = time.monotonic() + within
+        while len(times) < want and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data = sock.recv(2048)
+            except TimeoutError:
+                break
+            if len(data) == 148 and data[0] == 1:
+                times.append(time.monotonic())
+    return times
+
+
 def test_wiretun_retransmits_until_the_peer_returns(topology: Topology) -> None:
-    """wiretun (initiator) starts while its peer is down: it retransmits the initiation
-    every 5 s, so traffic flows within one retransmission after the peer appears."""
+    """wiretun (initiator) starts while its peer is down. One packet, then no traffic at
+    all: the initiations that still arrive come from the retransmit timer (REKEY_TIMEOUT
+    5 s plus up to 1/3 s jitter), not from new packets. Then the peer appears and traffic
+    flows."""
     a, b = _namespaces(topology)
     wg_keys = KeyPair.generate()
     with WiretunPeer(a) as wt:
         _wiretun_initiator(a, wt, wg_keys.public)
         wt.start()
-        _poke(a, "10.9.0.2")  # starts a handshake nobody answers
-        time.sleep(1)
+        _poke(a, "10.9.0.2")  # the only packet sent: one handshake nobody answers
+        times = _initiations_seen(b, WG_PORT, want=2, within=9)
+        assert len(times) == 2, f"{len(times)} initiation(s) seen in 9 s"
+        gap = times[1] - times[0]
+        assert 4.9 <= gap <= 6.0, f"retransmitted after {gap:.2f}s, not ~5 s"
         with _wg_peer(b, wg_keys, wt.keys.public):
             took = _ping_until(a, b, "10.9.0.2", within=12)
-        print(f"traffic flowed {took:.2f}s after the peer appeared")
+        print(f"retransmit gap {gap:.2f}s; traffic flowed {took:.2f}s after the peer appeared")
 
 
 @pytest.mark.slow
