@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from wiretun.bench.paths import (
     TunnelEnd,
     VethPath,
     WireguardGoPath,
     WiretunPath,
-    generate_keypair,
     path_kind,
     wg_quick_config,
 )
@@ -42,15 +39,6 @@ def test_global_no_offload_applies_to_wiretun_kinds() -> None:
 def test_unknown_path_names(name: str) -> None:
     with pytest.raises(ValueError, match="unknown path"):
         path_kind(name)
-
-
-def test_keypair_is_a_matching_x25519_pair() -> None:
-    private, public = generate_keypair()
-    raw = base64.b64decode(private)
-    assert len(raw) == 32
-    derived = X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes_raw()
-    assert base64.b64decode(public) == derived
-    assert generate_keypair()[0] != private
 
 
 def test_wg_quick_config() -> None:

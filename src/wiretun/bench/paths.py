@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import importlib.metadata
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,16 +12,24 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from wiretun.bench.ping import wait_reachable
 from wiretun.bench.topology import BenchTopology
 from wiretun.testing.netns import NetNS, unique_name
+from wiretun.testing.procs import (
+    SOCKET_DIR,
+    KeyPair,
+    PeerSpec,
+    StartError,
+    launch_wireguard_go,
+    output_tail,
+    stop_process,
+    write_secret,
+)
+from wiretun.testing.procs import wg_quick_config as _wg_quick_config
 
 OVERLAY_MTU = 1420
 BASE_LISTEN_PORT = 51820
-WG_GO_ENV = "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"  # else it refuses to start
-UAPI_DIR = Path("/var/run/wireguard")
+UAPI_DIR = Path(SOCKET_DIR)
 START_TIMEOUT = 15.0  # seconds for a tunnel process to bring its interface up
 REACH_TIMEOUT = 10.0  # seconds for the first ping across a new tunnel (handshake included)
 
@@ -46,7 +51,7 @@ class PathHandle:
         """Why the path broke, if one of its processes has exited, else None."""
         for proc, log in zip(self.processes, self.logs, strict=False):
             if proc.poll() is not None:
-                return f"tunnel process exited with {proc.returncode}: {_log_tail(log)}"
+                return f"tunnel process exited with {proc.returncode}: {output_tail(log)}"
         return None
 
     @property
@@ -94,50 +99,28 @@ class TunnelEnd:
     port: int
 
 
-def generate_keypair() -> tuple[str, str]:
-    """(private, public) X25519 keys in WireGuard's base64 form."""
-    key = X25519PrivateKey.generate()
-    private = base64.b64encode(key.private_bytes_raw()).decode()
-    public = base64.b64encode(key.public_key().public_bytes_raw()).decode()
-    return private, public
-
-
 def tunnel_ends(topo: BenchTopology, slot: int, prefix: str) -> tuple[TunnelEnd, TunnelEnd]:
     ends = []
     port = BASE_LISTEN_PORT + slot
     for host, ns, underlay in ((1, topo.a, topo.underlay_a), (2, topo.b, topo.underlay_b)):
-        private, public = generate_keypair()
+        keys = KeyPair.generate()
         # UAPI sockets share /var/run/wireguard across namespaces: names must be unique.
         ifname = unique_name(prefix)
-        ends.append(TunnelEnd(ns, ifname, private, public, f"10.78.{slot}.{host}", underlay, port))
+        ends.append(
+            TunnelEnd(ns, ifname, keys.private, keys.public, f"10.78.{slot}.{host}", underlay, port)
+        )
     return ends[0], ends[1]
 
 
 def wg_quick_config(local: TunnelEnd, peer: TunnelEnd, mtu: int = OVERLAY_MTU) -> str:
-    return (
-        "[Interface]\n"
-        f"PrivateKey = {local.private_key}\n"
-        f"ListenPort = {local.port}\n"
-        f"Address = {local.overlay}/24\n"
-        f"MTU = {mtu}\n"
-        "\n"
-        "[Peer]\n"
-        f"PublicKey = {peer.public_key}\n"
-        f"AllowedIPs = {peer.overlay}/32\n"
-        f"Endpoint = {peer.underlay}:{peer.port}\n"
+    """`local`'s wg-quick file with `peer` as its one peer."""
+    return _wg_quick_config(
+        local.private_key,
+        addresses=[f"{local.overlay}/24"],
+        listen_port=local.port,
+        mtu=mtu,
+        peers=[PeerSpec(peer.public_key, [f"{peer.overlay}/32"], f"{peer.underlay}:{peer.port}")],
     )
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after `grace` seconds; always reaps."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _launch(ns: NetNS, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -148,14 +131,6 @@ def _launch(ns: NetNS, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
             *argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-
-
-def _log_tail(log: Path, limit: int = 800) -> str:
-    try:
-        text = log.read_text(errors="replace").strip()
-    except OSError:
-        return "(no output)"
-    return text[-limit:] if text else "(no output)"
 
 
 def _link_flags(ns: NetNS, ifname: str) -> set[str] | None:
@@ -183,24 +158,15 @@ def wait_for_interface(
             return
         if proc.poll() is not None:
             raise PathError(
-                f"{what} exited with {proc.returncode} before {ifname} was up: {_log_tail(log)}"
+                f"{what} exited with {proc.returncode} before {ifname} was up: {output_tail(log)}"
             )
         time.sleep(0.1)
-    raise PathError(f"{what}: {ifname} not up after {timeout:g} s: {_log_tail(log)}")
+    raise PathError(f"{what}: {ifname} not up after {timeout:g} s: {output_tail(log)}")
 
 
 def _check_reachable(topo: BenchTopology, target: str, name: str) -> None:
     if not wait_reachable(topo.a, target, REACH_TIMEOUT):
         raise PathError(f"no ping reply from {target} across {name} within {REACH_TIMEOUT:g} s")
-
-
-def _wait_uapi(ifname: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    sock = UAPI_DIR / f"{ifname}.sock"
-    deadline = time.monotonic() + START_TIMEOUT
-    while not sock.exists():
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise PathError(f"wireguard-go made no UAPI socket {sock}: {_log_tail(log)}")
-        time.sleep(0.05)
 
 
 class _TunnelPath(PathKind):
@@ -252,17 +218,14 @@ class WireguardGoPath(_TunnelPath):
         self, local: TunnelEnd, peer: TunnelEnd, workdir: Path
     ) -> subprocess.Popen[bytes]:
         log = workdir / f"{local.ifname}.log"
-        proc = _launch(
-            local.ns,
-            ["env", f"{WG_GO_ENV}=1", "wireguard-go", "-f", local.ifname],
-            log,
-        )  # fmt: skip
         try:
-            wait_for_interface(local.ns, local.ifname, proc, log, what="wireguard-go", up=False)
-            _wait_uapi(local.ifname, proc, log)
+            with open(log, "wb") as out:
+                proc = launch_wireguard_go(local.ns, local.ifname, out, timeout=START_TIMEOUT)
+        except StartError as e:
+            raise PathError(str(e)) from e
+        try:
             keyfile = workdir / f"{local.ifname}.key"
-            keyfile.touch(mode=0o600)
-            keyfile.write_text(local.private_key + "\n")
+            write_secret(keyfile, local.private_key + "\n")
             local.ns.run(
                 "wg", "set", local.ifname, "private-key", str(keyfile),
                 "listen-port", str(local.port), "peer", peer.public_key,
@@ -307,8 +270,7 @@ class WiretunPath(_TunnelPath):
         self, local: TunnelEnd, peer: TunnelEnd, workdir: Path
     ) -> subprocess.Popen[bytes]:
         config = workdir / f"{local.ifname}.conf"
-        config.touch(mode=0o600)
-        config.write_text(wg_quick_config(local, peer))
+        write_secret(config, wg_quick_config(local, peer))
         log = workdir / f"{local.ifname}.log"
         proc = _launch(local.ns, self.command(config, local.ifname), log)
         try:

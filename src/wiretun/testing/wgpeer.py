@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import shutil
@@ -15,31 +14,21 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from wiretun.netdev.spec import AUTO_TABLE_START, DEFAULT_RULE_PRIORITY
 from wiretun.testing.netns import NetNS, unique_name
+from wiretun.testing.procs import (
+    SOCKET_DIR,
+    KeyPair,
+    PeerSpec,
+    generate_psk,
+    launch_wireguard_go,
+    stop_process,
+    wg_quick_config,
+    write_secret,
+)
 
-SOCKET_DIR = "/var/run/wireguard"
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    """A Curve25519 key pair in wg's base64 form."""
-
-    private: str
-    public: str
-
-    @classmethod
-    def generate(cls) -> KeyPair:
-        key = X25519PrivateKey.generate()
-        priv = key.private_bytes_raw()
-        pub = key.public_key().public_bytes_raw()
-        return cls(base64.b64encode(priv).decode(), base64.b64encode(pub).decode())
-
-
-def generate_psk() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
+# Re-exported: tests import these from here.
+__all__ = ["SOCKET_DIR", "KeyPair", "PeerSpec", "generate_psk"]
 
 
 def have_wireguard_go() -> bool:
@@ -99,26 +88,14 @@ class WireguardGoPeer:
         return f"{SOCKET_DIR}/{self.name}.sock"
 
     def start(self, *, timeout: float = 10.0) -> WireguardGoPeer:
-        """Start wireguard-go in the foreground and wait for its UAPI socket."""
+        """Start wireguard-go in the foreground and wait for its UAPI socket (raises
+        procs.StartError, a RuntimeError, and cleans up if it does not come up)."""
         self._log = tempfile.NamedTemporaryFile(prefix=f"{self.name}-", suffix=".log")  # noqa: SIM115
-        env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1", LOG_LEVEL="error")
-        self.proc = self.ns.popen(
-            "wireguard-go",
-            "-f",
-            self.name,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(self.socket_path):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"wireguard-go {self.name} exited: {self.log_text()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"wireguard-go {self.name}: no UAPI socket after {timeout}s")
-            time.sleep(0.02)
+        try:
+            self.proc = launch_wireguard_go(self.ns, self.name, self._log, timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def log_text(self) -> str:
@@ -184,13 +161,8 @@ class WireguardGoPeer:
 
     def stop(self, *, timeout: float = 5.0) -> None:
         """Stop wireguard-go (SIGTERM, then SIGKILL) and remove what it leaves behind."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+        if self.proc is not None:
+            stop_process(self.proc, timeout)
         self.proc = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
@@ -243,17 +215,6 @@ def wiretun_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "wiretun", *args]
 
 
-@dataclass(frozen=True)
-class PeerSpec:
-    """One [Peer] of a config we write for a wiretun under test."""
-
-    public_key: str
-    allowed_ips: Sequence[str]
-    endpoint: str | None = None
-    preshared_key: str | None = None
-    persistent_keepalive: int | None = None
-
-
 @dataclass
 class WiretunPeer:
     """`wiretun up` (the real CLI, in the foreground) inside `ns`, from a config we write.
@@ -289,28 +250,12 @@ class WiretunPeer:
         """Write NAME.conf (mode 0600) in a private directory; returns its path."""
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="wiretun-test-")
-        lines = ["[Interface]", f"PrivateKey = {self.keys.private}"]
-        if addresses:
-            lines.append(f"Address = {', '.join(addresses)}")
-        if listen_port is not None:
-            lines.append(f"ListenPort = {listen_port}")
-        if mtu is not None:
-            lines.append(f"MTU = {mtu}")
-        if extra:
-            lines.append(extra)
-        for p in peers:
-            lines += ["", "[Peer]", f"PublicKey = {p.public_key}"]
-            lines.append(f"AllowedIPs = {', '.join(p.allowed_ips)}")
-            if p.endpoint is not None:
-                lines.append(f"Endpoint = {p.endpoint}")
-            if p.preshared_key is not None:
-                lines.append(f"PresharedKey = {p.preshared_key}")
-            if p.persistent_keepalive is not None:
-                lines.append(f"PersistentKeepalive = {p.persistent_keepalive}")
+        text = wg_quick_config(
+            self.keys.private, addresses=addresses, peers=peers, listen_port=listen_port,
+            mtu=mtu, extra=extra,
+        )  # fmt: skip
         path = os.path.join(self._dir.name, f"{self.name}.conf")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        write_secret(path, text)
         self.config_path = path
         return path
 
@@ -362,14 +307,7 @@ class WiretunPeer:
         Anything it failed to remove is removed here so a failing test leaves nothing."""
         code = None
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(sig)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout)
-            code = self.proc.returncode
+            code = stop_process(self.proc, timeout, sig)
             self.proc = None
         for path in (self.socket_path, self.pid_path):
             with contextlib.suppress(FileNotFoundError):
