@@ -39,6 +39,7 @@ A_UNDER, B_UNDER = "192.168.243.1", "192.168.243.2"
 A_OVER, B_OVER = "10.11.0.1", "10.11.0.2"
 CLK = os.sysconf("SC_CLK_TCK")
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
+STATS = "--stats" in sys.argv  # print each wiretun end's teardown counters
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,16 @@ def pair(a: NetNS, b: NetNS, v: Variant) -> Iterator[tuple[int, int]]:
             listen_port=51831,
             peers=[PeerSpec(ta.keys.public, [f"{A_OVER}/32"], endpoint=f"{A_UNDER}:51830")],
         )
-        ta.start(*v.args, verbose=0)
-        tb.start(*v.args, verbose=0)
+        ta.start(*v.args, verbose=1 if STATS else 0)
+        tb.start(*v.args, verbose=1 if STATS else 0)
         assert ta.proc is not None and tb.proc is not None
         yield _inner_pid(ta.proc.pid), _inner_pid(tb.proc.pid)
+        if STATS:
+            for end, peer in (("a", ta), ("b", tb)):
+                peer.stop()
+                for line in peer.log_text().splitlines():
+                    if re.search(r": (loop|udp|tun) ", line):
+                        print(f"  {v.label} {end}: {line[line.find(' - ') + 3 :]}")
 
 
 def _inner_pid(pid: int) -> int:
@@ -169,7 +176,7 @@ def strace_counts(pid: int, seconds: float) -> str:
     return err
 
 
-def pyspy_top(pid: int, seconds: float, limit: int = 14) -> str:
+def pyspy_top(pid: int, seconds: float, limit: int = 40) -> str:
     """Top functions by own (self) and inclusive samples while holding the GIL."""
     with tempfile.NamedTemporaryFile(suffix=".txt") as f:
         subprocess.run(
@@ -188,7 +195,7 @@ def pyspy_top(pid: int, seconds: float, limit: int = 14) -> str:
         frames = [re.sub(r" \(.*?/", " (", fr) for fr in stack.split(";")]
         total += int(n)
         own[frames[-1]] += int(n)
-        for fr in set(frames[1:]):
+        for fr in {re.sub(r":\d+\)$", ")", fr) for fr in frames[1:]}:
             incl[fr] += int(n)
     out = [f"{total} GIL samples; own:"]
     out += [f"  {100 * c / total:5.1f}% {fr}" for fr, c in own.most_common(limit)]
@@ -210,6 +217,7 @@ def main() -> int:
     parser.add_argument("--variant", action="append", default=[], type=parse_variant)
     parser.add_argument("--strace", type=float, default=0, help="seconds of strace -c per process")
     parser.add_argument("--pyspy", type=float, default=0, help="seconds of py-spy --gil")
+    parser.add_argument("--stats", action="store_true", help="print teardown counters")
     parser.add_argument("--json", type=Path, help="write every run here")
     opts = parser.parse_args()
     variants: list[Variant] = list(opts.variant) or [Variant("wiretun", "")]

@@ -14,7 +14,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from wiretun.packet import ip_length
 from wiretun.tun.codec import Codec, IdentityCodec
 from wiretun.tun.errors import TunBroken
 from wiretun.tun.stats import QueueCounters, count
@@ -220,7 +219,16 @@ def encode_batch(
 ) -> tuple[int, list[bytes]]:
     """(well-formed packets, frames to write) for one write batch; the kernel accepts any
     write and drops garbage silently, so malformed packets are counted here."""
-    good = [p for p in packets if ip_length(p) == len(p)]
+    # ip_length(p) == len(p), inlined: a function call per packet cost a third of it.
+    good = [
+        p
+        for p in packets
+        if len(p) >= 20
+        and (
+            (p[0] >> 4 == 4 and (p[2] << 8 | p[3]) == len(p))
+            or (p[0] >> 4 == 6 and len(p) >= 40 and 40 + (p[4] << 8 | p[5]) == len(p))
+        )
+    ]
     if len(good) != len(packets):
         count(counters.tx_drops, "malformed", len(packets) - len(good))
     if codec is None:
