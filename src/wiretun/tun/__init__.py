@@ -1,4 +1,5 @@
-"""The multi-queue TUN layer: `Tun` and its errors, statistics and codec hook."""
+"""The TUN layer: `Tun` (multi-queue, reader/writer threads), `InlineTun` (one queue served
+by the asyncio loop itself), their errors, statistics and codec hook."""
 
 from wiretun.tun.codec import Codec, IdentityCodec, OffloadFeatures
 from wiretun.tun.errors import (
@@ -9,12 +10,14 @@ from wiretun.tun.errors import (
     TunError,
     TunExists,
 )
+from wiretun.tun.inline import InlineTun
 from wiretun.tun.stats import QueueStats, TunStats
 from wiretun.tun.tun import Tun
 
 __all__ = [
     "Codec",
     "IdentityCodec",
+    "InlineTun",
     "InvalidTunName",
     "OffloadFeatures",
     "QueueFull",
