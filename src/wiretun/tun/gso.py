@@ -204,35 +204,38 @@ def split_gso(
         buf[: nseg - 1, seg_len:] = 0
 
     words = buf.view(">u2")  # field writes; iph and thl are multiples of 4
+    # uint64 arrays with plain Python ints: NumPy keeps uint64 (NEP 50), without building a
+    # NumPy scalar per constant.
     i = np.arange(nseg, dtype=_U64)
     l4len = np.full(nseg, thl + gso_size, dtype=_U64)
     l4len[-1] = thl + last
     t = iph // 2
     if is_tcp:
         seq0 = int.from_bytes(pkt[iph + 4 : iph + 8], "big")
-        buf.view(">u4")[:, iph // 4 + 1] = (i * _U64(gso_size) + _U64(seq0)) & _U64(0xFFFFFFFF)
+        buf.view(">u4")[:, iph // 4 + 1] = (i * gso_size + seq0) & 0xFFFFFFFF
         if nseg > 1:
             buf[: nseg - 1, iph + 13] = pkt[iph + 13] & ~(TCP_FIN | TCP_PSH)
     else:
         words[:, t + 2] = l4len
     # Checksums by congruence: 2**16 == 1 (mod 0xffff), so a sum of native u32 words is the
     # one's-complement sum up to a byte swap, which is a multiplication by 256 (mod 0xffff).
+    # (Widening first and summing after is several times faster than sum(dtype=uint64).)
     addr_len = 8 if version == 4 else 32
     const = ones_complement_sum(pkt[addr_at : addr_at + addr_len]) + proto
-    rows = buf.view(np.uint32)[:, iph // 4 :].sum(axis=1, dtype=_U64)
-    m = (rows * _U64(SWAP) + (l4len + _U64(const))) % _U64(0xFFFF)
+    rows = buf.view(np.uint32)[:, iph // 4 :].astype(_U64).sum(axis=1)
+    m = (rows * SWAP + (l4len + const)) % 0xFFFF
     if is_tcp:
-        words[:, t + 8] = (_U64(0xFFFF) - m) % _U64(0xFFFF)
+        words[:, t + 8] = (0xFFFF - m) % 0xFFFF
     else:
-        words[:, t + 3] = _U64(0xFFFF) - m  # a zero checksum is sent as 0xFFFF in UDP
+        words[:, t + 3] = 0xFFFF - m  # a zero checksum is sent as 0xFFFF in UDP
     if version == 4:
-        tot = l4len + _U64(iph)
-        ids = (i + _U64((pkt[4] << 8) | pkt[5])) & _U64(0xFFFF)
+        tot = l4len + iph
+        ids = (i + ((pkt[4] << 8) | pkt[5])) & 0xFFFF
         words[:, 1] = tot
         words[:, 2] = ids
-        words[:, 5] = (_U64(0xFFFF) - (tot + ids + _U64(ip_base)) % _U64(0xFFFF)) % _U64(0xFFFF)
+        words[:, 5] = (0xFFFF - (tot + ids + ip_base) % 0xFFFF) % 0xFFFF
     else:
-        words[:, 2] = l4len + _U64(iph - 40)
+        words[:, 2] = l4len + (iph - 40)
 
     data = buf.tobytes()
     out = [data[o : o + seg_len] for o in range(0, (nseg - 1) * stride, stride)]
