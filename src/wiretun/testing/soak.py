@@ -4,6 +4,7 @@ RSS and socket queues, then judging loss, reordering and memory growth (scripts/
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -25,6 +26,7 @@ class Sample:
     t: float  # seconds since traffic started
     rss_kib: tuple[int, int]  # daemon a, daemon b
     recv_q: tuple[int, int]  # bytes waiting in each daemon's UDP socket
+    load1: float  # the machine's 1-minute load average: others share it
 
 
 @dataclass
@@ -74,12 +76,12 @@ class SoakResult:
             f"{self.seconds:.0f} s of iperf3 UDP at {self.rate_mbps} Mbit/s "
             f"({PAYLOAD}-byte datagrams): {self.mbps:.1f} Mbit/s received, "
             f"{self.packets} packets, {self.lost} lost, {self.out_of_order} out of order",
-            "   t(s)  rss a (KiB)  rss b (KiB)  recv-q a  recv-q b",
+            "   t(s)  rss a (KiB)  rss b (KiB)  recv-q a  recv-q b  load",
         ]
         for s in self.samples:
             lines.append(
                 f"{s.t:7.0f}  {s.rss_kib[0]:11d}  {s.rss_kib[1]:11d}  "
-                f"{s.recv_q[0]:8d}  {s.recv_q[1]:8d}"
+                f"{s.recv_q[0]:8d}  {s.recv_q[1]:8d}  {s.load1:4.1f}"
             )
         if len(self.samples) >= 2:
             lines.append(f"RSS growth: a {self.rss_growth(0):+.2%}, b {self.rss_growth(1):+.2%}")
@@ -123,8 +125,8 @@ def _udp_result(out: str) -> tuple[int, int, int, float]:
 
 
 def _loss_seconds(out: str, warmup: float) -> dict[int, int]:
-    """Per-second loss as the iperf3 server saw it (--get-server-output), keyed by seconds
-    since sampling started (negative: during the warm-up)."""
+    """Per-second loss as the iperf3 server saw it (a -J server, --get-server-output), keyed by
+    seconds since sampling started (negative: during the warm-up)."""
     data: dict[str, Any] = json.loads(out)
     server = data.get("server_output_json") or {}
     lost: dict[int, int] = {}
@@ -185,7 +187,7 @@ def run_soak(
         assert wa.proc is not None and wb.proc is not None
         pids = (wa.proc.pid, wb.proc.pid)
         server = b.popen(
-            "iperf3", "-s", "-1", "-B", "10.9.0.2",
+            "iperf3", "-s", "-1", "-J", "-B", "10.9.0.2",
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         client: subprocess.Popen[bytes] | None = None
@@ -209,6 +211,7 @@ def run_soak(
                         round(now - warmup, 1),
                         (rss_kib(pids[0]), rss_kib(pids[1])),
                         (_recv_q(a, PORT_A), _recv_q(b, PORT_B)),
+                        os.getloadavg()[0],
                     )
                     result.samples.append(sample)
                     if progress is not None:
