@@ -294,3 +294,22 @@ def test_failing_tun_ends_run_with_its_error() -> None:
             ua.close()
 
     asyncio.run(main())
+
+
+def test_datagrams_queued_before_run_are_sent_at_start() -> None:
+    async def main() -> None:
+        ta, tb, ca, cb, ua, ub = _pair()
+        ca.out.append(b"K")  # e.g. an initiation the configuration queued; no timer due
+        la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
+        runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
+        try:
+            await _until(lambda: cb.received_keepalives == 1, timeout=2.0)
+            assert la.stats().timer_runs == 0
+        finally:
+            la.stop()
+            lb.stop()
+            await asyncio.gather(*runs)
+            ua.close()
+            ub.close()
+
+    asyncio.run(main())

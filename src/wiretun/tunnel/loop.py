@@ -109,6 +109,9 @@ class TunnelLoop:
         self._loop = loop
         self._stopped = loop.create_future()
         self.udp.attach(loop, lambda: None, self._on_udp_drained)
+        # Configuration before the loop existed (a persistent keepalive's initiation) may
+        # have queued datagrams already: send them now, not at the first timer.
+        self._flush_core()
         self._tasks = [
             loop.create_task(self._tun_to_udp(), name="tun->udp"),
             loop.create_task(self._udp_to_tun(), name="udp->tun"),
