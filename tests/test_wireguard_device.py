@@ -525,3 +525,24 @@ def _fuzz_setup() -> tuple[WgPair, list[bytes]]:
 
 
 _FUZZ_PAIR, _FUZZ_MESSAGES = _fuzz_setup()
+
+
+def test_retransmit_replaces_an_initiation_that_was_never_sent() -> None:
+    # `wiretun up` with PersistentKeepalive: the initiation is queued before anything drains
+    # the core; at the retransmit only the newer initiation may go out, or the responder
+    # drops it as a flood and the initiator the response to the older one as unknown_index.
+    pair = make_pair(b_knows_a_endpoint=False)
+    a, b, clock = pair.a, pair.b, pair.clock
+    a.set_persistent_keepalive(a.peers[0].public_key, 25, clock.now)
+    due = a.next_timer()
+    assert due is not None
+    clock.now = due
+    a.handle_timers(due)
+    out = [d for _, group in a.datagrams_to_send() for d in group]
+    assert [d[0] for d in out] == [MSG_INITIATION]
+    assert a.peers[0].tx_bytes == len(out[0])
+    b.receive_datagrams([(d, pair.a_addr) for d in out], clock.now)
+    response = [d for _, group in b.datagrams_to_send() for d in group]
+    a.receive_datagrams([(d, pair.b_addr) for d in response], clock.now)
+    assert a.stats().drops == {} and b.stats().drops == {}
+    assert a.stats().peers[0].has_session

@@ -180,6 +180,9 @@ class Device:
         self._keypairs: dict[int, tuple[Keypair, Peer]] = {}
         self._pending: dict[int, Peer] = {}
         self._out: dict[Endpoint, list[bytes]] = {}
+        # Initiations still waiting in `_out`: a newer one for the same peer replaces its
+        # stale predecessor, whose response could only be dropped as unknown_index.
+        self._unsent_initiations: dict[Peer, tuple[Endpoint, bytes]] = {}
         self._events: deque[Event] = deque()
         self._drops: Counter[str] = Counter()
         self._sealed = 0
@@ -314,6 +317,7 @@ class Device:
     def datagrams_to_send(self) -> list[tuple[Endpoint, list[bytes]]]:
         out = list(self._out.items())
         self._out = {}
+        self._unsent_initiations.clear()
         return out
 
     def next_event(self) -> Event | None:
@@ -863,7 +867,22 @@ class Device:
         message = peer.cookie.add_macs(hs.message, now)
         peer.tx_bytes += len(message)
         self._queue(peer.endpoint, message)
+        self._unsent_initiations[peer] = (peer.endpoint, message)
         timers.handshake_initiated(now)
+
+    def _withdraw_unsent_initiation(self, peer: Peer) -> None:
+        entry = self._unsent_initiations.pop(peer, None)
+        if entry is None:
+            return
+        endpoint, message = entry
+        queued = self._out.get(endpoint, [])
+        for i, datagram in enumerate(queued):
+            if datagram is message:
+                del queued[i]
+                peer.tx_bytes -= len(message)
+                break
+        if not queued:
+            self._out.pop(endpoint, None)
 
     def _queue(self, endpoint: Endpoint, datagram: bytes) -> None:
         self._out.setdefault(endpoint, []).append(datagram)
@@ -901,6 +920,7 @@ class Device:
         kp.zero()
 
     def _forget_pending(self, peer: Peer) -> None:
+        self._withdraw_unsent_initiation(peer)
         if peer.handshake is not None:
             self._pending.pop(peer.handshake.sender_index, None)
             peer.handshake = None
