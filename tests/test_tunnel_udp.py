@@ -131,6 +131,27 @@ def test_dual_stack_same_port() -> None:
         b.close()
 
 
+def test_ipv4_flood_does_not_starve_ipv6() -> None:
+    b = UdpBind.open(host4="127.0.0.1", host6="::1")
+    b.disable_gro()
+    a4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        a6.sendto(b"six", ("::1", b.port))
+        got6: list[bytes] = []
+        for _ in range(4):
+            for _ in range(40):  # keep more than a batch waiting on the IPv4 socket
+                a4.sendto(b"x" * 100, ("127.0.0.1", b.port))
+            batch = b.recv_batch(32)
+            assert len(batch) >= 32
+            got6 += [bytes(d) for d, ep in batch if ":" in ep[0]]
+        assert got6 == [b"six"]
+    finally:
+        a4.close()
+        a6.close()
+        b.close()
+
+
 class _FlakySocket:
     """Wraps a real socket; fails chosen calls the way the kernel would."""
 

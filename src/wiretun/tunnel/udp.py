@@ -153,6 +153,7 @@ class UdpBind:
 
     def __init__(self, sockets: list[_FamilySocket], port: int, fwmark: int) -> None:
         self._socks = {s.family: s for s in sockets}
+        self._recv_turn = 0  # which socket recv_batch reads first: rotates per call
         self.port = port
         self.fwmark = fwmark
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -389,7 +390,12 @@ class UdpBind:
         copy per datagram, and nothing is reused, so they stay valid as long as they are held.
         """
         out: list[tuple[Datagram, Endpoint]] = []
-        for s in self._socks.values():
+        socks = list(self._socks.values())
+        # Rotate the first reader, or a family that keeps a full batch queued would starve
+        # the other (an IPv6 peer's handshakes under IPv4 load).
+        first = self._recv_turn % len(socks) if socks else 0
+        self._recv_turn = first + 1
+        for s in socks[first:] + socks[:first]:
             self._recv_from(s, out, max_datagrams)
         return out
 
