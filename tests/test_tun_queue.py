@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import socket
 import threading
 import time
 
@@ -10,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wiretun.tun import TunBroken
-from wiretun.tun.queue import Inbound, Wakeup
+from wiretun.tun import TunBroken, queue
+from wiretun.tun.queue import Inbound, TunQueue, Wakeup
 
 
 def set_and_fire(flag: list[bool], w: Wakeup) -> None:
@@ -114,3 +117,60 @@ def test_encode_batch_keeps_exactly_the_packets_whose_ip_length_is_right(
     want = [p for p in batch if ip_length(p) == len(p)]
     assert frames == want and good == len(want)
     assert counters.tx_drops.get("malformed", 0) == len(batch) - len(want)
+
+
+class _BuggyCodec:
+    """Decodes frames as packets, but a frame starting with b"!" trips a bug."""
+
+    def decode(self, frame: bytes) -> list[bytes]:
+        if frame.startswith(b"!"):
+            raise RuntimeError("codec bug")
+        return [frame]
+
+    def encode(self, packets: list[bytes]) -> list[bytes]:
+        return packets
+
+
+def test_reader_survives_a_codec_that_raises(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        queue, "_logged_decode_bugs", set(), raising=False
+    )  # fresh "logged once" memory
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    close_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    inbound = Inbound(capacity=100, readers=1)
+    q = TunQueue(
+        0,
+        ours.detach(),
+        inbound=inbound,
+        close_fd=close_fd,
+        codec=_BuggyCodec(),
+        max_batch=8,
+        on_written=lambda: None,
+        thread_prefix="test-buggy",
+    )
+    q.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="wiretun.tun.queue"):
+            for frame in (b"!one", b"!two", b"good"):
+                kernel.send(frame)
+            got: list[bytes] = []
+            deadline = time.monotonic() + 5
+            while not got and time.monotonic() < deadline:
+                inbound.readable.wait_sync(inbound.nonempty, 0.1)
+                got += inbound.take(10)
+        assert got == [b"good"]
+        assert q.reader.is_alive()
+        assert q.counters.rx_drops == {"decode_error": 2}
+        warnings = [r for r in caplog.records if "decode failed" in r.getMessage()]
+        assert len(warnings) == 1 and warnings[0].exc_info  # once, with the traceback
+    finally:
+        q.closing = True
+        os.eventfd_write(close_fd, 1)
+        stopped = q.join(time.monotonic() + 5)
+        q.release(stopped)
+        os.close(close_fd)
+        kernel.close()
+    assert stopped

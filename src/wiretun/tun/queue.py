@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 MAX_FRAME = 65535 + 10  # an IP packet of 64 KiB plus a virtio_net_hdr
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
+# Codec bug kinds already logged with a traceback: a frame that trips one will recur.
+_logged_decode_bugs: set[str] = set()
 
 
 def _wake_future(fut: asyncio.Future[None]) -> None:
@@ -207,6 +209,12 @@ def read_batch(
             batch += decode(frame)
         except ValueError as e:
             count(counters.rx_drops, f"decode: {e}")
+        except Exception as e:  # a codec bug must not kill the reader (recv would hang)
+            count(counters.rx_drops, "decode_error")
+            kind = type(e).__qualname__
+            if kind not in _logged_decode_bugs:
+                _logged_decode_bugs.add(kind)
+                log.warning("TUN queue %d: decode failed, frame dropped", index, exc_info=True)
     if batch:
         counters.rx_packets += len(batch)
         counters.rx_bytes += nbytes
