@@ -105,15 +105,24 @@ def test_peer_restarts_with_fresh_state_and_initiates(topology: Topology) -> Non
         assert wt.proc is not None and wt.proc.poll() is None
 
 
-def _initiations_seen(ns: NetNS, port: int, want: int, within: float) -> list[float]:
-    """Listen on 192.168.241.2:`port` in `ns` (a peer that is down: nothing answers) and
-    return the arrival times of WireGuard initiations (type 1, 148 bytes), until `want`
-    arrived or `within` seconds passed."""
+def _silent_listener(ns: NetNS, port: int) -> socket.socket:
+    """A socket on 192.168.241.2:`port` in `ns`: a peer that is down, nothing answers.
+    Bound before the first packet goes out, so no initiation is missed."""
     with ns.enter():
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("192.168.241.2", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _initiations_seen(sock: socket.socket, want: int, within: float) -> list[float]:
+    """Arrival times of WireGuard initiations (type 1, 148 bytes) on `sock`, until `want`
+    arrived or `within` seconds passed; closes `sock`."""
     times: list[float] = []
     with sock:
-        sock.bind(("192.168.241.2", port))
         deadline = time.monotonic() + within
         while len(times) < want and (left := deadline - time.monotonic()) > 0:
             sock.settimeout(left)
@@ -136,8 +145,9 @@ def test_wiretun_retransmits_until_the_peer_returns(topology: Topology) -> None:
     with WiretunPeer(a) as wt:
         _wiretun_initiator(a, wt, wg_keys.public)
         wt.start()
+        listener = _silent_listener(b, WG_PORT)
         _poke(a, "10.9.0.2")  # the only packet sent: one handshake nobody answers
-        times = _initiations_seen(b, WG_PORT, want=2, within=9)
+        times = _initiations_seen(listener, want=2, within=9)
         assert len(times) == 2, f"{len(times)} initiation(s) seen in 9 s"
         gap = times[1] - times[0]
         assert 4.9 <= gap <= 6.0, f"retransmitted after {gap:.2f}s, not ~5 s"
