@@ -107,6 +107,9 @@ class InlineTun:
         Raises TunClosed after close, TunBroken once the fd failed (read error or EOF)."""
         if max < 1:
             raise ValueError("max must be positive")
+        # A read that finds packets does not suspend: yield once per batch anyway, or a busy
+        # TUN would starve the caller's other tasks (the other direction, timers).
+        await asyncio.sleep(0)
         while True:
             self._check_open()
             if self._leftover:

@@ -188,9 +188,6 @@ class TunnelLoop:
             self._guard("core_send_packets", core.send_packets, packets, now)
             self._flush_core()
             self._rearm_after_batch(now)
-            # recv_many need not suspend (a TUN read inline on this thread): let the other
-            # direction and timers run between batches.
-            await asyncio.sleep(0)
 
     async def _udp_to_tun(self) -> None:
         tun, core, udp, loop = self.tun, self.core, self.udp, self._loop
