@@ -460,7 +460,7 @@ def test_config_api_and_misuse() -> None:
     with pytest.raises(ValueError, match="endpoint"):
         dev.set_endpoint(b_key, ("1.2.3.4", 0))
     with pytest.raises(ValueError, match="keepalive"):
-        dev.set_persistent_keepalive(b_key, 70000)
+        dev.set_persistent_keepalive(b_key, 70000, 0.0)
     with pytest.raises(ValueError, match="invalid allowed-ip"):
         dev.add_allowed_ips(b_key, ["10.0.0.0/99"])
     dev.replace_allowed_ips(b_key, ["10.5.0.0/16", "fd00::/64"])
@@ -546,3 +546,19 @@ def test_retransmit_replaces_an_initiation_that_was_never_sent() -> None:
     a.receive_datagrams([(d, pair.b_addr) for d in response], clock.now)
     assert a.stats().drops == {} and b.stats().drops == {}
     assert a.stats().peers[0].has_session
+
+
+def test_persistent_keepalive_is_sent_at_once_only_when_turned_on() -> None:
+    pair = established()
+    a, key, clock = pair.a, pair.b.public_key, pair.clock
+    clock.advance(1)
+    pair.net.roundtrip()
+    a.set_persistent_keepalive(key, 25, clock.now)  # 0 -> 25: one keepalive now
+    assert [len(d) for _, g in a.datagrams_to_send() for d in g] == [32]
+    a.set_persistent_keepalive(key, 25, clock.now)  # 25 -> 25: nothing
+    a.set_persistent_keepalive(key, 30, clock.now)  # 25 -> 30: nothing
+    assert a.datagrams_to_send() == []
+    assert a.next_timer() == clock.now + 30  # the new interval applies from now
+    a.set_persistent_keepalive(key, 0, clock.now)
+    a.set_persistent_keepalive(key, 25, clock.now)  # 0 -> 25 again: a keepalive
+    assert [len(d) for _, g in a.datagrams_to_send() for d in g] == [32]

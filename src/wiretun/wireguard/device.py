@@ -274,15 +274,14 @@ class Device:
     def set_endpoint(self, public_key: bytes, endpoint: Endpoint | None) -> None:
         self.peer(public_key).endpoint = check_endpoint(endpoint)
 
-    def set_persistent_keepalive(
-        self, public_key: bytes, interval: int | None, now: float | None = None
-    ) -> None:
-        """Set the interval (0/None: off). With `now`, a keepalive goes out at once if the
-        interval is on, as wireguard-go does when `wg set` turns it on."""
+    def set_persistent_keepalive(self, public_key: bytes, interval: int | None, now: float) -> None:
+        """Set the interval (0/None: off). A keepalive goes out at once only when this turns
+        it on (was off), as in wireguard-go: re-setting an interval sends nothing."""
         peer = self.peer(public_key)
         value = check_keepalive(interval)
-        peer.timers.set_persistent_interval(value, 0.0 if now is None else now)
-        if now is not None and value:
+        was_off = not peer.persistent_keepalive
+        peer.timers.set_persistent_interval(value, now)
+        if was_off and value:
             self._send_keepalive(peer, now)
 
     def replace_allowed_ips(self, public_key: bytes, networks: Iterable[str | IPNetwork]) -> None:
