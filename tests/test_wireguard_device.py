@@ -562,3 +562,22 @@ def test_persistent_keepalive_is_sent_at_once_only_when_turned_on() -> None:
     a.set_persistent_keepalive(key, 0, clock.now)
     a.set_persistent_keepalive(key, 25, clock.now)  # 0 -> 25 again: a keepalive
     assert [len(d) for _, g in a.datagrams_to_send() for d in g] == [32]
+
+
+def test_key_confirmation_sends_staged_packets_to_the_new_endpoint() -> None:
+    pair = make_pair(b_knows_a_endpoint=False)
+    a, b, clock = pair.a, pair.b, pair.clock
+    pair.a_to_b()  # a stages it and initiates
+    init = [(d, pair.a_addr) for _, g in a.datagrams_to_send() for d in g]
+    b.receive_datagrams(init, clock.now)
+    response = [(d, pair.b_addr) for _, g in b.datagrams_to_send() for d in g]
+    staged = pair.b_to_a(b"from-b")  # b holds only unconfirmed keys: staged
+    assert b.datagrams_to_send() == []
+    a.receive_datagrams(response, clock.now)
+    confirming = [d for _, g in a.datagrams_to_send() for d in g]
+    roamed = ("198.51.100.7", 4444)  # a moved before its first transport packet
+    assert b.receive_datagrams([(d, roamed) for d in confirming], clock.now)
+    out = b.datagrams_to_send()
+    assert [ep for ep, _ in out] == [roamed]
+    assert b.peer(a.public_key).endpoint == roamed
+    assert a.receive_datagrams([(d, pair.b_addr) for d in out[0][1]], clock.now) == [staged]

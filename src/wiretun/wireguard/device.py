@@ -433,7 +433,7 @@ class Device:
             run_src = src
             if unconfirmed:
                 unconfirmed = False
-                self._confirm(peer, kp, now)  # type: ignore[arg-type]
+                self._confirm(peer, kp, src, now)  # type: ignore[arg-type]
             if not plain:
                 continue  # keepalive
             n = len(plain)
@@ -515,7 +515,10 @@ class Device:
             peer.endpoint = new
             self._events.append(PeerEndpointChanged(peer.public_key, old, new))
 
-    def _confirm(self, peer: Peer, kp: Keypair, now: float) -> None:
+    def _confirm(self, peer: Peer, kp: Keypair, src: Endpoint, now: float) -> None:
+        # The confirming packet's source first (wireguard-go: SetEndpointFromPacket before
+        # SendStagedPackets), so the staged packets follow a peer that roamed.
+        self._set_endpoint_from(peer, src)
         dead = peer.confirm(kp)
         if dead is not None:
             self._drop_keypair(dead)
