@@ -581,3 +581,27 @@ def test_key_confirmation_sends_staged_packets_to_the_new_endpoint() -> None:
     assert [ep for ep, _ in out] == [roamed]
     assert b.peer(a.public_key).endpoint == roamed
     assert a.receive_datagrams([(d, pair.b_addr) for d in out[0][1]], clock.now) == [staged]
+
+
+def test_set_private_key_starts_a_new_handshake_at_once() -> None:
+    pair = established()
+    a, b, clock = pair.a, pair.b, pair.clock
+    clock.advance(1)
+    in_flight = pair.b_to_a(b"sealed under the old session")
+    from_b = [(d, pair.b_addr) for _, g in b.datagrams_to_send() for d in g]
+    old_public = a.public_key
+    new_key = generate_private_key(seeded_rng(77))
+    a.set_private_key(new_key)
+    # Sessions may still receive: what b sent before the change arrives.
+    assert a.receive_datagrams(from_b, clock.now) == [in_flight]
+    # But not send: the next packet waits for a handshake under the new key, started now.
+    staged = pair.a_to_b(b"after the change")
+    out = [d for _, g in a.datagrams_to_send() for d in g]
+    assert [d[0] for d in out] == [MSG_INITIATION]
+    assert a.stats().peers[0].staged_packets == 1
+    # b learns a's new key (as `wg set` would do there); the handshake then completes.
+    b.remove_peer(old_public)
+    b.add_peer(public_key(new_key), allowed_ips=["10.0.0.1/32"])
+    b.receive_datagrams([(d, pair.a_addr) for d in out], clock.now)
+    pair.net.roundtrip()
+    assert pair.delivered_to(b) == [staged]

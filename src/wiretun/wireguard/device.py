@@ -214,8 +214,12 @@ class Device:
             raise KeyError(f"no peer with public key {public_key.hex()}") from None
 
     def set_private_key(self, private_key: bytes) -> None:
-        """Change identity: every session and pending handshake is dropped (they belong to
-        the old key); a peer whose public key is our new one is removed, as wg does."""
+        """Change identity; a peer whose public key is our new one is removed, as wg does.
+
+        As wireguard-go's ExpireCurrentKeypairs: pending handshakes are dropped, sessions
+        may only receive from now on (packets in flight still arrive), and the handshake
+        rate limit is reset so the next packet starts a handshake under the new key at once.
+        """
         identity = StaticIdentity.from_private(check_key("private key", private_key))
         if identity.public == self._identity.public:
             return
@@ -224,7 +228,11 @@ class Device:
         if identity.public in self._peers:
             self.remove_peer(identity.public)
         for peer in self._peers.values():
-            self._forget_sessions(peer)
+            self._forget_pending(peer)
+            peer.handshake_sent_at = float("-inf")
+            for kp in (peer.current, peer.next):
+                if kp is not None:
+                    kp.send = None
 
     def add_peer(
         self,
