@@ -605,3 +605,17 @@ def test_set_private_key_starts_a_new_handshake_at_once() -> None:
     b.receive_datagrams([(d, pair.a_addr) for d in out], clock.now)
     pair.net.roundtrip()
     assert pair.delivered_to(b) == [staged]
+
+
+def test_packets_larger_than_the_mtu_are_padded_like_wireguard_go() -> None:
+    # 1430 bytes over MTU 1420: the last unit (10 bytes) pads to 16, so 6 bytes of padding,
+    # on the staged path (first batch) and on the direct path (established session) alike.
+    pair = make_pair()
+    big = ipv4_packet("10.0.0.1", "10.0.0.2", b"z" * (1430 - 20))
+    for _ in range(2):
+        start = len(pair.net.sent)
+        pair.a.send_packets([big], pair.clock.now)
+        pair.net.roundtrip()
+        sent = [d for s, _, d in pair.net.sent[start:] if s == pair.a_addr and d[0] == 4]
+        assert [len(d) - 32 for d in sent] == [1436]
+    assert pair.delivered_to(pair.b) == [big, big]

@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from wiretun.wireguard.messages import unpack_transport_header
 from wiretun.wireguard.replay import REJECT_AFTER_MESSAGES
-from wiretun.wireguard.session import Keypair, padded_length
+from wiretun.wireguard.session import Keypair, padding_size
 
 K1 = bytes(range(32))
 K2 = bytes(range(32, 64))
@@ -61,14 +61,19 @@ def test_limits_and_zeroing() -> None:
     ("length", "mtu", "expected"),
     [
         (0, 1420, 0),
-        (1, 1420, 16),
-        (16, 1420, 16),
-        (17, 1420, 32),
-        (1419, 1420, 1420),  # never pad beyond the MTU
-        (1420, 1420, 1420),
-        (1405, 1420, 1408),
-        (100, 0, 112),  # no MTU: plain rounding
+        (1, 1420, 15),
+        (16, 1420, 0),
+        (17, 1420, 15),
+        (1419, 1420, 1),  # never pad beyond the MTU
+        (1420, 1420, 0),
+        (1405, 1420, 3),
+        (100, 0, 12),  # no MTU: plain rounding
+        # Larger than the MTU: the last MTU-sized unit is padded (wireguard-go).
+        (1430, 1420, 6),
+        (1500, 1420, 0),  # last unit 80
+        (2839, 1420, 1),  # last unit 1419: capped at the MTU
+        (2840, 1420, 0),
     ],
 )
-def test_padded_length(length: int, mtu: int, expected: int) -> None:
-    assert padded_length(length, mtu) == expected
+def test_padding_size(length: int, mtu: int, expected: int) -> None:
+    assert padding_size(length, mtu) == expected

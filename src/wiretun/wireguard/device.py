@@ -76,7 +76,7 @@ from wiretun.wireguard.messages import (
 )
 from wiretun.wireguard.peer import Peer, check_endpoint, check_keepalive, check_key
 from wiretun.wireguard.replay import REJECT_AFTER_MESSAGES, RING_MASK, WINDOW_SIZE
-from wiretun.wireguard.session import NONCE, TRANSPORT_HEADER, Keypair
+from wiretun.wireguard.session import NONCE, TRANSPORT_HEADER, Keypair, padding_size
 from wiretun.wireguard.timers import (
     HANDSHAKE_INITIATION_RATE,
     REJECT_AFTER_TIME,
@@ -717,6 +717,7 @@ class Device:
         header = _HEADER.pack
         nonce = _NONCE.pack
         pads = _PAD
+        padding = padding_size
         mtu = self.mtu
         sent: dict[Peer, Keypair | None] = {}
         last_peer: Peer | None = None
@@ -766,12 +767,9 @@ class Device:
                     drops["queue_full"] += 1
                 continue
             kp.send_counter = counter + 1
-            if n <= mtu:
-                padded = ((n + 15) & ~15) - n
-                if n + padded > mtu:
-                    padded = mtu - n
-                if padded:
-                    pkt = pkt + pads[padded]
+            padded = padding(n, mtu)
+            if padded:
+                pkt = pkt + pads[padded]
             msg = header(MSG_TRANSPORT, remote, counter) + aead.encrypt(nonce(counter), pkt, None)
             dest.append(msg)
             tx += len(msg)
@@ -832,9 +830,9 @@ class Device:
             n = len(pkt)
             if n:
                 any_data = True
-                if n <= mtu:
-                    size = min((n + 15) & ~15, mtu)
-                    pkt = pkt + _PAD[size - n]
+                padded = padding_size(n, mtu)
+                if padded:
+                    pkt = pkt + _PAD[padded]
             msg = kp.seal(pkt)
             dest.append(msg)
             peer.tx_bytes += len(msg)

@@ -21,13 +21,19 @@ PADDING_MULTIPLE: Final = 16
 NONCE: Final = struct.Struct("<4xQ")  # 4 zero bytes, then the counter little-endian
 
 
-def padded_length(length: int, mtu: int) -> int:
-    """`length` rounded up to a multiple of 16, but never beyond `mtu` (wireguard-go rule)."""
-    if mtu <= 0:
-        return (length + PADDING_MULTIPLE - 1) & ~(PADDING_MULTIPLE - 1)
-    last_unit = length % mtu if length > mtu else length
+def padding_size(length: int, mtu: int) -> int:
+    """Zero bytes to append to a `length`-byte packet: wireguard-go's calculatePaddingSize.
+
+    Up to a multiple of 16, never past `mtu`; a packet larger than the MTU is padded as its
+    last MTU-sized unit (`length % mtu`) would be; `mtu` 0 means plain rounding. Always < 16.
+    """
+    last_unit = length
+    if mtu == 0:
+        return ((last_unit + PADDING_MULTIPLE - 1) & ~(PADDING_MULTIPLE - 1)) - last_unit
+    if last_unit > mtu:
+        last_unit %= mtu
     padded = min((last_unit + PADDING_MULTIPLE - 1) & ~(PADDING_MULTIPLE - 1), mtu)
-    return length + padded - last_unit
+    return padded - last_unit
 
 
 class Keypair:
