@@ -313,3 +313,52 @@ def test_datagrams_queued_before_run_are_sent_at_start() -> None:
             ub.close()
 
     asyncio.run(main())
+
+
+class _WatchedBind(UdpBind):
+    """Records, when closed, whether the task given in `watch` had already finished."""
+
+    watch: asyncio.Task[None] | None = None
+    watch_done_at_close: bool | None = None
+
+    def close(self) -> None:
+        if self.watch is not None and self.watch_done_at_close is None:
+            self.watch_done_at_close = self.watch.done()
+        super().close()
+
+
+def test_replace_udp_closes_old_sockets_only_after_the_old_reader_let_go() -> None:
+    async def main() -> None:
+        ta, tb, ca, cb, unused, ub = _pair()
+        unused.close()
+        ua = _WatchedBind.open(host4="127.0.0.1", host6=None)
+        assert isinstance(ua, _WatchedBind)
+        la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
+        runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
+        new = UdpBind.open(host4="127.0.0.1", host6=None)
+        try:
+            await asyncio.sleep(0.05)  # the UDP reader is parked on ua's fds
+            ua.watch = next(t for t in la._tasks if t.get_name() == "udp->tun")
+            la.replace_udp(new)
+            cb.peer = ("127.0.0.1", new.port)
+            await _until(lambda: ua.watch_done_at_close is not None)
+            assert ua.watch_done_at_close is True
+            # Both directions still work over the new sockets.
+            tb.inject([b"to-a"])
+            ta.inject([b"to-b"])
+
+            def arrived() -> bool:
+                ta.drain()
+                tb.drain()
+                return ta.delivered == [b"to-a"] and tb.delivered == [b"to-b"]
+
+            await _until(arrived)
+        finally:
+            la.stop()
+            lb.stop()
+            await asyncio.gather(*runs)
+            new.close()
+            ua.close()
+            ub.close()
+
+    asyncio.run(main())

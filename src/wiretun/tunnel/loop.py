@@ -97,6 +97,7 @@ class TunnelLoop:
         self._udp_drained.set()
         self._stopped: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._retiring: list[asyncio.Task[None]] = []  # closing sockets replace_udp retired
         self._n = Counter[str]()
         self.drops = Counter[str]()
         self.events = Counter[str]()
@@ -146,22 +147,41 @@ class TunnelLoop:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        for t in self._retiring:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._retiring = []
 
-    def replace_udp(self, udp: UdpBind) -> UdpBind:
-        """Switch to new sockets (UAPI listen_port change); returns the old ones, to close."""
+    def replace_udp(self, udp: UdpBind) -> None:
+        """Switch to new sockets (UAPI listen_port change); the loop closes the old ones.
+
+        The old reader may be parked on the old fds (add_reader): they are closed only after
+        that task has finished unwinding, or a reused fd number could lose its reader.
+        """
         old, self.udp = self.udp, udp
         loop = self._loop
         if loop is None:
-            return old
+            old.close()
+            return
         old.pause_reading()
         udp.attach(loop, lambda: None, self._on_udp_drained)
         self._udp_drained.set()
-        # The UDP reader may be parked on the old sockets: start a fresh one.
+        retired: list[asyncio.Task[None]] = []
         for i, t in enumerate(self._tasks):
             if t.get_name() == "udp->tun":
                 t.cancel()
+                retired.append(t)
                 self._tasks[i] = loop.create_task(self._udp_to_tun(), name="udp->tun")
-        return old
+        self._retiring = [t for t in self._retiring if not t.done()]
+        self._retiring.append(loop.create_task(self._close_after(retired, old)))
+
+    async def _close_after(self, tasks: list[asyncio.Task[None]], old: UdpBind) -> None:
+        try:
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        finally:
+            old.close()
 
     def kick(self) -> None:
         """Something changed the core from outside (UAPI set): send what it queued, re-arm."""

@@ -270,9 +270,11 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
 
         def rebind(port: int) -> int:
             new = UdpBind.open(port, fwmark=socks.udp.fwmark)
-            old = tunnel.replace_udp(new) if tunnel is not None else socks.udp
+            if tunnel is not None:
+                tunnel.replace_udp(new)  # closes the old sockets once nothing waits on them
+            else:
+                socks.udp.close()
             socks.udp = new
-            old.close()
             return new.port
 
         def remark_sockets(mark: int) -> None:
