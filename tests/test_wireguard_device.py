@@ -619,3 +619,24 @@ def test_packets_larger_than_the_mtu_are_padded_like_wireguard_go() -> None:
         sent = [d for s, _, d in pair.net.sent[start:] if s == pair.a_addr and d[0] == 4]
         assert [len(d) - 32 for d in sent] == [1436]
     assert pair.delivered_to(pair.b) == [big, big]
+
+
+def test_sealed_sizes_follow_padding_size_around_the_mtu() -> None:
+    """The seal loop's inlined padding (packets up to the MTU) and padding_size agree."""
+    from wiretun.testing.wgpair import ipv4_packet, make_pair
+    from wiretun.wireguard.session import padding_size
+
+    pair = make_pair(seed=5)
+    pair.a_to_b(b"hello")
+    pair.net.roundtrip()
+    pair.b_to_a(b"hello")
+    pair.net.roundtrip()
+    pair.a.datagrams_to_send()
+    mtu = pair.a.mtu
+    sizes = [20, 21, 35, 36, 1390, mtu - 17, mtu - 1, mtu, mtu + 1, mtu + 15, 2 * mtu + 3]
+    packets = [ipv4_packet("10.0.0.1", "10.0.0.2", bytes(n - 20)) for n in sizes]
+    pair.a.send_packets(packets, pair.clock.now)
+    sealed = [d for _, group in pair.a.datagrams_to_send() for d in group]
+    lengths = [len(p) for p in packets]
+    assert lengths[-2] == mtu + 15  # the sizes above are what the Device sees
+    assert [len(d) for d in sealed] == [32 + n + padding_size(n, mtu) for n in lengths]

@@ -767,7 +767,13 @@ class Device:
                     drops["queue_full"] += 1
                 continue
             kp.send_counter = counter + 1
-            padded = padding(n, mtu)
+            if n <= mtu:
+                # padding_size's common case inline (a call per packet cost ~0.3 us).
+                padded = ((n + 15) & ~15) - n
+                if n + padded > mtu:
+                    padded = mtu - n
+            else:
+                padded = padding(n, mtu)
             if padded:
                 pkt = pkt + pads[padded]
             msg = header(MSG_TRANSPORT, remote, counter) + aead.encrypt(nonce(counter), pkt, None)
