@@ -13,6 +13,7 @@ import pytest
 
 from wiretun.testing.netns import NetNS, Topology, unique_name
 from wiretun.tun import Tun, TunBroken, TunClosed, TunExists
+from wiretun.tun.inline import InlineTun
 
 ATTACH = """
 import sys
@@ -118,6 +119,36 @@ def test_foreign_queue_is_detected_and_reported(
                 proc.stdout.close()
         assert tun.stats().foreign_queues == 0
         assert tun.stats().foreign_seen == 1
+    finally:
+        tun.close()
+
+
+ATTACH_ANY = """
+import sys
+from wiretun.tun.device import open_queue
+from wiretun.tun.errors import TunError
+for mq in (True, False):
+    try:
+        open_queue(sys.argv[1], exclusive=False, vnet_hdr=False, multi_queue=mq)
+    except TunError as e:
+        print(mq, e.__cause__.errno, flush=True)
+    else:
+        print(mq, "attached", flush=True)
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("inline", [False, True])
+def test_single_queue_device_refuses_a_foreign_attach(topology: Topology, inline: bool) -> None:
+    ns = topology.netns()
+    name = unique_name("wts")
+    with ns.enter():
+        tun = InlineTun.open(name) if inline else Tun.open(name, queues=1, monitor_interval=None)
+    try:
+        out = ns.run(sys.executable, "-c", ATTACH_ANY, name)
+        # The kernel says no either way: EINVAL for a multi-queue attach, EBUSY otherwise.
+        assert out.split("\n")[:2] == [f"True {errno.EINVAL}", f"False {errno.EBUSY}"]
+        assert tun.stats().foreign_seen == 0
     finally:
         tun.close()
 

@@ -74,10 +74,24 @@ def ensure_tun_node(path: str = TUN_PATH) -> None:
         raise TunError(f"{path} exists but is not the TUN character device")
 
 
-def open_queue(name: str, *, exclusive: bool, vnet_hdr: bool, path: str = TUN_PATH) -> int:
-    """One non-blocking queue fd of multi-queue TUN `name`; `exclusive` creates the device."""
+def open_queue(
+    name: str,
+    *,
+    exclusive: bool,
+    vnet_hdr: bool,
+    multi_queue: bool = True,
+    path: str = TUN_PATH,
+) -> int:
+    """One non-blocking queue fd of TUN `name`; `exclusive` creates the device.
+
+    A device created without `multi_queue` has exactly one queue: the kernel refuses any
+    further attach (EBUSY, or EINVAL with IFF_MULTI_QUEUE), so no foreign process can take
+    a share of our packets.
+    """
     raw = validate_name(name)
-    flags = IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE
+    flags = IFF_TUN | IFF_NO_PI
+    if multi_queue:
+        flags |= IFF_MULTI_QUEUE
     if vnet_hdr:
         flags |= IFF_VNET_HDR
     if exclusive:

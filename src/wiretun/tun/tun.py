@@ -51,7 +51,9 @@ def open_device(
     probe: LinkProbe | None = None
     try:
         for i in range(queues):
-            fds.append(open_queue(name, exclusive=i == 0, vnet_hdr=offload))
+            # One queue: no IFF_MULTI_QUEUE, so the kernel refuses foreign attaches outright;
+            # with more, a foreign queue is detected and reported (foreign_queues).
+            fds.append(open_queue(name, exclusive=i == 0, vnet_hdr=offload, multi_queue=queues > 1))
         codecs: list[Codec] | None = None
         if factory is not None:
             # Offload features belong to the device: one ioctl on any queue sets them.
