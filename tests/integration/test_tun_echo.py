@@ -94,7 +94,11 @@ def test_echo_udp_flows_in_order(topology: Topology, queues: int, offload: bool)
     with ns.enter():
         with Tun.open(name, queues=queues, mtu=1400, offload=offload) as tun:
             setup_tun_addresses(ns, name)
-            assert f"numqueues {queues}" in ns.run("ip", "-d", "link", "show", name)
+            link = ns.run("ip", "-d", "link", "show", name)
+            if queues == 1:  # single-queue: no multi_queue, so no foreign attach is possible
+                assert "multi_queue" not in link
+            else:
+                assert f"multi_queue numqueues {queues}" in link
             asyncio.run(run_flows(tun))
             stats = tun.stats()
         assert tun.closed
