@@ -154,16 +154,11 @@ def test_single_queue_device_refuses_a_foreign_attach(topology: Topology, inline
 
 
 @pytest.mark.root
-def test_offload_open_sets_vnet_hdr_or_says_codec_missing(topology: Topology) -> None:
+def test_offload_open_sets_vnet_hdr(topology: Topology) -> None:
     ns = topology.netns()
     name = unique_name("wtg")
     with ns.enter():
-        try:
-            tun = Tun.open(name, queues=2, offload=True)
-        except NotImplementedError as e:
-            assert "offload codec not available yet" in str(e)
-            assert not link_exists(ns, name)
-            return
+        tun = Tun.open(name, queues=2, offload=True)
     with tun:
         details = ns.run("ip", "-d", "link", "show", name)
         assert "vnet_hdr on" in details

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
-
-OFFLOAD_MODULE = "wiretun.tun.offload"
 
 
 class Codec(Protocol):
@@ -55,25 +52,10 @@ CodecFactory = Callable[[OffloadFeatures], Codec]
 
 
 def offload_codec_factory() -> CodecFactory:
-    """A factory of one codec per queue from the offload module: its
-    `make_codec(features: OffloadFeatures) -> Codec` if it has one, else `OffloadCodec(udp=...)`.
+    """A factory of one codec per queue: `wiretun.tun.offload.make_codec`.
 
-    Raises NotImplementedError while that module (written separately) provides neither.
+    Imported on first use: the offload module pulls in numpy, which plain TUNs never need.
     """
-    try:
-        module = importlib.import_module(OFFLOAD_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name != OFFLOAD_MODULE:
-            raise
-        raise NotImplementedError("offload codec not available yet") from e
-    factory = getattr(module, "make_codec", None)
-    if callable(factory):
-        return factory  # type: ignore[no-any-return]
-    codec_class = getattr(module, "OffloadCodec", None)
-    if codec_class is None:
-        raise NotImplementedError("offload codec not available yet")
+    from wiretun.tun.offload import make_codec  # noqa: PLC0415 (pulls in numpy)
 
-    def make(features: OffloadFeatures) -> Codec:
-        return codec_class(udp=features.uso)  # type: ignore[no-any-return]
-
-    return make
+    return make_codec

@@ -94,9 +94,6 @@ class OffloadCodec:
     def decode(self, frame: bytes | bytearray | memoryview) -> list[bytes]:
         return decode_frame(frame, self.stats)
 
-    def decode_many(self, frames: Iterable[bytes | bytearray | memoryview]) -> list[bytes]:
-        return decode_frames(frames, self.stats)
-
     def encode(self, packets: Sequence[bytes]) -> list[bytes]:
         if self.gso_writes:
             return _coalesce(packets, self.stats, udp=self.udp, verify=self.verify)

@@ -145,10 +145,10 @@ def _nonce(counter: int) -> bytes:
 
 
 class AeadKey:
-    """A ChaCha20-Poly1305 key set up once, for sessions that seal many packets with it.
+    """A ChaCha20-Poly1305 key set up once, with WireGuard's nonce layout and CryptoError.
 
-    Building the cipher object costs about as much as sealing a small packet, so the
-    transport path should hold one of these per keypair instead of calling `aead_seal`.
+    Used by the handshake's one-shot `aead_seal`/`aead_open`; the transport path (session,
+    device) calls ChaCha20Poly1305 directly, to save a call and a range check per packet.
     """
 
     __slots__ = ("_cipher",)

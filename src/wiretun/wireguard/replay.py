@@ -21,7 +21,6 @@ REJECT_AFTER_MESSAGES: Final = 2**64 - 2**13 - 1
 
 _RING_SIZE: Final = 8192
 RING_MASK: Final = _RING_SIZE - 1
-_RING_MASK: Final = RING_MASK
 _ZEROS: Final = bytes(_RING_SIZE)
 
 
@@ -53,20 +52,20 @@ class ReplayWindow:
                 if gap >= _RING_SIZE:
                     ring[:] = _ZEROS
                 else:
-                    start = (last + 1) & _RING_MASK
-                    end = counter & _RING_MASK
+                    start = (last + 1) & RING_MASK
+                    end = counter & RING_MASK
                     if start < end:
                         ring[start:end] = _ZEROS[: end - start]
                     else:
                         ring[start:] = _ZEROS[: _RING_SIZE - start]
                         ring[:end] = _ZEROS[:end]
-            ring[counter & _RING_MASK] = 1
+            ring[counter & RING_MASK] = 1
             self.last = counter
             return True
         if last - counter > WINDOW_SIZE or counter < 0:
             return False
         ring = self.ring
-        slot = counter & _RING_MASK
+        slot = counter & RING_MASK
         if ring[slot]:
             return False
         ring[slot] = 1
@@ -82,4 +81,4 @@ class ReplayWindow:
             return counter < REJECT_AFTER_MESSAGES
         if last - counter > WINDOW_SIZE or counter < 0:
             return False
-        return not self.ring[counter & _RING_MASK]
+        return not self.ring[counter & RING_MASK]
