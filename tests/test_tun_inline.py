@@ -1,4 +1,4 @@
-"""InlineTun over a SOCK_SEQPACKET socketpair standing in for the queue fd (no root needed)."""
+"""InlineTun over SOCK_SEQPACKET socketpairs standing in for the queue fds (no root needed)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from wiretun.packet import flow_hash
 from wiretun.tun import QueueFull, TunBroken, TunClosed
 from wiretun.tun.gso import GSO_NONE, VNET_HDR, VNET_HDR_LEN
 from wiretun.tun.inline import InlineTun
 from wiretun.tun.offload import OffloadCodec
+from wiretun.tun.tun import split_by_flow
 
 
 def udp4(sport: int, seq: int, size: int = 40) -> bytes:
@@ -26,19 +28,26 @@ def udp4(sport: int, seq: int, size: int = 40) -> bytes:
 
 
 class Fake:
-    """An InlineTun over a socketpair; `peer` is the kernel side."""
+    """An InlineTun over `queues` socketpairs; `peers` are the kernel side (`peer` the first)."""
 
-    def __init__(self, sndbuf: int | None = None, **kwargs: object) -> None:
-        ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.peer.settimeout(5)
-        if sndbuf is not None:
-            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        ours.setblocking(False)
-        self.tun = InlineTun("fake", ours.detach(), **kwargs)  # type: ignore[arg-type]
+    def __init__(self, sndbuf: int | None = None, queues: int = 1, **kwargs: object) -> None:
+        fds: list[int] = []
+        self.peers: list[socket.socket] = []
+        for _ in range(queues):
+            ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            peer.settimeout(5)
+            if sndbuf is not None:
+                ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+            ours.setblocking(False)
+            fds.append(ours.detach())
+            self.peers.append(peer)
+        self.peer = self.peers[0]
+        self.tun = InlineTun("fake", fds, **kwargs)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.tun.close()
-        self.peer.close()
+        for peer in self.peers:
+            peer.close()
 
 
 @pytest.fixture
@@ -128,7 +137,7 @@ def _drain(s: socket.socket) -> list[bytes]:
 
 
 def test_offload_codec_decodes_frames_and_keeps_leftovers() -> None:
-    f = Fake(codec=OffloadCodec())
+    f = Fake(codecs=[OffloadCodec()])
     try:
         packets = [udp4(5, i) for i in range(6)]
         for p in packets:
@@ -180,9 +189,131 @@ def test_read_error_is_tun_broken_and_close_wakes_waiters() -> None:
 
 def test_close_is_idempotent_and_closes_the_fd() -> None:
     f = Fake()
-    fd = f.tun._fd
+    fd = f.tun._qs[0].fd
     f.tun.close()
     f.tun.close()
     with pytest.raises(OSError):
         os.fstat(fd)
     f.peer.close()
+
+
+# --- several queue fds ---
+
+
+def test_recv_many_reads_every_fd_each_in_arrival_order() -> None:
+    f = Fake(queues=3)
+    try:
+        sent = {i: [udp4(2000 + i, seq) for seq in range(120)] for i in range(3)}
+
+        def send_all() -> None:
+            for seq in range(120):
+                for i, peer in enumerate(f.peers):
+                    peer.send(sent[i][seq])
+
+        async def main() -> list[list[bytes]]:
+            task = asyncio.ensure_future(f.tun.recv_many(50))
+            await asyncio.sleep(0.05)
+            assert not task.done()  # waits on all three fds
+            sender = asyncio.ensure_future(asyncio.to_thread(send_all))
+            batches = [await asyncio.wait_for(task, 5)]
+            while sum(map(len, batches)) < 360:
+                batches.append(await asyncio.wait_for(f.tun.recv_many(50), 5))
+            await sender
+            return batches
+
+        batches = asyncio.run(main())
+        assert all(0 < len(b) <= 50 for b in batches)
+        got = [p for b in batches for p in b]
+        assert sorted(got) == sorted(p for ps in sent.values() for p in ps)
+        for i in range(3):  # each fd's packets in the order it delivered them
+            assert [p for p in got if p in sent[i]] == sent[i]
+        stats = f.tun.stats()
+        assert [q.rx_packets for q in stats.queues] == [120, 120, 120]
+        assert stats.total.rx_packets == 360
+    finally:
+        f.close()
+
+
+def test_send_many_writes_each_flow_to_its_flow_hash_fd_in_order() -> None:
+    f = Fake(queues=4)
+    try:
+        flows = 16
+        packets = [udp4(3000 + fl, seq) for seq in range(30) for fl in range(flows)]
+        # The threaded Tun's selection (shared code): a flow's packets go to one writer.
+        expected = split_by_flow(packets, 4)
+        assert all(flow_hash(p) % 4 == i for i, group in enumerate(expected) for p in group)
+
+        async def main() -> int:
+            taken = f.tun.send_many(packets[:100])
+            for p in packets[100:]:
+                f.tun.send(p)
+            return taken
+
+        assert asyncio.run(main()) == 100
+        got = [_drain(peer) if group else [] for peer, group in zip(f.peers, expected, strict=True)]
+        assert got == expected
+        assert sum(1 for g in got if g) > 1  # 16 flows did spread over the fds
+        stats = f.tun.stats()
+        assert [q.tx_packets for q in stats.queues] == [len(g) for g in expected]
+        assert stats.queues[0].index == 0 and stats.queues[3].index == 3
+    finally:
+        f.close()
+
+
+def test_one_full_fd_holds_its_frames_while_the_others_keep_writing() -> None:
+    f = Fake(queues=2, sndbuf=4096, outbound_capacity=30)
+    try:
+        # Two flows, one per fd.
+        a = [udp4(4000, seq, size=1000) for seq in range(60)]
+        sport = next(
+            s for s in range(4001, 5000) if flow_hash(udp4(s, 0)) % 2 != flow_hash(a[0]) % 2
+        )
+        b = [udp4(sport, seq, size=1000) for seq in range(3)]  # fits its sndbuf
+        qa = flow_hash(a[0]) % 2
+
+        async def main() -> None:
+            # Fill fd qa: once its kernel queue is full, frames wait until the budget is spent.
+            taken = 0
+            while n := f.tun.send_many(a[:10]):
+                taken += n
+            # The budget is shared: no room is left for the other fd's flow either.
+            assert f.tun.send_many(b) == 0
+            got = 0
+            while got < taken:
+                got += len(await asyncio.to_thread(_drain, f.peers[qa]))
+            await asyncio.wait_for(f.tun.send_ready(), 5)
+            assert f.tun.send_many(b) == len(b)
+            assert _drain(f.peers[1 - qa]) == b
+
+        asyncio.run(main())
+        stats = f.tun.stats()
+        assert stats.queues[1 - qa].refused == len(b)
+        assert stats.queues[qa].refused > 0
+        assert stats.queues[1 - qa].tx_packets == len(b)
+    finally:
+        f.close()
+
+
+def test_eof_on_one_fd_is_tun_broken_and_close_closes_every_fd() -> None:
+    f = Fake(queues=2)
+    fds = [q.fd for q in f.tun._qs]
+    f.peers[1].close()
+
+    async def eof() -> None:
+        with pytest.raises(TunBroken):
+            for _ in range(3):
+                await asyncio.wait_for(f.tun.recv_many(), 5)
+
+    asyncio.run(eof())
+    f.tun.close()
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    f.peers[0].close()
+
+
+def test_constructor_checks_fds_and_codecs() -> None:
+    with pytest.raises(ValueError):
+        InlineTun("x", [])
+    with pytest.raises(ValueError):
+        InlineTun("x", [1, 2], codecs=[OffloadCodec()])

@@ -1,9 +1,10 @@
-"""InlineTun: one TUN queue served by the asyncio loop thread itself, no helper threads.
+"""InlineTun: the queue fds of one TUN device served by the asyncio loop thread itself, no
+helper threads.
 
 The threaded `Tun` hands every batch across threads (eventfd kicks, call_soon_threadsafe,
-GIL handoffs). With one queue under the GIL those threads run no work in parallel, so
-here the loop reads the non-blocking fd until EAGAIN (add_reader only when it is empty)
-and writes directly (add_writer only while the kernel's queue is full).
+GIL handoffs). Under the GIL those threads run no work in parallel, so here the loop reads
+the non-blocking fds until EAGAIN (add_reader only when all are empty) and writes directly
+(add_writer only on a fd whose kernel queue is full).
 """
 
 from __future__ import annotations
@@ -11,51 +12,93 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
+from wiretun.packet import flow_hash
 from wiretun.tun.codec import Codec
 from wiretun.tun.device import LinkProbe
 from wiretun.tun.errors import QueueFull, TunBroken, TunClosed, TunError
 from wiretun.tun.queue import encode_batch, read_batch, try_write
 from wiretun.tun.stats import QueueCounters, TunStats, count
-from wiretun.tun.tun import DEFAULT_MAX_BATCH, DEFAULT_OUTBOUND_CAPACITY, open_device
+from wiretun.tun.tun import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_OUTBOUND_CAPACITY,
+    open_device,
+    split_by_flow,
+)
+
+
+class _Queue:
+    """One queue fd: its codec, counters and the frames waiting for room in its kernel queue
+    (each with the packets it carries)."""
+
+    __slots__ = (
+        "codec",
+        "counters",
+        "decode",
+        "fd",
+        "index",
+        "pending",
+        "pending_packets",
+        "write_failed",
+        "writer_armed",
+    )
+
+    def __init__(self, index: int, fd: int, codec: Codec | None) -> None:
+        self.index = index
+        self.fd = fd
+        self.codec = codec
+        self.decode: Callable[[bytes], list[bytes]] | None = None if codec is None else codec.decode
+        self.write_failed: Callable[[bytes, OSError], list[bytes] | None] | None = getattr(
+            codec, "write_failed", None
+        )
+        self.counters = QueueCounters()
+        self.pending: deque[tuple[bytes, int]] = deque()
+        self.pending_packets = 0
+        self.writer_armed = False
 
 
 class InlineTun:
-    """A single-queue TUN device driven from the running asyncio loop (same receive/send API
-    as `Tun` for coroutines: `recv_many`, `send_ready`, `send_many`, `send`).
+    """A TUN device (one or more queue fds) driven from the running asyncio loop, with the
+    receive/send API `Tun` offers coroutines: `recv_many`, `send_ready`, `send_many`, `send`.
 
-    Frames the kernel will not take yet wait in a FIFO (at most `outbound_capacity` packets)
-    and go out when the fd is writable; `send`/`send_many` refuse what does not fit.
+    Inbound: each fd is read until EAGAIN in turn (the first fd read rotates per call), so
+    every fd's packets come out in their arrival order. Outbound: packet -> fd
+    `flow_hash(packet) % queues`, as `Tun`'s writers, so a flow never races itself. Frames a
+    fd will not take yet wait in that fd's FIFO and go out when it is writable; all fds share
+    one budget of `outbound_capacity` waiting packets, and `send`/`send_many` refuse what
+    does not fit.
     """
 
     def __init__(
         self,
         name: str,
-        fd: int,
+        fds: Sequence[int],
         *,
-        codec: Codec | None = None,
+        codecs: Sequence[Codec] | None = None,
         probe: LinkProbe | None = None,
         outbound_capacity: int = DEFAULT_OUTBOUND_CAPACITY,
     ) -> None:
-        """Take ownership of a non-blocking queue fd; use `InlineTun.open` instead."""
+        """Take ownership of non-blocking queue fds (one codec per fd, or None); use
+        `InlineTun.open` instead."""
+        if not fds:
+            raise ValueError("an InlineTun needs at least one queue fd")
+        if codecs is not None and len(codecs) != len(fds):
+            raise ValueError("one codec per queue fd")
         if outbound_capacity < 1:
             raise ValueError("outbound_capacity must be positive")
         self._name = name
-        self._fd = fd
-        self._codec = codec
-        self._write_failed = getattr(codec, "write_failed", None)
+        self._qs: tuple[_Queue, ...] = tuple(
+            _Queue(i, fd, None if codecs is None else codecs[i]) for i, fd in enumerate(fds)
+        )
         self._probe = probe
         self._capacity = outbound_capacity
-        self.counters = QueueCounters()
         self._closed = False
         self._error: TunBroken | None = None
         self._leftover: list[bytes] = []  # decoded packets beyond the last `max`
-        # Frames waiting for room in the kernel queue, with the packets each carries.
-        self._pending: deque[tuple[bytes, int]] = deque()
-        self._pending_packets = 0
-        self._writer_armed = False
+        self._next_read = 0  # the fd read first by the next recv_many (fairness)
+        self._pending_packets = 0  # over all fds
         self._room: asyncio.Future[None] | None = None
         self._read_waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -68,18 +111,18 @@ class InlineTun:
         cls,
         name: str,
         *,
+        queues: int = 1,
         mtu: int | None = None,
         offload: bool = False,
         verify_checksums: bool = True,
         outbound_capacity: int = DEFAULT_OUTBOUND_CAPACITY,
     ) -> InlineTun:
-        """Create TUN device `name` exclusively (as `Tun.open` with one queue); it goes away
-        at `close()`."""
+        """Create TUN device `name` exclusively with `queues` queue fds (as `Tun.open`); it
+        goes away at `close()`."""
         fds, codecs, probe = open_device(
-            name, queues=1, mtu=mtu, offload=offload, verify_checksums=verify_checksums
+            name, queues=queues, mtu=mtu, offload=offload, verify_checksums=verify_checksums
         )
-        codec = codecs[0] if codecs is not None else None
-        return cls(name, fds[0], codec=codec, probe=probe, outbound_capacity=outbound_capacity)
+        return cls(name, fds, codecs=codecs, probe=probe, outbound_capacity=outbound_capacity)
 
     @property
     def name(self) -> str:
@@ -87,14 +130,15 @@ class InlineTun:
 
     @property
     def queues(self) -> int:
-        return 1
+        return len(self._qs)
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     def __repr__(self) -> str:
-        return f"<InlineTun {self._name!r} {'closed' if self._closed else 'open'}>"
+        state = "closed" if self._closed else "open"
+        return f"<InlineTun {self._name!r} queues={len(self._qs)} {state}>"
 
     def _check_open(self) -> None:
         if self._closed:
@@ -103,13 +147,15 @@ class InlineTun:
     # --- receive ---
 
     async def recv_many(self, max: int = DEFAULT_MAX_BATCH) -> list[bytes]:
-        """Wait for at least one packet; return up to `max` packets in arrival order.
-        Raises TunClosed after close, TunBroken once the fd failed (read error or EOF)."""
+        """Wait for at least one packet; return up to `max` packets, each fd's in arrival
+        order. Raises TunClosed after close, TunBroken once a fd failed (read error or EOF)."""
         if max < 1:
             raise ValueError("max must be positive")
         # A read that finds packets does not suspend: yield once per batch anyway, or a busy
         # TUN would starve the caller's other tasks (the other direction, timers).
         await asyncio.sleep(0)
+        qs = self._qs
+        n = len(qs)
         while True:
             self._check_open()
             if self._leftover:
@@ -117,28 +163,39 @@ class InlineTun:
                 return out
             if self._error is not None:
                 raise self._error
-            decode = None if self._codec is None else self._codec.decode
-            batch, drained, error = read_batch(self._fd, decode, max, self.counters, 0)
-            self._error = error
-            if len(batch) > max:  # a GSO frame split into more than was asked for
-                batch, self._leftover = batch[:max], batch[max:]
-            if batch:
-                return batch
-            if drained:
+            out = []
+            start = self._next_read
+            self._next_read = start + 1 if start + 1 < n else 0
+            for k in range(n):
+                q = qs[(start + k) % n]
+                batch, _, error = read_batch(q.fd, q.decode, max - len(out), q.counters, q.index)
+                out += batch
+                if error is not None:
+                    self._error = error
+                    break
+                if len(out) >= max:
+                    break
+            if len(out) > max:  # a GSO frame split into more than was asked for
+                out, self._leftover = out[:max], out[max:]
+            if out:
+                return out
+            if self._error is None:
                 await self._readable()
 
     async def _readable(self) -> None:
-        """Wait until the fd is readable (or we are closed). The reader is registered only
-        while waiting: level-triggered, it would spin while backpressure keeps us away."""
+        """Wait until some fd is readable (or we are closed). Readers are registered only
+        while waiting: level-triggered, they would spin while backpressure keeps us away."""
         loop = self._loop = asyncio.get_running_loop()
         fut = self._read_waiter = loop.create_future()
-        loop.add_reader(self._fd, _wake, fut)
+        for q in self._qs:
+            loop.add_reader(q.fd, _wake, fut)
         try:
             await fut
         finally:
             self._read_waiter = None
             if not self._closed:
-                loop.remove_reader(self._fd)
+                for q in self._qs:
+                    loop.remove_reader(q.fd)
 
     # --- send ---
 
@@ -154,38 +211,49 @@ class InlineTun:
             await self._room
             self._check_open()
 
+    def _queue_of(self, packet: bytes) -> _Queue:
+        qs = self._qs
+        return qs[flow_hash(packet) % len(qs)] if len(qs) > 1 else qs[0]
+
     def send(self, packet: bytes) -> None:
-        """Write one IP packet now (or queue it behind earlier ones); QueueFull when there is
-        no room (exactly when `send_ready()` would wait)."""
+        """Write one IP packet now (or queue it behind earlier ones of its fd); QueueFull when
+        there is no room (exactly when `send_ready()` would wait)."""
         self._check_open()
+        q = self._queue_of(packet)
         if not self._has_room():
-            self.counters.refused += 1
+            q.counters.refused += 1
             raise QueueFull(f"TUN {self._name!r}: {self._capacity} packets already queued")
-        self._write_batch([packet])
+        self._write_batch(q, [packet])
 
     def send_many(self, packets: Sequence[bytes]) -> int:
-        """Write as many of `packets` as fit (one encode over the batch), in order; return how
-        many were taken (the rest count as refused). Never blocks."""
+        """Write as many of `packets` as fit (one encode per fd), each flow in order; return
+        how many were taken (the rest count as refused). Never blocks."""
         self._check_open()
         room = self._capacity - self._pending_packets
-        if room <= 0:
-            self.counters.refused += len(packets)
+        accepted = list(packets[: max(room, 0)]) if room < len(packets) else list(packets)
+        for p in packets[len(accepted) :]:
+            self._queue_of(p).counters.refused += 1
+        if not accepted:
             return 0
-        accepted = list(packets[:room]) if room < len(packets) else list(packets)
-        self.counters.refused += len(packets) - len(accepted)
-        self._write_batch(accepted)
+        qs = self._qs
+        if len(qs) == 1:
+            self._write_batch(qs[0], accepted)
+        else:
+            for q, group in zip(qs, split_by_flow(accepted, len(qs)), strict=True):
+                if group:
+                    self._write_batch(q, group)
         return len(accepted)
 
-    def _write_batch(self, packets: list[bytes]) -> None:
-        counters = self.counters
-        good, frames = encode_batch(packets, self._codec, counters)
+    def _write_batch(self, q: _Queue, packets: list[bytes]) -> None:
+        counters = q.counters
+        good, frames = encode_batch(packets, q.codec, counters)
         counters.tx_batches += 1
-        if self._pending:
+        if q.pending:
             # Order: behind what is already waiting. Packets per frame are not known after
             # coalescing, so the batch is charged to its first frame.
-            self._queue(frames, good)
+            self._queue(q, frames, good)
             return
-        fd, write_failed = self._fd, self._write_failed
+        fd, write_failed = q.fd, q.write_failed
         written = nbytes = 0
         for i, frame in enumerate(frames):
             try:
@@ -193,50 +261,51 @@ class InlineTun:
             except BlockingIOError:
                 # How many packets the written frames held is unknown after coalescing:
                 # charge the rest of the batch with at least one per written frame less.
-                self._queue(frames[i:], good - written)
+                self._queue(q, frames[i:], good - written)
                 break
             if result is True:
                 written += 1
                 nbytes += len(frame)
             elif result is not False:
-                self._queue(result, 0)  # the codec's plain frames: written when writable
+                self._queue(q, result, 0)  # the codec's plain frames: written when writable
                 written += 1  # a frame's worth of packets is on its way
         counters.tx_frames += written
         counters.tx_bytes += nbytes
         counters.tx_packets += good if written == len(frames) else written
 
-    def _queue(self, frames: list[bytes], packets: int) -> None:
+    def _queue(self, q: _Queue, frames: list[bytes], packets: int) -> None:
         if not frames:
             return
-        pending = self._pending
-        pending.append((frames[0], packets))
-        pending.extend((f, 0) for f in frames[1:])
+        q.pending.append((frames[0], packets))
+        q.pending.extend((f, 0) for f in frames[1:])
+        q.pending_packets += packets
         self._pending_packets += packets
-        if not self._writer_armed:
+        if not q.writer_armed:
             loop = self._loop = asyncio.get_running_loop()
-            loop.add_writer(self._fd, self._flush)
-            self._writer_armed = True
+            loop.add_writer(q.fd, self._flush, q)
+            q.writer_armed = True
 
-    def _flush(self) -> None:
-        """Writable: send what waits, in order, until EAGAIN."""
-        pending, counters, fd = self._pending, self.counters, self._fd
+    def _flush(self, q: _Queue) -> None:
+        """`q`'s fd is writable: send what waits there, in order, until EAGAIN."""
+        pending, counters, fd = q.pending, q.counters, q.fd
         while pending:
             frame, packets = pending[0]
             try:
                 result = try_write(fd, frame, counters, None)
             except BlockingIOError:
-                return
+                break
             pending.popleft()
+            q.pending_packets -= packets
             self._pending_packets -= packets
             if result is True:
                 counters.tx_frames += 1
                 counters.tx_bytes += len(frame)
                 counters.tx_packets += max(packets, 1)
-        if self._writer_armed and self._loop is not None:
+        if not pending and q.writer_armed and self._loop is not None:
             self._loop.remove_writer(fd)
-            self._writer_armed = False
+            q.writer_armed = False
         room = self._room
-        if room is not None and not room.done():
+        if room is not None and not room.done() and self._has_room():
             room.set_result(None)
 
     # --- stats, close ---
@@ -251,7 +320,7 @@ class InlineTun:
         if info.tx_dropped >= 0:
             self._kernel_dropped = info.tx_dropped
         if info.num_queues >= 0:
-            self._foreign = max(0, info.num_queues - 1)
+            self._foreign = max(0, info.num_queues - len(self._qs))
             self._foreign_seen = max(self._foreign_seen, self._foreign)
 
     def stats(self) -> TunStats:
@@ -259,29 +328,34 @@ class InlineTun:
         self._check_link()
         return TunStats(
             name=self._name,
-            queues=(self.counters.snapshot(0),),
+            queues=tuple(q.counters.snapshot(q.index) for q in self._qs),
             foreign_queues=self._foreign,
             foreign_seen=self._foreign_seen,
             kernel_dropped=self._kernel_dropped,
         )
 
     def close(self) -> None:
-        """Close the fd (the device disappears); waiters raise TunClosed. Idempotent."""
+        """Close the fds (the device disappears); waiters raise TunClosed. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._pending_packets:
-            count(self.counters.tx_drops, "closed", self._pending_packets)
-        self._pending.clear()
-        self._pending_packets = 0
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.remove_writer(self._fd)
-            loop.remove_reader(self._fd)
+        live_loop = loop is not None and not loop.is_closed()
+        for q in self._qs:
+            if q.pending_packets:
+                count(q.counters.tx_drops, "closed", q.pending_packets)
+            q.pending.clear()
+            q.pending_packets = 0
+            if live_loop:
+                assert loop is not None
+                loop.remove_writer(q.fd)
+                loop.remove_reader(q.fd)
+        self._pending_packets = 0
         for waiter in (self._room, self._read_waiter):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-        os.close(self._fd)
+        for q in self._qs:
+            os.close(q.fd)
         if self._probe is not None:
             self._probe.close()
 
