@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from wiretun.testing.netns import NetNS, Topology, unique_name
-from wiretun.tun import Tun
+from wiretun.tun import InlineTun, Tun
 
 FLOWS = 8
 PER_FLOW = 200
@@ -35,7 +35,7 @@ def setup_tun_addresses(ns: NetNS, name: str) -> None:
     ns.run("ip", "link", "set", name, "txqueuelen", "10000", "up")
 
 
-async def echo(tun: Tun) -> None:
+async def echo(tun: Tun | InlineTun) -> None:
     while True:
         for packet in await tun.recv_many():
             if tun.send_many([reflect(packet)]) == 0:
@@ -43,7 +43,7 @@ async def echo(tun: Tun) -> None:
                 tun.send(reflect(packet))
 
 
-async def run_flows(tun: Tun) -> None:
+async def run_flows(tun: Tun | InlineTun) -> None:
     loop = asyncio.get_running_loop()
     socks: list[socket.socket] = []
     for i in range(FLOWS):
@@ -85,14 +85,22 @@ async def run_flows(tun: Tun) -> None:
 
 
 @pytest.mark.root
+@pytest.mark.parametrize("inline", [False, True], ids=["threads", "inline"])
 @pytest.mark.parametrize(("queues", "offload"), [(1, False), (2, False), (4, False), (2, True)])
-def test_echo_udp_flows_in_order(topology: Topology, queues: int, offload: bool) -> None:
+def test_echo_udp_flows_in_order(
+    topology: Topology, queues: int, offload: bool, inline: bool
+) -> None:
     ns = topology.netns()
     name = unique_name("wtt")
     if offload:
         pytest.importorskip("wiretun.tun.offload", reason="the offload codec is not there yet")
     with ns.enter():
-        with Tun.open(name, queues=queues, mtu=1400, offload=offload) as tun:
+        opened: Tun | InlineTun = (
+            InlineTun.open(name, queues=queues, mtu=1400, offload=offload)
+            if inline
+            else Tun.open(name, queues=queues, mtu=1400, offload=offload)
+        )
+        with opened as tun:
             setup_tun_addresses(ns, name)
             link = ns.run("ip", "-d", "link", "show", name)
             if queues == 1:  # single-queue: no multi_queue, so no foreign attach is possible
