@@ -81,8 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tun-threads",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="serve a single TUN queue from reader/writer threads instead of the event loop "
-        "(more queues always use threads) (default: off)",
+        help="serve the TUN queues from reader/writer threads instead of the event loop "
+        "(default: off)",
     )
     parser.add_argument(
         "--background",
@@ -314,10 +314,16 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
             # Packets to the TUN passed the peer's AEAD: merging them need not re-verify L4
             # checksums (the kernel's WireGuard marks them CHECKSUM_UNNECESSARY likewise).
             tun: Tun | InlineTun
-            if opts.queues == 1 and not opts.tun_threads:
-                # One queue under the GIL gains nothing from threads, and pays for their
-                # hand-offs: the event loop reads and writes the TUN fd itself.
-                tun = InlineTun.open(name, mtu=mtu, offload=opts.offload, verify_checksums=False)
+            if not opts.tun_threads:
+                # Under the GIL the threads run no work in parallel, and their hand-offs cost:
+                # the event loop reads and writes the TUN queue fds itself.
+                tun = InlineTun.open(
+                    name,
+                    queues=opts.queues,
+                    mtu=mtu,
+                    offload=opts.offload,
+                    verify_checksums=False,
+                )
             else:
                 tun = Tun.open(
                     name,
