@@ -1,4 +1,4 @@
-"""The TUN layer: `Tun` (multi-queue, reader/writer threads), `InlineTun` (one queue served
+"""The TUN layer: `Tun` (multi-queue, reader/writer threads), `InlineTun` (its queues served
 by the asyncio loop itself), their errors, statistics and codec hook."""
 
 from wiretun.tun.codec import Codec, IdentityCodec, OffloadFeatures

@@ -107,9 +107,9 @@ class Tun:
 
     queues=1 is the default: on this 2-core machine more queues did not raise packets/s under
     the GIL (writes got slower; see scripts/tun_microbench.py); they can pay off when the
-    per-packet work releases the GIL, or on a free-threaded CPython. For one queue driven by
-    an asyncio loop, `wiretun.tun.inline.InlineTun` avoids the threads' hand-offs (the
-    tunnel moved 1.30 -> 1.63 Gbit/s with it; scripts/perf_threads.py).
+    per-packet work releases the GIL, or on a free-threaded CPython. For queues driven by an
+    asyncio loop, `wiretun.tun.inline.InlineTun` avoids the threads' hand-offs (the tunnel
+    moved 1.30 -> 1.63 Gbit/s with it at one queue; scripts/perf_threads.py).
     """
 
     def __init__(
