@@ -317,3 +317,23 @@ def test_constructor_checks_fds_and_codecs() -> None:
         InlineTun("x", [])
     with pytest.raises(ValueError):
         InlineTun("x", [1, 2], codecs=[OffloadCodec()])
+
+
+def test_a_busy_fd_does_not_starve_the_others() -> None:
+    f = Fake(queues=2)
+    try:
+        busy = [udp4(6000, seq) for seq in range(8)]
+        for p in busy:
+            f.peers[0].send(p)
+        quiet = udp4(6001, 0)
+        f.peers[1].send(quiet)
+
+        async def main() -> list[list[bytes]]:
+            return [await asyncio.wait_for(f.tun.recv_many(3), 5) for _ in range(2)]
+
+        first, second = asyncio.run(main())
+        # fd 0 alone could fill both batches; the first fd read rotates, so fd 1 is served.
+        assert quiet in first + second
+        assert [p for p in first + second if p != quiet] == busy[: len(first + second) - 1]
+    finally:
+        f.close()
