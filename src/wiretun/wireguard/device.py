@@ -39,118 +39,63 @@ spirit of wireguard-go's "handshake queue 1/8 full" rule, measured without a que
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
 
 from wiretun.wireguard.allowedips import AllowedIPs, IPNetwork, parse_network
-from wiretun.wireguard.cookie import CookieChecker, RateLimiter, source_bytes
-from wiretun.wireguard.errors import WireGuardError
+from wiretun.wireguard.control import (
+    UNDER_LOAD_HANDSHAKES,
+    UNDER_LOAD_HOLD,
+    Seen,
+    handshake_complete,
+    receive_control,
+    send_initiation,
+)
+from wiretun.wireguard.cookie import CookieChecker, RateLimiter
 from wiretun.wireguard.events import (
     Endpoint,
     Event,
-    HandshakeCompleted,
     HandshakeFailed,
     KeypairExpired,
     KeysZeroed,
     PeerEndpointChanged,
 )
-from wiretun.wireguard.handshake import InitiatorHandshake, StaticIdentity, consume_initiation
-from wiretun.wireguard.messages import (
-    COOKIE_REPLY_SIZE,
-    INITIATION_SIZE,
-    MSG_COOKIE_REPLY,
-    MSG_INITIATION,
-    MSG_RESPONSE,
-    MSG_TRANSPORT,
-    RESPONSE_SIZE,
-    TRANSPORT_MIN_SIZE,
-    CookieReply,
-    Initiation,
-    Response,
-)
+from wiretun.wireguard.handshake import StaticIdentity
+from wiretun.wireguard.index import IndexTable
+from wiretun.wireguard.messages import MSG_TRANSPORT, TRANSPORT_MIN_SIZE
 from wiretun.wireguard.peer import Peer, check_endpoint, check_keepalive, check_key
 from wiretun.wireguard.replay import REJECT_AFTER_MESSAGES, RING_MASK, WINDOW_SIZE
 from wiretun.wireguard.session import NONCE, TRANSPORT_HEADER, Keypair, padding_size
+from wiretun.wireguard.stats import DROP_REASONS, DeviceStats, PeerStats
 from wiretun.wireguard.timers import (
-    HANDSHAKE_INITIATION_RATE,
     REJECT_AFTER_TIME,
-    REKEY_TIMEOUT,
     TimerAction,
     needs_rekey_on_receive,
     needs_rekey_on_send,
 )
 
+__all__ = [
+    "DEFAULT_MTU",
+    "DROP_REASONS",
+    "UNDER_LOAD_HANDSHAKES",
+    "UNDER_LOAD_HOLD",
+    "Buffer",
+    "Device",
+    "DeviceStats",
+    "PeerStats",
+]
+
 DEFAULT_MTU: Final = 1420
-UNDER_LOAD_HANDSHAKES: Final = 128  # per second, before the Device calls itself under load
-UNDER_LOAD_HOLD: Final = 1.0
 
 Buffer = bytes | bytearray | memoryview
 
 _HEADER = TRANSPORT_HEADER
 _NONCE = NONCE
 _PAD = [bytes(n) for n in range(16)]
-
-DROP_REASONS: Final = (
-    "bad_size",  # wrong length for its type
-    "bad_type",  # unknown message type
-    "bad_endpoint",  # source address the core cannot parse
-    "unknown_index",  # receiver index matches no session or handshake
-    "expired",  # keypair too old to receive with
-    "mac1",  # mac1 wrong
-    "cookie_sent",  # under load without a valid mac2: answered with a cookie reply
-    "rate_limited",  # handshake message over the per-source limit
-    "handshake_failed",  # handshake message did not authenticate
-    "unknown_peer",  # initiation from a static key we do not know
-    "handshake_replay",  # initiation timestamp not newer than the last one
-    "handshake_flood",  # initiations from one peer less than 20 ms apart
-    "cookie_invalid",  # cookie reply did not decrypt
-    "replay",  # transport counter already seen or outside the window
-    "decrypt",  # transport message did not authenticate
-    "bad_packet",  # inner packet is not IPv4/IPv6 or its length is wrong
-    "allowed_ips",  # inner source not in the sending peer's allowed-ips
-    "no_route",  # no peer for an outgoing packet's destination
-    "no_endpoint",  # peer has no endpoint to send to
-    "queue_full",  # staged queue overflow: the oldest packet was dropped
-    "handshake_timeout",  # staged packets dropped when handshake attempts gave up
-    "peer_removed",  # staged packets dropped with their peer
-)
-
-
-class _Seen:
-    """What one receive batch saw from a peer: newest source, last keypair, any data."""
-
-    __slots__ = ("data", "keypair", "src")
-
-    def __init__(self, src: Endpoint, keypair: Keypair | None) -> None:
-        self.src = src
-        self.keypair = keypair
-        self.data = False
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStats:
-    public_key: bytes
-    endpoint: Endpoint | None
-    tx_bytes: int
-    rx_bytes: int
-    last_handshake: float | None  # wall-clock seconds, None if never
-    staged_packets: int
-    has_session: bool
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceStats:
-    drops: dict[str, int]
-    peers: tuple[PeerStats, ...]
-    packets_sealed: int
-    packets_opened: int
-    handshakes_completed: int
 
 
 class Device:
@@ -176,9 +121,7 @@ class Device:
         self._limiter = RateLimiter()
         self._peers: dict[bytes, Peer] = {}
         self._allowed: AllowedIPs[Peer] = AllowedIPs()
-        # Receiver index -> (keypair, peer) for sessions, -> peer for pending initiations.
-        self._keypairs: dict[int, tuple[Keypair, Peer]] = {}
-        self._pending: dict[int, Peer] = {}
+        self._index = IndexTable(rng)
         self._out: dict[Endpoint, list[bytes]] = {}
         # Initiations still waiting in `_out`: a newer one for the same peer replaces its
         # stale predecessor, whose response could only be dropped as unknown_index.
@@ -369,14 +312,14 @@ class Device:
         # run of datagrams with the same receiver index, kept in locals and written back by
         # `_end_run` when the run ends.
         out: list[bytes] = []
-        keypairs = self._keypairs
+        keypairs = self._index.keypairs
         drops = self._drops
         lookup = self._allowed.lookup
         cached_owner = self._allowed.cache.get
         header = _HEADER.unpack_from
         nonce = _NONCE.pack
         end_run = self._end_run
-        seen: dict[Peer, _Seen] = {}
+        seen: dict[Peer, Seen] = {}
         opened = 0
         last_receiver = -1
         peer: Peer | None = None
@@ -391,7 +334,7 @@ class Device:
                     end_run(seen, peer, kp=kp, src=run_src, rx=run_rx, data=run_data)
                     run_src, run_rx, run_data = None, 0, False
                 last_receiver = -1  # a handshake may replace keypairs
-                self._receive_control(data, src, now, seen)
+                receive_control(self, data, src, now, seen)
                 continue
             kind, receiver, counter = header(data)
             if kind != MSG_TRANSPORT:
@@ -477,7 +420,7 @@ class Device:
 
     @staticmethod
     def _end_run(
-        seen: dict[Peer, _Seen],
+        seen: dict[Peer, Seen],
         peer: Peer | None,
         *,
         kp: Keypair | None,
@@ -491,7 +434,7 @@ class Device:
         peer.rx_bytes += rx
         state = seen.get(peer)
         if state is None:
-            state = seen[peer] = _Seen(src, kp)
+            state = seen[peer] = Seen(src, kp)
         else:
             state.src = src
             state.keypair = kp
@@ -514,7 +457,7 @@ class Device:
             and needs_rekey_on_receive(kp.is_initiator, kp.created, now)
         ):
             peer.sent_last_minute_handshake = True
-            self._send_initiation(peer, now, retry=False)
+            send_initiation(self, peer, now, retry=False)
 
     def _set_endpoint_from(self, peer: Peer, src: Endpoint) -> None:
         new = (src[0], src[1])
@@ -529,183 +472,9 @@ class Device:
         self._set_endpoint_from(peer, src)
         dead = peer.confirm(kp)
         if dead is not None:
-            self._drop_keypair(dead)
-        self._handshake_complete(peer, kp, now)
+            self._index.drop_keypair(dead)
+        handshake_complete(self, peer, kp, now)
         self._flush_staged(peer, now)
-
-    def _note_handshake_load(self, now: float) -> None:
-        if now - self._load_window >= 1.0:
-            self._load_window = now
-            self._load_count = 0
-        self._load_count += 1
-        if self._load_count > UNDER_LOAD_HANDSHAKES:
-            self._loaded_until = now + UNDER_LOAD_HOLD
-
-    def _receive_control(
-        self, datagram: Buffer, src: Endpoint, now: float, seen: dict[Peer, _Seen]
-    ) -> None:
-        drops = self._drops
-        n = len(datagram)
-        if n < 4:
-            drops["bad_size"] += 1
-            return
-        data = bytes(datagram)
-        kind = int.from_bytes(data[:4], "little")
-        expected = {
-            MSG_INITIATION: INITIATION_SIZE,
-            MSG_RESPONSE: RESPONSE_SIZE,
-            MSG_COOKIE_REPLY: COOKIE_REPLY_SIZE,
-            MSG_TRANSPORT: TRANSPORT_MIN_SIZE,
-        }.get(kind)
-        if expected is None:
-            drops["bad_type"] += 1
-            return
-        if n != expected:  # transport messages only get here when shorter than 32
-            drops["bad_size"] += 1
-            return
-        if kind == MSG_COOKIE_REPLY:
-            self._receive_cookie_reply(data, now)
-            return
-        if not self._checker.check_mac1(data):
-            drops["mac1"] += 1
-            return
-        self._note_handshake_load(now)
-        if self.is_under_load(now):
-            try:
-                ip = ipaddress.ip_address(src[0]).packed
-            except ValueError:
-                drops["bad_endpoint"] += 1
-                return
-            if not self._checker.check_mac2(data, source_bytes(ip, src[1]), now):
-                sender = int.from_bytes(data[4:8], "little")
-                reply = self._checker.create_reply(data, sender, source_bytes(ip, src[1]), now)
-                self._queue((src[0], src[1]), reply)
-                drops["cookie_sent"] += 1
-                return
-            if not self._limiter.allow(ip, now):
-                drops["rate_limited"] += 1
-                return
-        if kind == MSG_INITIATION:
-            self._receive_initiation(data, src, now, seen)
-        else:
-            self._receive_response(data, src, now, seen)
-
-    def _receive_cookie_reply(self, data: bytes, now: float) -> None:
-        reply = CookieReply.unpack(data)
-        peer = self._pending.get(reply.receiver)
-        if peer is None:
-            entry = self._keypairs.get(reply.receiver)
-            if entry is None:
-                self._drops["unknown_index"] += 1
-                return
-            peer = entry[1]
-        if not peer.cookie.consume_reply(reply, now):
-            self._drops["cookie_invalid"] += 1
-
-    def _receive_initiation(
-        self, data: bytes, src: Endpoint, now: float, seen: dict[Peer, _Seen]
-    ) -> None:
-        drops = self._drops
-        try:
-            hs = consume_initiation(self._identity, Initiation.unpack(data))
-        except WireGuardError:
-            drops["handshake_failed"] += 1
-            return
-        peer = self._peers.get(hs.remote_static)
-        if peer is None:
-            drops["unknown_peer"] += 1
-            return
-        if hs.timestamp <= peer.last_timestamp:
-            drops["handshake_replay"] += 1
-            return
-        if now - peer.last_initiation_at < HANDSHAKE_INITIATION_RATE:
-            drops["handshake_flood"] += 1
-            return
-        peer.last_timestamp = hs.timestamp
-        peer.last_initiation_at = now
-        # Our own initiation (if any) is abandoned, as in wireguard-go: one handshake state.
-        self._forget_pending(peer)
-        index = self._new_index()
-        try:
-            message, keys = hs.create_response(peer.preshared_key, index, rng=self._rng)
-        except WireGuardError:
-            drops["handshake_failed"] += 1
-            return
-        kp = Keypair(
-            keys.send_key,
-            keys.recv_key,
-            keys.local_index,
-            keys.remote_index,
-            is_initiator=False,
-            created=now,
-        )
-        self._install(peer, kp)
-        self._note_authenticated(peer, src, seen)
-        timers = peer.timers
-        timers.session_derived(now)
-        timers.authenticated_traversal(now)
-        timers.authenticated_sent(now)
-        message = peer.cookie.add_macs(message, now)
-        # A response counts as a sent handshake: no own initiation for REKEY_TIMEOUT.
-        peer.handshake_sent_at = now
-        peer.rx_bytes += len(data)
-        peer.tx_bytes += len(message)
-        self._queue((src[0], src[1]), message)
-
-    def _receive_response(
-        self, data: bytes, src: Endpoint, now: float, seen: dict[Peer, _Seen]
-    ) -> None:
-        response = Response.unpack(data)
-        peer = self._pending.get(response.receiver)
-        hs = None if peer is None else peer.handshake
-        if peer is None or hs is None:
-            self._drops["unknown_index"] += 1
-            return
-        try:
-            keys = hs.consume_response(response)
-        except WireGuardError:
-            self._drops["handshake_failed"] += 1
-            return
-        del self._pending[response.receiver]
-        peer.handshake = None
-        peer.rx_bytes += len(data)
-        kp = Keypair(
-            keys.send_key,
-            keys.recv_key,
-            keys.local_index,
-            keys.remote_index,
-            is_initiator=True,
-            created=now,
-        )
-        self._install(peer, kp)
-        self._note_authenticated(peer, src, seen)
-        peer.timers.session_derived(now)
-        self._handshake_complete(peer, kp, now)
-        # The responder waits for proof that we have the keys: send data, or a keepalive.
-        if not peer.staged:
-            peer.staged.append(b"")
-        self._flush_staged(peer, now)
-
-    def _note_authenticated(self, peer: Peer, src: Endpoint, seen: dict[Peer, _Seen]) -> None:
-        # Handshake messages also move the endpoint; the newest datagram of the batch wins.
-        self._set_endpoint_from(peer, src)
-        state = seen.get(peer)
-        if state is None:
-            seen[peer] = _Seen(src, None)
-        else:
-            state.src = src
-
-    def _install(self, peer: Peer, kp: Keypair) -> None:
-        for dead in peer.begin_session(kp):
-            self._drop_keypair(dead)
-        self._keypairs[kp.local_index] = (kp, peer)
-
-    def _handshake_complete(self, peer: Peer, kp: Keypair, now: float) -> None:
-        peer.timers.handshake_complete(now)
-        peer.sent_last_minute_handshake = False
-        peer.last_handshake = now + self.wall_clock_offset
-        self._completed += 1
-        self._events.append(HandshakeCompleted(peer.public_key, kp.is_initiator, peer.endpoint))
 
     # ---------------------------------------------------------------- outbound
 
@@ -814,7 +583,7 @@ class Device:
         timers.authenticated_sent(now)
         timers.authenticated_traversal(now)
         if needs_rekey_on_send(kp.is_initiator, kp.created, kp.send_counter, now):
-            self._send_initiation(peer, now, retry=False)
+            send_initiation(self, peer, now, retry=False)
 
     def _flush_staged(self, peer: Peer, now: float) -> None:
         """Send what is staged (a b"" entry is a keepalive) or start a handshake."""
@@ -824,7 +593,7 @@ class Device:
         if peer.endpoint is None:
             return
         if kp is None or not kp.can_send(now):
-            self._send_initiation(peer, now, retry=False)
+            send_initiation(self, peer, now, retry=False)
             return
         dest = self._out.setdefault(peer.endpoint, [])
         staged = peer.staged
@@ -850,40 +619,6 @@ class Device:
             peer.staged.append(b"")
         self._flush_staged(peer, now)
 
-    def _send_initiation(self, peer: Peer, now: float, *, retry: bool) -> None:
-        if peer.endpoint is None:
-            self._drops["no_endpoint"] += 1
-            return
-        timers = peer.timers
-        if not retry:
-            timers.handshake_attempts = 0
-        if now - peer.handshake_sent_at < REKEY_TIMEOUT:
-            return
-        self._forget_pending(peer)
-        index = self._new_index()
-        try:
-            hs = InitiatorHandshake.create(
-                self._identity,
-                peer.public_key,
-                peer.preshared_key,
-                index,
-                max(0.0, now + self.wall_clock_offset),
-                rng=self._rng,
-            )
-        except WireGuardError:
-            self._drops["handshake_failed"] += 1
-            return
-        peer.handshake_sent_at = now
-        peer.handshake = hs
-        self._pending[index] = peer
-        timers.authenticated_traversal(now)
-        timers.authenticated_sent(now)
-        message = peer.cookie.add_macs(hs.message, now)
-        peer.tx_bytes += len(message)
-        self._queue(peer.endpoint, message)
-        self._unsent_initiations[peer] = (peer.endpoint, message)
-        timers.handshake_initiated(now)
-
     def _withdraw_unsent_initiation(self, peer: Peer) -> None:
         entry = self._unsent_initiations.pop(peer, None)
         if entry is None:
@@ -908,13 +643,13 @@ class Device:
         for peer in list(self._peers.values()):
             for action in peer.timers.expire(now):
                 if action is TimerAction.RETRANSMIT_HANDSHAKE:
-                    self._send_initiation(peer, now, retry=True)
+                    send_initiation(self, peer, now, retry=True)
                 elif action is TimerAction.GIVE_UP_HANDSHAKE:
                     self._forget_pending(peer)
                     dropped = self._drop_staged(peer, "handshake_timeout")
                     self._events.append(HandshakeFailed(peer.public_key, dropped))
                 elif action is TimerAction.NEW_HANDSHAKE:
-                    self._send_initiation(peer, now, retry=False)
+                    send_initiation(self, peer, now, retry=False)
                 elif action is TimerAction.ZERO_KEYS:
                     self._forget_sessions(peer)
                     self._events.append(KeysZeroed(peer.public_key))
@@ -923,25 +658,12 @@ class Device:
 
     # ---------------------------------------------------------------- helpers
 
-    def _new_index(self) -> int:
-        while True:
-            index = int.from_bytes(self._rng(4), "little")
-            if index not in self._keypairs and index not in self._pending:
-                return index
-
-    def _drop_keypair(self, kp: Keypair) -> None:
-        self._keypairs.pop(kp.local_index, None)
-        kp.zero()
-
     def _forget_pending(self, peer: Peer) -> None:
         self._withdraw_unsent_initiation(peer)
-        if peer.handshake is not None:
-            self._pending.pop(peer.handshake.sender_index, None)
-            peer.handshake = None
+        self._index.forget_pending(peer)
 
     def _forget_sessions(self, peer: Peer) -> None:
-        for kp in peer.clear_keypairs():
-            self._keypairs.pop(kp.local_index, None)
+        self._index.forget_sessions(peer)
         self._forget_pending(peer)
 
     def _drop_staged(self, peer: Peer, reason: str) -> int:
