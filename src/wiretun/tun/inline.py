@@ -14,14 +14,14 @@ import os
 import select
 from collections import deque
 from collections.abc import Callable, Sequence
-from types import TracebackType
 
 from wiretun.packet import flow_hash
+from wiretun.tun.base import TunBase
 from wiretun.tun.codec import Codec
 from wiretun.tun.device import LinkProbe
-from wiretun.tun.errors import QueueFull, TunBroken, TunClosed, TunError
+from wiretun.tun.errors import QueueFull, TunBroken, TunError
 from wiretun.tun.queue import encode_batch, read_batch, try_write
-from wiretun.tun.stats import QueueCounters, TunStats, count
+from wiretun.tun.stats import QueueCounters, count
 from wiretun.tun.tun import (
     DEFAULT_MAX_BATCH,
     DEFAULT_OUTBOUND_CAPACITY,
@@ -60,7 +60,7 @@ class _Queue:
         self.writer_armed = False
 
 
-class InlineTun:
+class InlineTun(TunBase):
     """A TUN device (one or more queue fds) driven from the running asyncio loop, with the
     receive/send API `Tun` offers coroutines: `recv_many`, `send_ready`, `send_many`, `send`.
 
@@ -89,7 +89,7 @@ class InlineTun:
             raise ValueError("one codec per queue fd")
         if outbound_capacity < 1:
             raise ValueError("outbound_capacity must be positive")
-        self._name = name
+        self._init_base(name, probe)
         self._qs: tuple[_Queue, ...] = tuple(
             _Queue(i, fd, None if codecs is None else codecs[i]) for i, fd in enumerate(fds)
         )
@@ -99,9 +99,7 @@ class InlineTun:
             self._epoll = select.epoll(len(fds))
             for fd in fds:
                 self._epoll.register(fd, select.EPOLLIN)
-        self._probe = probe
         self._capacity = outbound_capacity
-        self._closed = False
         self._error: TunBroken | None = None
         self._leftover: list[bytes] = []  # decoded packets beyond the last `max`
         self._next_read = 0  # the fd read first by the next recv_many (fairness)
@@ -109,9 +107,6 @@ class InlineTun:
         self._room: asyncio.Future[None] | None = None
         self._read_waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._foreign = 0
-        self._foreign_seen = 0
-        self._kernel_dropped: int | None = None
 
     @classmethod
     def open(
@@ -130,26 +125,6 @@ class InlineTun:
             name, queues=queues, mtu=mtu, offload=offload, verify_checksums=verify_checksums
         )
         return cls(name, fds, codecs=codecs, probe=probe, outbound_capacity=outbound_capacity)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def queues(self) -> int:
-        return len(self._qs)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<InlineTun {self._name!r} queues={len(self._qs)} {state}>"
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise TunClosed(f"TUN {self._name!r} is closed")
 
     # --- receive ---
 
@@ -332,22 +307,7 @@ class InlineTun:
             info = self._probe.query()
         except TunError:
             return
-        if info.tx_dropped >= 0:
-            self._kernel_dropped = info.tx_dropped
-        if info.num_queues >= 0:
-            self._foreign = max(0, info.num_queues - len(self._qs))
-            self._foreign_seen = max(self._foreign_seen, self._foreign)
-
-    def stats(self) -> TunStats:
-        """An immutable snapshot (queries the device for foreign queues while open)."""
-        self._check_link()
-        return TunStats(
-            name=self._name,
-            queues=tuple(q.counters.snapshot(q.index) for q in self._qs),
-            foreign_queues=self._foreign,
-            foreign_seen=self._foreign_seen,
-            kernel_dropped=self._kernel_dropped,
-        )
+        self._note_link(info)
 
     def close(self) -> None:
         """Close the fds (the device disappears); waiters raise TunClosed. Idempotent."""
@@ -378,22 +338,6 @@ class InlineTun:
             os.close(q.fd)
         if self._probe is not None:
             self._probe.close()
-
-    def __enter__(self) -> InlineTun:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> InlineTun:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

@@ -9,9 +9,9 @@ import select
 import threading
 import time
 from collections.abc import Sequence
-from types import TracebackType
 
 from wiretun.packet import PROTO_TCP, PROTO_UDP, flow_hash
+from wiretun.tun.base import TunBase
 from wiretun.tun.codec import Codec, CodecFactory, IdentityCodec, OffloadFeatures
 from wiretun.tun.codec import offload_codec_factory as _offload_codec_factory
 from wiretun.tun.device import (
@@ -24,7 +24,7 @@ from wiretun.tun.device import (
 )
 from wiretun.tun.errors import QueueFull, TunClosed, TunError
 from wiretun.tun.queue import Inbound, TunQueue, Wakeup
-from wiretun.tun.stats import TunStats, count
+from wiretun.tun.stats import count
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def split_by_flow(packets: Sequence[bytes], n: int) -> list[list[bytes]]:
     return groups
 
 
-class Tun:
+class Tun(TunBase):
     """A TUN device opened once per queue (IFF_MULTI_QUEUE), each queue fd served by its own
     reader and writer thread.
 
@@ -129,19 +129,14 @@ class Tun:
             raise ValueError("a Tun needs at least one queue fd")
         if max_batch < 1 or inbound_capacity < 1 or outbound_capacity < 1:
             raise ValueError("max_batch and capacities must be positive")
-        self._name = name
-        self._closed = False
+        self._init_base(name, probe)
         self._close_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._inbound = Inbound(inbound_capacity, len(fds))
         self._writable = Wakeup()
         self._out_capacity = outbound_capacity
         self._queued = 0  # packets accepted by send/send_many; producer-owned
         self._done_seen = 0  # last sum of the writers' `done` counters
-        self._probe = probe
         self._probe_lock = threading.Lock()
-        self._foreign = 0
-        self._foreign_seen = 0
-        self._kernel_dropped: int | None = None
         prefix = f"tun-{name}"
         self._qs: tuple[TunQueue, ...] = tuple(
             TunQueue(
@@ -230,29 +225,7 @@ class Tun:
             monitor_interval=None,
         )
 
-    # --- properties ---
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def queues(self) -> int:
-        return len(self._qs)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<Tun {self._name!r} queues={len(self._qs)} {state}>"
-
     # --- receive ---
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise TunClosed(f"TUN {self._name!r} is closed")
 
     def _recv_ready(self) -> bool:
         return self._closed or self._inbound.nonempty() or self._inbound.error is not None
@@ -364,23 +337,7 @@ class Tun:
             except TunError as e:
                 log.debug("TUN %s: link query failed: %s", self._name, e)
                 return
-        if info.tx_dropped >= 0:
-            self._kernel_dropped = info.tx_dropped
-        if info.num_queues < 0:
-            return
-        foreign = max(0, info.num_queues - len(self._qs))
-        if foreign != self._foreign:
-            if foreign:
-                log.warning(
-                    "TUN %s: %d queue(s) attached by another process; the kernel will steer "
-                    "some flows to them",
-                    self._name,
-                    foreign,
-                )
-            else:
-                log.warning("TUN %s: foreign queues detached", self._name)
-        self._foreign = foreign
-        self._foreign_seen = max(self._foreign_seen, foreign)
+        self._note_link(info)
 
     def _monitor_loop(self, interval: float) -> None:
         wait = select.poll()
@@ -389,20 +346,6 @@ class Tun:
             self._check_link()
             if wait.poll(int(interval * 1000)):
                 return
-
-    # --- stats ---
-
-    def stats(self) -> TunStats:
-        """An immutable snapshot (queries the device for foreign queues while open)."""
-        if not self._closed:
-            self._check_link()
-        return TunStats(
-            name=self._name,
-            queues=tuple(q.counters.snapshot(q.index) for q in self._qs),
-            foreign_queues=self._foreign,
-            foreign_seen=self._foreign_seen,
-            kernel_dropped=self._kernel_dropped,
-        )
 
     # --- close ---
 
@@ -431,19 +374,3 @@ class Tun:
             self._probe.close()
         if all(stopped) and (self._monitor is None or not self._monitor.is_alive()):
             os.close(self._close_fd)
-
-    def __enter__(self) -> Tun:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Tun:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
