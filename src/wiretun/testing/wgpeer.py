@@ -70,6 +70,24 @@ def parse_dump(text: str) -> tuple[list[str], list[PeerDump]]:
     return lines[0], peers
 
 
+def run_wg(ns: NetNS, *args: str, stdin: str | None = None) -> str:
+    """Run `wg ARGS` inside `ns` (UAPI sockets are found by interface name); stdout, or
+    RuntimeError with wg's stderr."""
+    cmd = ["ip", "netns", "exec", ns.name, "wg", *args]
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=15, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def read_log(log: tempfile._TemporaryFileWrapper[bytes] | None) -> str:
+    """The text a process wrote to its log file so far ("" before it started)."""
+    if log is None:
+        return ""
+    with open(log.name, "rb") as f:
+        return f.read().decode(errors="replace")
+
+
 @dataclass
 class WireguardGoPeer:
     """wireguard-go running as interface `name` inside `ns`; `stop()` removes it all.
@@ -99,20 +117,10 @@ class WireguardGoPeer:
         return self
 
     def log_text(self) -> str:
-        if self._log is None:
-            return ""
-        with open(self._log.name, "rb") as f:
-            return f.read().decode(errors="replace")
+        return read_log(self._log)
 
     def wg(self, *args: str, stdin: str | None = None) -> str:
-        """Run `wg ARGS` inside the namespace (the UAPI socket is found by name)."""
-        cmd = ["ip", "netns", "exec", self.ns.name, "wg", *args]
-        proc = subprocess.run(
-            cmd, input=stdin, capture_output=True, text=True, timeout=15, check=False
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
-        return proc.stdout
+        return run_wg(self.ns, *args, stdin=stdin)
 
     def configure(self, *, listen_port: int | None = None, fwmark: int | None = None) -> None:
         """Set our private key, and optionally the listen port and fwmark."""
@@ -285,19 +293,10 @@ class WiretunPeer:
         return self
 
     def log_text(self) -> str:
-        if self._log is None:
-            return ""
-        with open(self._log.name, "rb") as f:
-            return f.read().decode(errors="replace")
+        return read_log(self._log)
 
     def wg(self, *args: str, stdin: str | None = None) -> str:
-        cmd = ["ip", "netns", "exec", self.ns.name, "wg", *args]
-        proc = subprocess.run(
-            cmd, input=stdin, capture_output=True, text=True, timeout=15, check=False
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
-        return proc.stdout
+        return run_wg(self.ns, *args, stdin=stdin)
 
     def dump(self) -> tuple[list[str], list[PeerDump]]:
         return parse_dump(self.wg("show", self.name, "dump"))
