@@ -18,11 +18,11 @@ from wiretun.testing.hostile import FloodStats, HandshakeFlood, udp_sockets
 from wiretun.testing.netns import NetNS, Topology
 from wiretun.testing.traffic import core_drops
 from wiretun.testing.wgpeer import (
-    PeerSpec,
     WireguardGoPeer,
     WiretunPeer,
     have_wireguard_go,
     udp_ping,
+    wireguard_go_initiates_to,
 )
 from wiretun.tunnel.config import parse_key
 
@@ -54,15 +54,7 @@ def test_handshake_flood_gets_cookies_and_the_session_keeps_half(topology: Topol
     topology.veth(a, b, "192.168.241.1/24", "192.168.241.2/24")
     topology.veth(f, b, "192.168.243.1/24", "192.168.243.2/24")
     with WireguardGoPeer(a).start() as wg, WiretunPeer(b) as wt:
-        wt.write_config(
-            addresses=["10.9.0.1/24"],
-            listen_port=PORT,
-            peers=[PeerSpec(wg.keys.public, ["10.9.0.2/32"])],
-        )
-        wt.start()
-        wg.configure(listen_port=51821)
-        wg.add_peer(wt.keys.public, allowed_ips=["10.9.0.1/32"], endpoint=f"192.168.241.2:{PORT}")
-        wg.link_up(["10.9.0.2/24"])
+        wireguard_go_initiates_to(wg, wt, f"192.168.241.2:{PORT}", wt_port=PORT)
         assert udp_ping(a, b, "10.9.0.1") == 3
 
         quiet: list[float] = []
