@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import struct
-from typing import cast
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -272,10 +271,11 @@ def test_source_table_longest_match() -> None:
 
 def test_load_honours_wiretun_pure(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WIRETUN_PURE", "1")
-    assert datapath.load() is cast(object, pure)
+    assert datapath.load() is datapath.PURE
     monkeypatch.setenv("WIRETUN_PURE", "0")
-    assert datapath.load() is cast(object, native)
-    assert datapath.load(pure_python=True) is cast(object, pure)
+    assert datapath.load() is datapath.NATIVE
+    assert datapath.load().seal is native.seal
+    assert datapath.load(pure_python=True) is datapath.PURE
 
 
 @given(

@@ -2,20 +2,22 @@
 
 `load()` returns the backend: the C extension `_native` when it was built and loads, unless
 ``WIRETUN_PURE=1`` asks for the pure twin (`pure`), which also takes over, with one warning
-line, when the extension is missing. Both have the same functions (see `Backend`).
+line, when the extension is missing. Both offer the same functions (a `Backend`); the
+protocol core is handed one (`Device(datapath=...)`) and never imports either.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import ModuleType
-from typing import Protocol
+from typing import Any, Protocol
 
 from wiretun.datapath import pure
 
-__all__ = ["Backend", "CoalescerLike", "load", "native", "native_error"]
+__all__ = ["NATIVE", "PURE", "Backend", "CoalescerLike", "load", "native", "native_error"]
 
 log = logging.getLogger(__name__)
 
@@ -28,41 +30,26 @@ class CoalescerLike(Protocol):
     def finish(self) -> list[bytes]: ...
 
 
-class Backend(Protocol):
-    """What `_native` and `pure` both provide."""
+SealResult = tuple[bytes, list[tuple[int, int]], int, dict[str, int]]
+OpenResult = tuple[int, int, int, int, bool, tuple[int, int, int, int]]
 
-    MAX_SEGMENTS: int
 
-    def Coalescer(self, *, vnet: bool = ..., udp: bool = ...) -> CoalescerLike: ...  # noqa: N802
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One implementation of the per-segment work (see `pure` for what each does)."""
 
-    def seal(
-        self,
-        frames: Sequence[_Buffer],
-        key: bytes,
-        receiver: int,
-        counter: int,
-        mtu: int,
-        max_bytes: int,
-        vnet: bool,
-        /,
-    ) -> tuple[bytes, list[tuple[int, int]], int, dict[str, int]]: ...
+    name: str  # "native" or "pure"
+    seal: Callable[[Sequence[_Buffer], bytes, int, int, int, int, bool], SealResult]
+    open_run: Callable[
+        [_Buffer, int, int, bytes, int, bytearray, int, bytes, bytes, Any], OpenResult
+    ]
+    segments: Callable[[_Buffer, bool], int]
+    coalescer: Callable[..., CoalescerLike]  # (vnet=..., udp=...)
+    # Frames to packets for the per-packet path (rare there: Python in both backends).
+    split_frames: Callable[[Sequence[_Buffer]], tuple[list[bytes], dict[str, int]]]
 
-    def segments(self, frame: _Buffer, vnet: bool, /) -> int: ...
 
-    def open_run(
-        self,
-        data: _Buffer,
-        offset: int,
-        segment: int,
-        key: bytes,
-        receiver: int,
-        ring: bytearray,
-        next_counter: int,
-        allowed_v4: bytes,
-        allowed_v6: bytes,
-        coalescer: CoalescerLike,
-        /,
-    ) -> tuple[int, int, int, int, bool, tuple[int, int, int, int]]: ...
+PURE = Backend("pure", pure.seal, pure.open_run, pure.segments, pure.Coalescer, pure.split_frames)
 
 
 _module: ModuleType | None
@@ -73,6 +60,17 @@ except ImportError as exc:  # not built (no compiler or no libssl-dev at install
     _module, _error = None, str(exc)
 else:
     _error = None
+
+NATIVE: Backend | None = None
+if _module is not None:
+    NATIVE = Backend(
+        "native",
+        _module.seal,
+        _module.open_run,
+        _module.segments,
+        _module.Coalescer,
+        pure.split_frames,
+    )
 
 _warned = False
 
@@ -94,10 +92,10 @@ def load(pure_python: bool | None = None) -> Backend:
     if pure_python is None:
         pure_python = os.environ.get("WIRETUN_PURE", "") not in ("", "0")
     if pure_python:
-        return pure  # type: ignore[return-value]
-    if _module is None:
+        return PURE
+    if NATIVE is None:
         if not _warned:
             _warned = True
             log.warning("wiretun: native data path unavailable (%s); using pure Python", _error)
-        return pure  # type: ignore[return-value]
-    return _module
+        return PURE
+    return NATIVE

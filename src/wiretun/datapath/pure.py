@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from wiretun.tun.gro import coalesce
-from wiretun.tun.gso import MAX_SEGMENTS, OffloadStats, decode_frame
+from wiretun.tun.gso import MAX_SEGMENTS, OffloadStats, decode_frame, decode_frames
 from wiretun.wireguard.replay import REJECT_AFTER_MESSAGES, ReplayWindow
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "seal",
     "segments",
     "source_allowed",
+    "split_frames",
 ]
 
 OPEN_DROPS: Final = ("replay", "decrypt", "bad_packet", "allowed_ips")  # open_run's drops
@@ -76,6 +77,12 @@ def group_sizes(sizes: Sequence[int], max_bytes: int) -> list[tuple[int, int]]:
 
 def _segments_of(frame: Buffer, vnet: bool, drops: OffloadStats) -> list[bytes]:
     return decode_frame(frame, drops) if vnet else [bytes(frame)]
+
+
+def split_frames(frames: Sequence[Buffer]) -> tuple[list[bytes], dict[str, int]]:
+    """The IP packets of vnet frames, in order, and the frames dropped by reason."""
+    stats = OffloadStats()
+    return decode_frames(frames, stats), dict(stats.dropped)
 
 
 def segments(frame: Buffer, vnet: bool) -> int:

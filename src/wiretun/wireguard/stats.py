@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from wiretun.wireguard.events import Endpoint
@@ -51,3 +51,5 @@ class DeviceStats:
     packets_sealed: int
     packets_opened: int
     handshakes_completed: int
+    # TUN frames `send_frames` dropped by the offload decoder's reasons (wiretun.tun.gso).
+    frame_drops: dict[str, int] = field(default_factory=dict)
