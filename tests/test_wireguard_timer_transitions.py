@@ -1,0 +1,92 @@
+"""Device timer transitions against wireguard-go (device/timers.go, send.go, receive.go).
+
+Each test drives two Devices on the fake clock through one event and checks the timer that
+wireguard-go arms or clears for it, by its deadline and by what the peers then send.
+"""
+
+from __future__ import annotations
+
+from wiretun.testing.wgpair import WgPair, make_pair
+from wiretun.wireguard.messages import MSG_INITIATION, MSG_TRANSPORT
+from wiretun.wireguard.timers import (
+    KEEPALIVE_TIMEOUT,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
+)
+
+NEW_HANDSHAKE_AFTER = KEEPALIVE_TIMEOUT + REKEY_TIMEOUT  # 15 s without an answer
+KEEPALIVE = (MSG_TRANSPORT, 32)
+
+
+def sent_by(pair: WgPair, who: str, start: int = 0) -> list[tuple[int, int]]:
+    """(message type, length) of each datagram `who` ('a' or 'b') sent since `start`."""
+    addr = pair.a_addr if who == "a" else pair.b_addr
+    return [(d[0], len(d)) for s, _, d in pair.net.sent[start:] if s == addr]
+
+
+def initiations(pair: WgPair, who: str, start: int = 0) -> int:
+    return sum(1 for kind, _ in sent_by(pair, who, start) if kind == MSG_INITIATION)
+
+
+def silence(pair: WgPair, who: str) -> None:
+    """Lose everything `who` sends from now on."""
+    addr = pair.a_addr if who == "a" else pair.b_addr
+    pair.net.filter = lambda src, dst, msg: src != addr
+
+
+def assert_new_handshake_due(deadline: float | None, now: float) -> None:
+    assert deadline is not None
+    assert NEW_HANDSHAKE_AFTER <= deadline - now < NEW_HANDSHAKE_AFTER + REKEY_TIMEOUT_JITTER_MAX
+
+
+# ---------------------------------------------------------------- timersDataSent
+
+
+def test_initiator_staged_packet_sent_on_the_response_arms_new_handshake() -> None:
+    # receive.go: the response is an authenticated receive (newHandshake.Del) *before*
+    # SendKeepalive sends the staged packets, whose timersDataSent then arms the timer.
+    pair = make_pair()
+    pair.a_to_b(b"first")  # staged, initiation queued
+    pair.net.step()  # initiation -> b, response queued
+    pair.net.step()  # response -> a, a seals the staged packet
+    now = pair.clock.now
+    assert_new_handshake_due(pair.a.peer(pair.b.public_key).timers.new_handshake_at, now)
+    assert_new_handshake_due(pair.a.next_timer(), now)
+    # b hears the packet but every answer of b's is lost: wireguard-go re-initiates at
+    # ~15 s, then retransmits every 5 s: three initiations in 30 s.
+    silence(pair, "b")
+    start = len(pair.net.sent)
+    pair.net.tick(30)
+    assert initiations(pair, "a", start) == 3
+
+
+def test_responder_staged_packet_sent_on_key_confirmation_arms_new_handshake() -> None:
+    # receive.go: the confirming packet makes SendStagedPackets run; the sent data arms
+    # newHandshake and, being an authenticated send, cancels the passive keepalive that the
+    # received data asked for (the batch's receive bookkeeping comes first).
+    pair = make_pair()
+    pair.a_to_b(b"first")
+    pair.net.step()  # initiation -> b
+    pair.b_to_a(b"early")  # b has only unconfirmed keys: staged
+    pair.net.step()  # response -> a, a sends "first"
+    pair.net.step()  # "first" -> b confirms the keys, b sends "early"
+    now = pair.clock.now
+    timers = pair.b.peer(pair.a.public_key).timers
+    assert_new_handshake_due(timers.new_handshake_at, now)
+    assert timers.keepalive_at is None
+    silence(pair, "a")
+    start = len(pair.net.sent)
+    pair.net.tick(NEW_HANDSHAKE_AFTER + 1)
+    assert KEEPALIVE not in sent_by(pair, "b", start)  # "early" was b's answer
+    assert initiations(pair, "b", start) == 1
+
+
+def established() -> WgPair:
+    """a initiated; both have a confirmed session and everything has been answered."""
+    pair = make_pair()
+    pair.a_to_b(b"first")
+    pair.net.roundtrip()
+    pair.net.tick(KEEPALIVE_TIMEOUT + 1)  # b's passive keepalive answers "first"
+    assert pair.delivered_to(pair.b)
+    assert pair.a.peer(pair.b.public_key).timers.new_handshake_at is None
+    return pair
