@@ -7,6 +7,7 @@ wireguard-go arms or clears for it, by its deadline and by what the peers then s
 from __future__ import annotations
 
 from wiretun.testing.wgpair import WgPair, make_pair
+from wiretun.wireguard.events import KeysZeroed
 from wiretun.wireguard.messages import MSG_INITIATION, MSG_TRANSPORT
 from wiretun.wireguard.timers import (
     KEEPALIVE_TIMEOUT,
@@ -90,3 +91,26 @@ def established() -> WgPair:
     assert pair.delivered_to(pair.b)
     assert pair.a.peer(pair.b.public_key).timers.new_handshake_at is None
     return pair
+
+
+# ---------------------------------------------------------------- zero keys
+
+
+def test_zeroing_the_keys_drops_the_staged_packets() -> None:
+    # timers.go expiredZeroKeyMaterial -> ZeroAndFlushAll: keypairs, the pending handshake
+    # *and* the staged packets go; a later handshake does not deliver the stale packets.
+    pair = established()
+    derived = pair.clock.now - KEEPALIVE_TIMEOUT - 1  # established() ran 11 s past it
+    pair.net.tick(derived + 535 - pair.clock.now)
+    pair.net.filter = lambda src, dst, msg: False  # the network is down for a while
+    stale = pair.a_to_b(b"stale")  # the keypair is 535 s old: staged, initiation
+    peer = pair.a.peer(pair.b.public_key)
+    assert len(peer.staged) == 1
+    pair.net.tick(derived + 541 - pair.clock.now)
+    assert any(isinstance(e, KeysZeroed) for e in pair.events_of(pair.a))
+    assert len(peer.staged) == 0
+    assert pair.a.stats().drops["keys_zeroed"] == 1
+    pair.net.filter = None
+    pair.net.tick(REKEY_TIMEOUT + 1)  # the retransmit timer still runs: a new session
+    assert peer.current is not None
+    assert stale not in pair.delivered_to(pair.b)

@@ -663,7 +663,9 @@ class Device:
                 elif action is TimerAction.NEW_HANDSHAKE:
                     send_initiation(self, peer, now, retry=False)
                 elif action is TimerAction.ZERO_KEYS:
+                    # wireguard-go's ZeroAndFlushAll: the staged packets go with the keys.
                     self._forget_sessions(peer)
+                    self._drop_staged(peer, "keys_zeroed")
                     self._events.append(KeysZeroed(peer.public_key))
                 else:  # SEND_KEEPALIVE, PERSISTENT_KEEPALIVE
                     self._send_keepalive(peer, now)
