@@ -7,7 +7,7 @@ wireguard-go arms or clears for it, by its deadline and by what the peers then s
 from __future__ import annotations
 
 from wiretun.testing.wgpair import WgPair, make_pair
-from wiretun.wireguard.events import KeysZeroed
+from wiretun.wireguard.events import HandshakeCompleted, HandshakeFailed, KeysZeroed
 from wiretun.wireguard.messages import MSG_INITIATION, MSG_TRANSPORT
 from wiretun.wireguard.timers import (
     KEEPALIVE_TIMEOUT,
@@ -114,3 +114,28 @@ def test_zeroing_the_keys_drops_the_staged_packets() -> None:
     pair.net.tick(REKEY_TIMEOUT + 1)  # the retransmit timer still runs: a new session
     assert peer.current is not None
     assert stale not in pair.delivered_to(pair.b)
+
+
+# ---------------------------------------------------------------- give-up after REKEY_ATTEMPT_TIME
+
+
+def test_giving_up_keeps_the_last_initiation_answerable() -> None:
+    # timers.go expiredRetransmitHandshake: after 20 initiations (~90 s + 5 s) wireguard-go
+    # stops retrying and drops the staged packets, but leaves the handshake state for the
+    # zero-keys timer ("residue of a partial exchange"): a late response still completes.
+    pair = make_pair()
+    pair.net.filter = lambda src, dst, msg: False
+    pair.a_to_b(b"lost")
+    pair.net.tick(130, step=0.5)
+    assert initiations(pair, "a") == 20
+    assert any(isinstance(e, HandshakeFailed) for e in pair.events_of(pair.a))
+    peer = pair.a.peer(pair.b.public_key)
+    assert peer.timers.retransmit_at is None and len(peer.staged) == 0
+    last = [m for s, _, m in pair.net.sent if s == pair.a_addr][-1]
+    assert last[0] == MSG_INITIATION
+    pair.b.receive_datagrams([(last, pair.a_addr)], pair.clock.now)  # it arrives late
+    response = [(d, pair.b_addr) for _, g in pair.b.datagrams_to_send() for d in g]
+    pair.a.receive_datagrams(response, pair.clock.now)
+    assert pair.a.stats().drops.get("unknown_index", 0) == 0
+    assert peer.current is not None
+    assert any(isinstance(e, HandshakeCompleted) for e in iter(pair.a.next_event, None))

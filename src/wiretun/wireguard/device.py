@@ -657,7 +657,8 @@ class Device:
                 if action is TimerAction.RETRANSMIT_HANDSHAKE:
                     send_initiation(self, peer, now, retry=True)
                 elif action is TimerAction.GIVE_UP_HANDSHAKE:
-                    self._forget_pending(peer)
+                    # The pending handshake stays until the zero-keys timer (wireguard-go):
+                    # a late response to the last initiation still completes it.
                     dropped = self._drop_staged(peer, "handshake_timeout")
                     self._events.append(HandshakeFailed(peer.public_key, dropped))
                 elif action is TimerAction.NEW_HANDSHAKE:
