@@ -139,3 +139,27 @@ def test_giving_up_keeps_the_last_initiation_answerable() -> None:
     assert pair.a.stats().drops.get("unknown_index", 0) == 0
     assert peer.current is not None
     assert any(isinstance(e, HandshakeCompleted) for e in iter(pair.a.next_event, None))
+
+
+# ---------------------------------------------------------------- persistent keepalive
+
+
+def test_setting_the_same_persistent_keepalive_again_does_not_postpone_it() -> None:
+    # uapi.go only swaps persistentKeepaliveInterval (plus a keepalive when it turns on);
+    # the pending timer keeps its deadline and the new interval applies from the next
+    # authenticated packet (timersAnyAuthenticatedPacketTraversal). So `wg syncconf` every
+    # 20 s must not starve a 25 s persistent keepalive.
+    pair = established()
+    a, key = pair.a, pair.b.public_key
+    timers = a.peer(key).timers
+    a.set_persistent_keepalive(key, 25, pair.clock.now)  # on: a keepalive now
+    pair.net.roundtrip()
+    due = pair.clock.now + 25
+    assert timers.persistent_at == due
+    start = len(pair.net.sent)
+    for _ in range(3):
+        pair.net.tick(20)
+        a.set_persistent_keepalive(key, 25, pair.clock.now)  # the same config again
+    assert sent_by(pair, "a", start).count(KEEPALIVE) == 2  # at +25 and +50
+    a.set_persistent_keepalive(key, 60, pair.clock.now)  # a new interval: from the next one
+    assert timers.persistent_at is not None and timers.persistent_at < pair.clock.now + 25
