@@ -163,3 +163,44 @@ def test_setting_the_same_persistent_keepalive_again_does_not_postpone_it() -> N
     assert sent_by(pair, "a", start).count(KEEPALIVE) == 2  # at +25 and +50
     a.set_persistent_keepalive(key, 60, pair.clock.now)  # a new interval: from the next one
     assert timers.persistent_at is not None and timers.persistent_at < pair.clock.now + 25
+
+
+# ---------------------------------------------------------------- transitions that already agree
+
+
+def test_handshake_transitions_match_wireguard_go() -> None:
+    # send.go SendHandshakeInitiation: traversal + sent, then timersHandshakeInitiated
+    # (retransmit in REKEY_TIMEOUT + jitter); SendHandshakeResponse: timersSessionDerived
+    # (zero keys in 540 s), traversal, sent; the response and the key confirmation:
+    # timersHandshakeComplete (no retransmit, attempts and the last-minute flag reset).
+    pair = make_pair(persistent_keepalive=25)
+    ta = pair.a.peer(pair.b.public_key).timers
+    tb = pair.b.peer(pair.a.public_key).timers
+    pair.a_to_b(b"first")
+    now = pair.clock.now
+    assert ta.retransmit_at is not None
+    assert REKEY_TIMEOUT <= ta.retransmit_at - now < REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX
+    assert ta.persistent_at == now + 25  # the initiation is an authenticated traversal
+    pair.net.step()  # initiation -> b
+    assert tb.zero_keys_at == now + 540 and tb.retransmit_at is None
+    pair.clock.advance(0.1)
+    pair.net.step()  # response -> a
+    assert ta.retransmit_at is None and ta.handshake_attempts == 0
+    assert ta.zero_keys_at == pair.clock.now + 540
+    assert ta.persistent_at == pair.clock.now + 25  # re-armed by the response and "first"
+    pair.net.step()  # "first" -> b: key confirmation, data received
+    assert tb.keepalive_at == pair.clock.now + KEEPALIVE_TIMEOUT
+    assert tb.new_handshake_at is None
+
+
+def test_keepalives_are_not_data_for_the_timers() -> None:
+    # send.go: dataSent only for packets longer than a keepalive; receive.go: a keepalive
+    # is an authenticated receive but not timersDataReceived. A persistent keepalive to a
+    # silent peer starts no new handshake, and a received one gets no passive answer.
+    pair = established()
+    pair.a.set_persistent_keepalive(pair.b.public_key, 25, pair.clock.now)
+    silence(pair, "b")
+    start = len(pair.net.sent)
+    pair.net.tick(60)
+    assert sent_by(pair, "a", start) == [KEEPALIVE, KEEPALIVE, KEEPALIVE]  # 0, 25, 50 s
+    assert sent_by(pair, "b", start) == []
