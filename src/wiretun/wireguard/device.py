@@ -467,7 +467,13 @@ class Device:
     def _after_receive(
         self, peer: Peer, src: Endpoint, kp: Keypair | None, got_data: bool, now: float
     ) -> None:
-        """Per-peer bookkeeping once per batch: roaming, timers, last-minute rekey."""
+        """Per-peer bookkeeping once per batch: roaming, timers, last-minute rekey, and then
+        the packets that a handshake completed in this batch released.
+
+        As in wireguard-go, what was received is accounted for before anything it causes is
+        sent, so the staged data sent on a response or a key confirmation arms the "no
+        answer in 15 s" timer (timersDataSent) after the receive cleared it.
+        """
         self._set_endpoint_from(peer, src)
         timers = peer.timers
         timers.authenticated_received(now)
@@ -482,6 +488,12 @@ class Device:
         ):
             peer.sent_last_minute_handshake = True
             send_initiation(self, peer, now, retry=False)
+        # Packets only wait while there is no session to send them with: staged packets and
+        # a usable current keypair mean this batch completed a handshake (see `_confirm`
+        # and control's response handling, which leave the sending to here).
+        current = peer.current
+        if peer.staged and current is not None and current.can_send(now):
+            self._flush_staged(peer, now)
 
     def _set_endpoint_from(self, peer: Peer, src: Endpoint) -> None:
         new = (src[0], src[1])
@@ -498,7 +510,7 @@ class Device:
         if dead is not None:
             self._index.drop_keypair(dead)
         handshake_complete(self, peer, kp, now)
-        self._flush_staged(peer, now)
+        # The staged packets go out in `_after_receive`, after the batch's receive timers.
 
     def receive_gro(
         self,
@@ -819,13 +831,16 @@ class Device:
                 if action is TimerAction.RETRANSMIT_HANDSHAKE:
                     send_initiation(self, peer, now, retry=True)
                 elif action is TimerAction.GIVE_UP_HANDSHAKE:
-                    self._forget_pending(peer)
+                    # The pending handshake stays until the zero-keys timer (wireguard-go):
+                    # a late response to the last initiation still completes it.
                     dropped = self._drop_staged(peer, "handshake_timeout")
                     self._events.append(HandshakeFailed(peer.public_key, dropped))
                 elif action is TimerAction.NEW_HANDSHAKE:
                     send_initiation(self, peer, now, retry=False)
                 elif action is TimerAction.ZERO_KEYS:
+                    # wireguard-go's ZeroAndFlushAll: the staged packets go with the keys.
                     self._forget_sessions(peer)
+                    self._drop_staged(peer, "keys_zeroed")
                     self._events.append(KeysZeroed(peer.public_key))
                 else:  # SEND_KEEPALIVE, PERSISTENT_KEEPALIVE
                     self._send_keepalive(peer, now)

@@ -29,6 +29,7 @@ DROP_REASONS: Final = (
     "no_endpoint",  # peer has no endpoint to send to
     "queue_full",  # staged queue overflow: the oldest packet was dropped
     "handshake_timeout",  # staged packets dropped when handshake attempts gave up
+    "keys_zeroed",  # staged packets dropped with all key material (540 s without a session)
     "peer_removed",  # staged packets dropped with their peer
 )
 
