@@ -21,13 +21,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from wiretun import datapath
 from wiretun.netdev.errors import NetdevError
 from wiretun.netdev.manager import TunDeviceManager
 from wiretun.tun import Tun, TunBroken, TunClosed
 from wiretun.tun.inline import InlineTun
 from wiretun.tunnel.backend import DeviceBackend
 from wiretun.tunnel.config import ConfigError, TunnelConfig, is_valid_ifname, load_config
-from wiretun.tunnel.loop import TunnelLoop
+from wiretun.tunnel.loop import FramePath, TunnelLoop
 from wiretun.tunnel.pidfile import remove_pid_file, write_pid_file
 from wiretun.tunnel.routing import FwmarkFollower, configured_fwmark, routing_table
 from wiretun.tunnel.uapi import UapiInUseError, UapiServer
@@ -259,12 +260,17 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
             return 1
         socks = _Sockets(udp)
         stack.callback(socks.close)
+        # The native batch data path unless WIRETUN_PURE=1 or it is not built; the pure
+        # twin is slower than the per-packet path, so without native we run that one.
+        data_path = datapath.load()
+        batched = data_path is datapath.NATIVE
         device = Device(
             iface.private_key,
             listen_port=udp.port,
             fwmark=fwmark or None,
             wall_clock_offset=time.time() - loop.time(),
             mtu=mtu,
+            datapath=data_path if batched else None,
         )
         tunnel: TunnelLoop | None = None
 
@@ -323,6 +329,7 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
                     mtu=mtu,
                     offload=opts.offload,
                     verify_checksums=False,
+                    frames=batched and opts.offload,
                 )
             else:
                 tun = Tun.open(
@@ -331,6 +338,7 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
                     mtu=mtu,
                     offload=opts.offload,
                     verify_checksums=False,
+                    frames=batched and opts.offload,
                 )
         except OSError as e:
             print(f"wiretun up: cannot create TUN {name}: {e}", file=sys.stderr)
@@ -354,17 +362,22 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
             socks.udp.set_fwmark(manager.fwmark)
             device.fwmark = manager.fwmark
 
-        tunnel = TunnelLoop(tun, device, socks.udp)
+        frames = None
+        if batched:
+            vnet = opts.offload
+            frames = FramePath(vnet, data_path.coalescer(vnet=vnet, udp=tun.uso))
+        tunnel = TunnelLoop(tun, device, socks.udp, frames=frames)
         stack.callback(lambda: _remove_pid_file(pid_path(name)))
         _write_pid_file(name)
         log.info(
-            "%s up: port %d, %d peer(s), mtu %d, queues %d, offload %s",
+            "%s up: port %d, %d peer(s), mtu %d, queues %d, offload %s, data path %s",
             name,
             socks.udp.port,
             len(device.peers),
             mtu,
             opts.queues,
             opts.offload,
+            "native" if batched else "pure",
         )
         _signal_ready(opts.ready_fd)
 
