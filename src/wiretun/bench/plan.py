@@ -35,6 +35,7 @@ QUICK_WORKLOADS = ("tcp", "tcp-rev", "ping")
 DEFAULT_PATHS = (
     "veth",
     "wireguard-go",
+    "kernel-wg",
     "wiretun-q1",
     "wiretun-q2",
     "wiretun-q4",
@@ -54,6 +55,7 @@ class Plan:
     ping_interval: float
     offload: bool  # for the wiretun kinds that do not pin it in their name
     quick: bool
+    wireguard_go: str | None = None  # --wireguard-go as given; None: Debian's from PATH
 
     def steps(self) -> list[tuple[int, Workload, str]]:
         """(repeat, workload, path) in run order: paths interleaved, A B C A B C."""
@@ -80,6 +82,7 @@ def make_plan(
     duration: float | None = None,
     udp_rate_mbps: int = 500,
     offload: bool = True,
+    wireguard_go: str | None = None,
 ) -> Plan:
     paths = (
         parse_names(only, DEFAULT_PATHS, "path")
@@ -95,6 +98,8 @@ def make_plan(
         raise ValueError("--repeats must be at least 1")
     if duration is not None and duration < 1:
         raise ValueError("--duration must be at least 1 second")
+    if wireguard_go is not None and "wireguard-go" not in paths:
+        raise ValueError("--wireguard-go is for the wireguard-go path, which --only leaves out")
     return Plan(
         paths=paths,
         workloads=tuple(WORKLOADS[n] for n in wnames),
@@ -105,4 +110,5 @@ def make_plan(
         ping_interval=0.2,
         offload=offload,
         quick=quick,
+        wireguard_go=wireguard_go,
     )
