@@ -34,7 +34,9 @@ def test_every_default_path_has_a_kind() -> None:
     assert isinstance(kinds[2], KernelWgPath)
     assert [k.needs_tun for k in kinds[:3]] == [False, True, False]
     wiretun = [k for k in kinds if isinstance(k, WiretunPath)]
-    assert [(k.queues, k.offload) for k in wiretun] == [(1, True), (2, True), (4, True), (1, False)]
+    assert [(k.queues, k.offload, k.pure) for k in wiretun] == [
+        (1, True, False), (2, True, False), (4, True, False), (1, False, False), (1, True, True),
+    ]  # fmt: skip
 
 
 def test_global_no_offload_applies_to_wiretun_kinds() -> None:
@@ -70,10 +72,21 @@ def test_wg_quick_config() -> None:
 def test_wiretun_up_command() -> None:
     cmd = WiretunPath(4, offload=False).command(Path("/tmp/x.conf"), "wtt9")
     assert cmd == [
+        "env", "WIRETUN_PURE=0",
         sys.executable, "-m", "wiretun", "up", "/tmp/x.conf", "--interface", "wtt9",
-        "--queues", "4", "--no-offload",
+        "--queues", "4", "--no-offload", "--no-tun-threads",
     ]  # fmt: skip
-    assert WiretunPath(1, offload=True).command(Path("c"), "i")[-1] == "--offload"
+    assert "--offload" in WiretunPath(1, offload=True).command(Path("c"), "i")
+    pure = path_kind("wiretun-q2-pure-threads")
+    assert isinstance(pure, WiretunPath) and (pure.queues, pure.pure, pure.threads) == (
+        2,
+        True,
+        True,
+    )
+    assert pure.command(Path("c"), "i")[1] == "WIRETUN_PURE=1"
+    assert "--tun-threads" in pure.command(Path("c"), "i")
+    with pytest.raises(ValueError, match="unknown path"):
+        path_kind("wiretun-q1-pure-pure")
 
 
 def test_wireguard_go_missing_is_a_skip_reason(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ def test_full_defaults() -> None:
     assert plan.paths == DEFAULT_PATHS
     assert plan.paths == (
         "veth", "wireguard-go", "kernel-wg", "wiretun-q1", "wiretun-q2", "wiretun-q4",
-        "wiretun-q1-nooffload",
+        "wiretun-q1-nooffload", "wiretun-q1-pure",
     )  # fmt: skip
     assert [w.name for w in plan.workloads] == ["tcp", "tcp-rev", "tcp-p4", "udp", "ping"]
     assert (plan.repeats, plan.duration) == (3, 8.0)

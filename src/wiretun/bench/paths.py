@@ -365,10 +365,21 @@ class WiretunPath(_TunnelPath):
 
     ifprefix = "wtt"
 
-    def __init__(self, queues: int, offload: bool, name: str | None = None) -> None:
+    def __init__(
+        self,
+        queues: int,
+        offload: bool,
+        name: str | None = None,
+        *,
+        pure: bool = False,
+        threads: bool = False,
+    ) -> None:
         self.queues = queues
         self.offload = offload
-        self.name = name or f"wiretun-q{queues}" + ("" if offload else "-nooffload")
+        self.pure = pure  # WIRETUN_PURE=1: the per-packet Python data path
+        self.threads = threads  # --tun-threads: the threaded Tun
+        flags = ("" if offload else "-nooffload") + ("-pure" if pure else "")
+        self.name = name or f"wiretun-q{queues}" + flags + ("-threads" if threads else "")
 
     def unavailable(self) -> str | None:
         if not os.path.exists("/dev/net/tun"):
@@ -383,8 +394,10 @@ class WiretunPath(_TunnelPath):
 
     def command(self, config: Path, ifname: str) -> list[str]:
         return [
+            "env", f"WIRETUN_PURE={int(self.pure)}",
             sys.executable, "-m", "wiretun", "up", str(config), "--interface", ifname,
             "--queues", str(self.queues), "--offload" if self.offload else "--no-offload",
+            "--tun-threads" if self.threads else "--no-tun-threads",
         ]  # fmt: skip
 
     def start_end(
@@ -412,9 +425,16 @@ def path_kind(name: str, offload: bool = True, wireguard_go: str | None = None) 
     if name == "kernel-wg":
         return KernelWgPath()
     if name.startswith("wiretun-q"):
-        spec = name.removeprefix("wiretun-q")
-        nooffload = spec.endswith("-nooffload")
-        queues = spec.removesuffix("-nooffload")
-        if queues.isdigit() and int(queues) > 0:
-            return WiretunPath(int(queues), offload and not nooffload, name)
+        # wiretun-q<N>[-nooffload][-pure][-threads]
+        queues, *flags = name.removeprefix("wiretun-q").split("-")
+        known = {"nooffload", "pure", "threads"}
+        valid = set(flags) <= known and len(set(flags)) == len(flags)
+        if queues.isdigit() and int(queues) > 0 and valid:
+            return WiretunPath(
+                int(queues),
+                offload and "nooffload" not in flags,
+                name,
+                pure="pure" in flags,
+                threads="threads" in flags,
+            )
     raise ValueError(f"unknown path {name!r}")

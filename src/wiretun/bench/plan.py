@@ -40,6 +40,7 @@ DEFAULT_PATHS = (
     "wiretun-q2",
     "wiretun-q4",
     "wiretun-q1-nooffload",
+    "wiretun-q1-pure",
 )
 QUICK_PATHS = ("veth", "wireguard-go", "wiretun-q1")
 
