@@ -65,12 +65,33 @@ static inline void wrle64(uint8_t *p, uint64_t v) { wrle32(p, (uint32_t)v); wrle
 static inline uint16_t rdne16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline void wrne16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
 
-/* Sum of big-endian 16-bit words (odd tail zero-padded), not folded. */
+/* The sum of `p` as big-endian 16-bit words (odd tail zero-padded), folded to 16 bits: a
+ * value congruent to the plain word sum modulo 0xffff and zero exactly when every byte is.
+ * Summed as native 32-bit words (RFC 1071: the one's-complement sum does not depend on byte
+ * order up to a final swap), eight bytes a step. */
 static uint64_t sum16(const uint8_t *p, size_t n) {
     uint64_t s = 0;
     size_t i = 0;
-    for (; i + 1 < n; i += 2) s += ((uint32_t)p[i] << 8) | p[i + 1];
-    if (i < n) s += (uint32_t)p[i] << 8;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        s += (w & 0xFFFFFFFFu) + (w >> 32);
+    }
+    for (; i + 2 <= n; i += 2) {
+        uint16_t w;
+        memcpy(&w, p + i, 2);
+        s += w;
+    }
+    if (i < n) {
+        uint8_t tail[2] = {p[i], 0};
+        uint16_t w;
+        memcpy(&w, tail, 2);
+        s += w;
+    }
+    while (s >> 16) s = (s & 0xFFFF) + (s >> 16);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    s = ((s & 0xFF) << 8) | (s >> 8);
+#endif
     return s;
 }
 
