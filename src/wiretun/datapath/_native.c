@@ -341,7 +341,8 @@ static PyObject *dp_seal(PyObject *self, PyObject *args) {
         }
         nsegs += fr[i].nseg;
     }
-    if (nsegs && counter + nsegs < counter) { PyErr_SetString(PyExc_OverflowError, "counter"); goto done; }
+    /* counters counter .. counter + nsegs - 1 must all fit in 64 bits (the last may be 2**64 - 1) */
+    if (nsegs && counter + (nsegs - 1) < counter) { PyErr_SetString(PyExc_OverflowError, "counter"); goto done; }
     out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
     groups = PyMem_Calloc(nsegs + 1, sizeof *groups);
     ctx = EVP_CIPHER_CTX_new();

@@ -40,6 +40,7 @@ OVERHEAD: Final = 32  # transport header (16) + tag (16)
 _HEADER = struct.Struct("<IIQ")
 _NONCE = struct.Struct("<4xQ")
 _PAD = [bytes(n) for n in range(16)]
+_MAX_COUNTER: Final = 2**64 - 1
 
 Buffer = bytes | bytearray | memoryview
 
@@ -100,7 +101,8 @@ def seal(
     vnet: bool,
 ) -> tuple[bytes, list[tuple[int, int]], int, dict[str, int]]:
     """Seal every segment of `frames` with consecutive counters from `counter`: (buffer of
-    transport messages, its UDP_SEGMENT groups, counters used, frame drops by reason)."""
+    transport messages, its UDP_SEGMENT groups, counters used, frame drops by reason).
+    OverflowError when they would run past 2**64 - 1 (the core stops far before that)."""
     if len(key) != 32:
         raise ValueError("keys are 32 bytes")
     if mtu < 0 or max_bytes <= 0:
@@ -111,6 +113,8 @@ def seal(
     ctr = counter
     for frame in frames:
         for seg in _segments_of(frame, vnet, stats):
+            if ctr > _MAX_COUNTER:
+                raise OverflowError("counter")
             padded = seg + _PAD[padding_size(len(seg), mtu)]
             messages.append(
                 _HEADER.pack(4, receiver, ctr) + aead.encrypt(_NONCE.pack(ctr), padded, None)
