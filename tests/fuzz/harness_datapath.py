@@ -61,8 +61,11 @@ def _native() -> Any:
 
 def exact(data: bytes) -> array.array[int]:
     """A copy in an allocation of exactly len(data) bytes (bytes keep a spare NUL at the end):
-    with PYTHONMALLOC=malloc under ASan, a read one byte past it is a heap overflow."""
-    return array.array("B", data)
+    with PYTHONMALLOC=malloc under ASan, a read one byte past it is a heap overflow. (Built
+    by repetition, which allocates exactly; array("B", data) would over-allocate.)"""
+    out = array.array("B", b"\0") * len(data)
+    memoryview(out)[:] = data
+    return out
 
 
 def pack_items(items: Sequence[bytes]) -> bytes:
