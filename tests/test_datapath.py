@@ -276,6 +276,23 @@ def test_coalescer_native_equals_pure(seed: int, udp: bool, vnet: bool) -> None:
     assert a.pending() == 0 and a.finish() == []
 
 
+def test_empty_packet_first_into_a_fresh_coalescer() -> None:
+    """Regression (UBSan, native_coalesce harness): the first packet being empty left the
+    Coalescer's arena unallocated and add() did memcpy(NULL, buf, 0), undefined behaviour.
+    Now the arena is always allocated; the frames equal the twin's (a bare vnet header)."""
+    for vnet in (True, False):
+        a, b = native.Coalescer(vnet=vnet), pure.Coalescer(vnet=vnet)
+        for p in (b"", packet(Flow(), b"x"), b""):
+            a.add(p)
+            b.add(p)
+        assert a.finish() == b.finish()
+    # The same through open_run: a keepalive first, then an empty inner packet is refused.
+    c = native.Coalescer()
+    ka = message(5, 0, b"")
+    r = native.open_run(ka, 0, len(ka), KEY, 5, bytearray(8192), 0, b"", b"", c)
+    assert r[2] == 1 and not r[4] and c.finish() == []
+
+
 def test_source_table_longest_match() -> None:
     assert pure.source_allowed(ALLOW4, bytes([10, 1, 2, 3]))
     assert not pure.source_allowed(ALLOW4, bytes([10, 0, 0, 99]))

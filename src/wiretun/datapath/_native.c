@@ -129,7 +129,9 @@ static size_t padding_size(size_t length, size_t mtu) {
 typedef struct { uint8_t *p; size_t len, cap; } buf_t;
 
 static int buf_reserve(buf_t *b, size_t extra) {
-    if (b->len + extra <= b->cap) return 0;
+    /* Always leave p allocated, also for 0 bytes: memcpy to/from NULL is undefined even
+     * for length 0 (UBSan: an empty first packet in a fresh Coalescer). */
+    if (b->p != NULL && b->len + extra <= b->cap) return 0;
     size_t cap = b->cap ? b->cap : 4096;
     while (cap < b->len + extra) cap *= 2;
     uint8_t *p = realloc(b->p, cap);
