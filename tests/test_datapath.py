@@ -296,3 +296,29 @@ def test_native_replay_window_is_the_cores(steps: list[int]) -> None:
         nxt = r[1]
         assert (r[2] == 1) == window.check_and_mark(counter)
         assert nxt - 1 == window.last and ring == window.ring
+
+
+def test_integer_arguments_are_range_checked_alike() -> None:
+    f = Flow()
+    frame = super_frame(f, segments(f, bytes(3000), 1000), 1000)
+    ring = bytearray(8192)
+    for backend in (native, pure):
+        # The last counter of a 64-bit space may be used; one more may not.
+        assert backend.seal([frame], KEY, 1, 2**64 - 3, 1420, MAX4, True)[2] == 3
+        for receiver, counter in ((2**32, 0), (-1, 0), (0, -1), (0, 2**64 - 2)):
+            with pytest.raises(ValueError, match="out of range"):
+                backend.seal([frame], KEY, receiver, counter, 1420, MAX4, True)
+        c = backend.Coalescer()
+        for receiver, nxt in ((2**32, 0), (0, -1), (0, 2**64)):
+            with pytest.raises(ValueError, match="out of range"):
+                backend.open_run(b"", 0, 100, KEY, receiver, ring, nxt, b"", b"", c)
+
+
+def test_empty_packet_into_a_fresh_coalescer() -> None:
+    """UBSan found memcpy into a NULL arena for a first packet of 0 bytes."""
+    for vnet in (True, False):
+        c = native.Coalescer(vnet=vnet)
+        c.add(b"")
+        p = pure.Coalescer(vnet=vnet)
+        p.add(b"")
+        assert c.finish() == p.finish()

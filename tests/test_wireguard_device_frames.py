@@ -73,6 +73,12 @@ def gro(datagrams: list[bytes]) -> list[tuple[bytes, int]]:
     out: list[tuple[bytes, int]] = []
     group: list[bytes] = []
     for d in datagrams:
+        if not d:  # an empty datagram is a receive of its own
+            if group:
+                out.append((b"".join(group), len(group[0])))
+                group = []
+            out.append((d, 1))
+            continue
         if group and (len(d) > len(group[0]) or len(group[-1]) < len(group[0])):
             out.append((b"".join(group), len(group[0])))
             group = []

@@ -105,12 +105,18 @@ def seal(
         raise ValueError("keys are 32 bytes")
     if mtu < 0 or max_bytes <= 0:
         raise ValueError("bad mtu or max_bytes")
+    if not 0 <= receiver <= 0xFFFFFFFF:
+        raise ValueError("receiver out of range")
+    if not 0 <= counter < 2**64:
+        raise ValueError("counter out of range")
     aead = ChaCha20Poly1305(key)
     stats = OffloadStats()
     messages: list[bytes] = []
     ctr = counter
     for frame in frames:
         for seg in _segments_of(frame, vnet, stats):
+            if ctr >= 2**64:
+                raise ValueError("counter out of range")
             padded = seg + _PAD[padding_size(len(seg), mtu)]
             messages.append(
                 _HEADER.pack(4, receiver, ctr) + aead.encrypt(_NONCE.pack(ctr), padded, None)
@@ -193,8 +199,10 @@ def open_run(
     size = len(data)
     if offset < 0 or segment <= 0 or offset > size:
         raise ValueError("bad offset or segment")
-    if next_counter > REJECT_AFTER_MESSAGES:
-        raise ValueError("bad replay position")
+    if not 0 <= receiver <= 0xFFFFFFFF:
+        raise ValueError("receiver out of range")
+    if not 0 <= next_counter <= REJECT_AFTER_MESSAGES:
+        raise ValueError("replay position out of range")
     view = memoryview(data)
     aead = ChaCha20Poly1305(key)
     replay = decrypt = bad_packet = allowed = opened = rx = 0

@@ -534,6 +534,9 @@ class Device:
         for data, segment, src in buffers:
             size = len(data)
             pos = 0
+            if not size:  # an empty datagram: counted where every datagram is
+                self.receive_datagrams([(data, src)], now)
+                continue
             while pos < size:
                 if size - pos >= TRANSPORT_MIN_SIZE and data[pos] == MSG_TRANSPORT:
                     kind, receiver, _ = _HEADER.unpack_from(data, pos)
