@@ -663,7 +663,8 @@ class Device:
         kp.send_counter += used
         self._sealed += used
         peer.tx_bytes += len(buf)
-        self._frame_drops.update(dropped)
+        if dropped:  # Counter.update costs an ABC check even when empty
+            self._frame_drops.update(dropped)
         if buf:
             self._gso_out.append((endpoint, buf, groups))
 
