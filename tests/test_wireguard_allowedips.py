@@ -117,9 +117,7 @@ def test_source_table_agrees_with_lookup(
     table: AllowedIPs[str] = AllowedIPs()
     owners = ["a", "b", "c"]
     for who, addr, plen in prefixes:
-        table.insert(
-            ipaddress.IPv4Network((addr >> (32 - plen) << (32 - plen), plen)), owners[who]
-        )
+        table.insert(ipaddress.IPv4Network((addr >> (32 - plen) << (32 - plen), plen)), owners[who])
     for who, addr, plen in v6:
         table.insert(
             ipaddress.IPv6Network((addr >> (128 - plen) << (128 - plen), plen)), owners[who]
