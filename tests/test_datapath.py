@@ -113,6 +113,20 @@ def test_seal_groups_follow_udp_segment_rules() -> None:
     assert [s for s, _ in groups].count(groups[0][0]) >= 2
 
 
+def test_seal_may_use_the_last_counter() -> None:
+    """Regression (found by the native_seal fuzzer): native refused counter 2**64 - 1 for a
+    single segment (its overflow check was off by one) while pure sealed it; past 2**64 pure
+    raised struct.error. Now both seal up to 2**64 - 1 and raise ValueError beyond."""
+    pkt = packet(Flow(), b"last")
+    for backend in (native, pure):
+        buf, _, used, _ = backend.seal([pkt], KEY, 1, 2**64 - 1, 1420, MAX4, False)
+        assert used == 1 and struct.unpack_from("<Q", buf, 8) == (2**64 - 1,)
+        got = backend.seal([pkt, pkt], KEY, 1, 2**64 - 2, 1420, MAX4, False)
+        assert got == native.seal([pkt, pkt], KEY, 1, 2**64 - 2, 1420, MAX4, False)
+        with pytest.raises(ValueError, match="counter out of range"):
+            backend.seal([pkt, pkt], KEY, 1, 2**64 - 1, 1420, MAX4, False)
+
+
 def test_segments_counts_without_sealing() -> None:
     f = Flow()
     segs = segments(f, bytes(10000), 1000)

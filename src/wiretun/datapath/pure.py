@@ -100,7 +100,8 @@ def seal(
     vnet: bool,
 ) -> tuple[bytes, list[tuple[int, int]], int, dict[str, int]]:
     """Seal every segment of `frames` with consecutive counters from `counter`: (buffer of
-    transport messages, its UDP_SEGMENT groups, counters used, frame drops by reason)."""
+    transport messages, its UDP_SEGMENT groups, counters used, frame drops by reason).
+    ValueError when they would run past 2**64 - 1 (the core stops far before that)."""
     if len(key) != 32:
         raise ValueError("keys are 32 bytes")
     if mtu < 0 or max_bytes <= 0:
