@@ -199,13 +199,22 @@ def gro_buffers(rng: random.Random, plains: list[bytes], receiver: int) -> list[
         elif r < 0.06:
             m[0] = 1  # a handshake-looking message
         msgs.append(bytes(m))
+    return gro(msgs)
+
+
+def gro(datagrams: list[bytes]) -> list[tuple[bytes, int]]:
+    """Datagrams as UDP GRO hands them over: (buffer, segment size) of consecutive equal
+    sizes, a shorter one last; an empty datagram is a receive of its own."""
     out: list[tuple[bytes, int]] = []
     group: list[bytes] = []
-    for msg in msgs:
-        if group and (len(msg) > len(group[0]) or len(group[-1]) < len(group[0])):
+    for d in datagrams:
+        if group and (not d or len(d) > len(group[0]) or len(group[-1]) < len(group[0])):
             out.append((b"".join(group), len(group[0])))
             group = []
-        group.append(msg)
+        if not d:
+            out.append((d, 1))
+            continue
+        group.append(d)
     if group:
         out.append((b"".join(group), len(group[0])))
     return out
