@@ -61,3 +61,10 @@ def test_wireguard_go_binary_needs_the_wireguard_go_path() -> None:
     assert make_plan(quick=True).wireguard_go is None
     with pytest.raises(ValueError, match="--wireguard-go is for the wireguard-go path"):
         make_plan(quick=True, only="veth,wiretun-q1", wireguard_go="/opt/wg/wireguard-go")
+
+
+def test_wiretun_variants_beyond_the_defaults() -> None:
+    plan = make_plan(quick=True, only="wiretun-q2-threads,wiretun-q1-nooffload-pure")
+    assert plan.paths == ("wiretun-q2-threads", "wiretun-q1-nooffload-pure")
+    with pytest.raises(ValueError, match="unknown path wiretun-q0"):
+        make_plan(quick=True, only="wiretun-q0")

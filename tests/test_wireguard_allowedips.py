@@ -116,22 +116,20 @@ def test_source_table_agrees_with_lookup(
 
     table: AllowedIPs[str] = AllowedIPs()
     owners = ["a", "b", "c"]
-    for owner, addr, plen in prefixes:
+    for who, addr, plen in prefixes:
+        table.insert(ipaddress.IPv4Network((addr >> (32 - plen) << (32 - plen), plen)), owners[who])
+    for who, addr, plen in v6:
         table.insert(
-            ipaddress.IPv4Network((addr >> (32 - plen) << (32 - plen), plen)), owners[owner]
-        )
-    for owner, addr, plen in v6:
-        table.insert(
-            ipaddress.IPv6Network((addr >> (128 - plen) << (128 - plen), plen)), owners[owner]
+            ipaddress.IPv6Network((addr >> (128 - plen) << (128 - plen), plen)), owners[who]
         )
     # Probe inside every prefix too, not only at random.
     addrs = [p.to_bytes(4, "big") for p in probes] + [a.to_bytes(4, "big") for _, a, _ in prefixes]
     addrs += [a.to_bytes(16, "big") for _, a, _ in v6]
-    for owner in owners:
-        t4, t6 = table.source_table(owner)
-        for addr in addrs:
-            want = table.lookup(addr) == owner
-            assert source_allowed(t4 if len(addr) == 4 else t6, addr) == want, (owner, addr)
+    for name in owners:
+        t4, t6 = table.source_table(name)
+        for probe in addrs:
+            want = table.lookup(probe) == name
+            assert source_allowed(t4 if len(probe) == 4 else t6, probe) == want, (name, probe)
 
 
 def test_source_table_is_rebuilt_after_a_change() -> None:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from test_datapath import frame_for
+from test_datapath import frame_for, gro
 from wiretun import datapath
 from wiretun.datapath import Backend
 from wiretun.testing.wgpair import WgPair, ipv4_packet, make_pair
@@ -66,20 +66,6 @@ def test_send_frames_equals_send_packets(backend: Backend, seed: int, vnet: bool
     assert got.drops == want.drops
     assert got.frame_drops == dict(decoded.dropped)
     assert (got.packets_sealed, got.peers) == (want.packets_sealed, want.peers)
-
-
-def gro(datagrams: list[bytes]) -> list[tuple[bytes, int]]:
-    """Datagrams as UDP GRO hands them over: consecutive equal sizes, a shorter one last."""
-    out: list[tuple[bytes, int]] = []
-    group: list[bytes] = []
-    for d in datagrams:
-        if group and (len(d) > len(group[0]) or len(group[-1]) < len(group[0])):
-            out.append((b"".join(group), len(group[0])))
-            group = []
-        group.append(d)
-    if group:
-        out.append((b"".join(group), len(group[0])))
-    return out
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)

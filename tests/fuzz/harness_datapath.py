@@ -2,8 +2,8 @@
 
 Three harnesses, one per native entry point; each runs an input through both backends and
 fails on any difference (results, drop counts, ring bytes, TUN frames) or on an exception
-other than the documented ones: ValueError for bad arguments, OverflowError for counters past
-2**64 - 1 (both sides must raise it then). Under scripts/fuzz_native_asan.sh the extension is
+other than the documented one: ValueError for bad arguments, counters past 2**64 - 1
+included (both sides must raise it then). Under scripts/fuzz_native_asan.sh the extension is
 an AddressSanitizer/UBSan build and the native side gets its buffers as exactly sized
 allocations (`array.array`), so a read or write one byte past what the network or the TUN
 handed over aborts the run.
@@ -154,7 +154,7 @@ def seal_seeds() -> list[bytes]:
         seal_input([b"", b"\x45", payload(1500)], vnet=False, mtu=4, counter=2),
         seal_input([super_packet(v4, 400, 100)] * 3, counter=5),  # 12 counters below 2**64
         seal_input([packet(v4, b"last")], counter=6),  # counter 2**64 - 1: the very last one
-        seal_input([super_packet(v4, 200, 100)], counter=6),  # past 2**64: OverflowError
+        seal_input([super_packet(v4, 200, 100)], counter=6),  # past 2**64: ValueError
         # Big ones: super-packets near 64 KB and the 256-segment limit (kept in code only).
         seal_input([super_packet(v4, 65535 - 40, 1368), packet(v4, b"tail")]),
         seal_input([super_packet(v4, 256 * 255, 255)], mtu=0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -63,10 +64,21 @@ class Plan:
         return [(r, w, p) for r in range(self.repeats) for w in self.workloads for p in self.paths]
 
 
-def parse_names(text: str, known: tuple[str, ...] | list[str], what: str) -> tuple[str, ...]:
-    """Comma-separated names, checked against `known`; raises ValueError naming the bad ones."""
+# Variants of the wiretun path beyond the defaults: any queue count, offloads off, the pure
+# data path (WIRETUN_PURE=1), the threaded TUN (--tun-threads).
+WIRETUN_VARIANT = re.compile(r"wiretun-q[1-9][0-9]*(-nooffload)?(-pure)?(-threads)?")
+
+
+def parse_names(
+    text: str,
+    known: tuple[str, ...] | list[str],
+    what: str,
+    variants: re.Pattern[str] | None = None,
+) -> tuple[str, ...]:
+    """Comma-separated names, checked against `known` (or matching `variants`); raises
+    ValueError naming the bad ones."""
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    bad = [n for n in names if n not in known]
+    bad = [n for n in names if n not in known and not (variants and variants.fullmatch(n))]
     if bad or not names:
         raise ValueError(
             f"unknown {what} {', '.join(bad) or '(none given)'}; known: {', '.join(known)}"
@@ -86,7 +98,7 @@ def make_plan(
     wireguard_go: str | None = None,
 ) -> Plan:
     paths = (
-        parse_names(only, DEFAULT_PATHS, "path")
+        parse_names(only, DEFAULT_PATHS, "path", WIRETUN_VARIANT)
         if only
         else (QUICK_PATHS if quick else DEFAULT_PATHS)
     )

@@ -129,9 +129,7 @@ static size_t padding_size(size_t length, size_t mtu) {
 typedef struct { uint8_t *p; size_t len, cap; } buf_t;
 
 static int buf_reserve(buf_t *b, size_t extra) {
-    /* Always leave p allocated, also for 0 bytes: memcpy to/from NULL is undefined even
-     * for length 0 (UBSan: an empty first packet in a fresh Coalescer). */
-    if (b->p != NULL && b->len + extra <= b->cap) return 0;
+    if (b->p != NULL && b->len + extra <= b->cap) return 0; /* never memcpy to NULL */
     size_t cap = b->cap ? b->cap : 4096;
     while (cap < b->len + extra) cap *= 2;
     uint8_t *p = realloc(b->p, cap);
@@ -272,6 +270,33 @@ static void build_segment(const frame_t *f, size_t i, uint8_t *dst) {
     else wr16(dst + f->csum_at, 0xFFFF - m);
 }
 
+/* ---------------------------------------------------------------- argument checks */
+
+/* An unsigned Python int <= max, else ValueError (PyArg's I/K formats would wrap). */
+static int as_unsigned(PyObject *obj, unsigned long long max, const char *what, unsigned long long *out) {
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int", what);
+        return -1;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    unsigned long long u;
+    if (overflow > 0) {
+        u = PyLong_AsUnsignedLongLong(obj);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            overflow = -1; /* beyond 64 bits: out of range below */
+        }
+    }
+    if (overflow < 0 || (overflow == 0 && v < 0) || (overflow == 0 ? (unsigned long long)v : u) > max) {
+        PyErr_Format(PyExc_ValueError, "%s out of range", what);
+        return -1;
+    }
+    *out = overflow == 0 ? (unsigned long long)v : u;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- outbound: seal */
 
 typedef struct { Py_ssize_t size, count, bytes; } group_t;
@@ -307,12 +332,17 @@ PyDoc_STRVAR(seal_doc,
 static PyObject *dp_seal(PyObject *self, PyObject *args) {
     PyObject *frames_obj;
     Py_buffer key;
-    unsigned int receiver;
-    unsigned long long counter;
+    PyObject *receiver_obj, *counter_obj;
+    unsigned long long receiver, counter;
     Py_ssize_t mtu, max_bytes;
     int vnet;
-    if (!PyArg_ParseTuple(args, "Oy*IKnnp", &frames_obj, &key, &receiver, &counter, &mtu, &max_bytes, &vnet))
+    if (!PyArg_ParseTuple(args, "Oy*OOnnp", &frames_obj, &key, &receiver_obj, &counter_obj, &mtu, &max_bytes, &vnet))
         return NULL;
+    if (as_unsigned(receiver_obj, 0xFFFFFFFFu, "receiver", &receiver) < 0
+        || as_unsigned(counter_obj, UINT64_MAX, "counter", &counter) < 0) {
+        PyBuffer_Release(&key);
+        return NULL;
+    }
     PyObject *result = NULL, *out = NULL, *groups_list = NULL, *drops = NULL;
     Py_buffer *views = NULL;
     frame_t *fr = NULL;
@@ -343,8 +373,10 @@ static PyObject *dp_seal(PyObject *self, PyObject *args) {
         }
         nsegs += fr[i].nseg;
     }
-    /* counters counter .. counter + nsegs - 1 must all fit in 64 bits (the last may be 2**64 - 1) */
-    if (nsegs && counter + (nsegs - 1) < counter) { PyErr_SetString(PyExc_OverflowError, "counter"); goto done; }
+    if (nsegs && nsegs - 1 > UINT64_MAX - counter) { /* the last counter must fit 64 bits */
+        PyErr_SetString(PyExc_ValueError, "counter out of range");
+        goto done;
+    }
     out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
     groups = PyMem_Calloc(nsegs + 1, sizeof *groups);
     ctx = EVP_CIPHER_CTX_new();
@@ -814,11 +846,11 @@ PyDoc_STRVAR(open_run_doc,
 static PyObject *dp_open_run(PyObject *self, PyObject *args) {
     Py_buffer data, key, ring, a4, a6;
     Py_ssize_t offset, segment;
-    unsigned int receiver;
-    unsigned long long next;
+    PyObject *receiver_obj, *next_obj;
+    unsigned long long receiver, next;
     PyObject *cobj;
-    if (!PyArg_ParseTuple(args, "y*nny*Iw*Ky*y*O", &data, &offset, &segment, &key, &receiver, &ring,
-                          &next, &a4, &a6, &cobj))
+    if (!PyArg_ParseTuple(args, "y*nny*Ow*Oy*y*O", &data, &offset, &segment, &key, &receiver_obj, &ring,
+                          &next_obj, &a4, &a6, &cobj))
         return NULL;
     PyObject *result = NULL;
     EVP_CIPHER_CTX *ctx = NULL;
@@ -826,6 +858,9 @@ static PyObject *dp_open_run(PyObject *self, PyObject *args) {
     size_t drops[OD_COUNT] = {0};
     size_t opened = 0, rx = 0;
     int got_data = 0, failed = 0;
+    if (as_unsigned(receiver_obj, 0xFFFFFFFFu, "receiver", &receiver) < 0
+        || as_unsigned(next_obj, REJECT_AFTER_MESSAGES, "replay position", &next) < 0)
+        goto done;
     if (!PyObject_TypeCheck(cobj, &CoalescerType)) {
         PyErr_SetString(PyExc_TypeError, "coalescer must be a wiretun.datapath._native.Coalescer");
         goto done;
@@ -833,7 +868,6 @@ static PyObject *dp_open_run(PyObject *self, PyObject *args) {
     if (check_key(&key) < 0) goto done;
     if (ring.len != RING_SIZE) { PyErr_SetString(PyExc_ValueError, "ring must be 8192 bytes"); goto done; }
     if (offset < 0 || segment <= 0 || offset > data.len) { PyErr_SetString(PyExc_ValueError, "bad offset or segment"); goto done; }
-    if (next > REJECT_AFTER_MESSAGES) { PyErr_SetString(PyExc_ValueError, "bad replay position"); goto done; }
     c = (Coalescer *)cobj;
     if (busy_error(c) < 0) goto done;
     ctx = EVP_CIPHER_CTX_new();

@@ -40,7 +40,6 @@ OVERHEAD: Final = 32  # transport header (16) + tag (16)
 _HEADER = struct.Struct("<IIQ")
 _NONCE = struct.Struct("<4xQ")
 _PAD = [bytes(n) for n in range(16)]
-_MAX_COUNTER: Final = 2**64 - 1
 
 Buffer = bytes | bytearray | memoryview
 
@@ -102,19 +101,23 @@ def seal(
 ) -> tuple[bytes, list[tuple[int, int]], int, dict[str, int]]:
     """Seal every segment of `frames` with consecutive counters from `counter`: (buffer of
     transport messages, its UDP_SEGMENT groups, counters used, frame drops by reason).
-    OverflowError when they would run past 2**64 - 1 (the core stops far before that)."""
+    ValueError when they would run past 2**64 - 1 (the core stops far before that)."""
     if len(key) != 32:
         raise ValueError("keys are 32 bytes")
     if mtu < 0 or max_bytes <= 0:
         raise ValueError("bad mtu or max_bytes")
+    if not 0 <= receiver <= 0xFFFFFFFF:
+        raise ValueError("receiver out of range")
+    if not 0 <= counter < 2**64:
+        raise ValueError("counter out of range")
     aead = ChaCha20Poly1305(key)
     stats = OffloadStats()
     messages: list[bytes] = []
     ctr = counter
     for frame in frames:
         for seg in _segments_of(frame, vnet, stats):
-            if ctr > _MAX_COUNTER:
-                raise OverflowError("counter")
+            if ctr >= 2**64:
+                raise ValueError("counter out of range")
             padded = seg + _PAD[padding_size(len(seg), mtu)]
             messages.append(
                 _HEADER.pack(4, receiver, ctr) + aead.encrypt(_NONCE.pack(ctr), padded, None)
@@ -197,8 +200,10 @@ def open_run(
     size = len(data)
     if offset < 0 or segment <= 0 or offset > size:
         raise ValueError("bad offset or segment")
-    if next_counter > REJECT_AFTER_MESSAGES:
-        raise ValueError("bad replay position")
+    if not 0 <= receiver <= 0xFFFFFFFF:
+        raise ValueError("receiver out of range")
+    if not 0 <= next_counter <= REJECT_AFTER_MESSAGES:
+        raise ValueError("replay position out of range")
     view = memoryview(data)
     aead = ChaCha20Poly1305(key)
     replay = decrypt = bad_packet = allowed = opened = rx = 0

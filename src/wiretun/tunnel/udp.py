@@ -422,13 +422,12 @@ class UdpBind:
         copy per datagram, and nothing is reused, so they stay valid as long as they are held.
         """
         out: list[tuple[Datagram, Endpoint]] = []
-        socks = list(self._socks.values())
-        # Rotate the first reader, or a family that keeps a full batch queued would starve
-        # the other (an IPv6 peer's handshakes under IPv4 load).
-        first = self._recv_turn % len(socks) if socks else 0
-        self._recv_turn = first + 1
-        for s in socks[first:] + socks[:first]:
-            self._recv_from(s, out, max_datagrams)
+        for data, segment, endpoint in self.recv_buffers(max_datagrams):
+            if segment < len(data):
+                view = memoryview(data)
+                out += [(view[i : i + segment], endpoint) for i in range(0, len(data), segment)]
+            else:
+                out.append((data, endpoint))
         return out
 
     def recv_buffers(self, max_datagrams: int = 128) -> list[tuple[bytes, int, Endpoint]]:
@@ -437,6 +436,8 @@ class UdpBind:
         a plain one a single datagram (`segment` is then its length)."""
         out: list[tuple[bytes, int, Endpoint]] = []
         socks = list(self._socks.values())
+        # Rotate the first reader, or a family that keeps a full batch queued would starve
+        # the other (an IPv6 peer's handshakes under IPv4 load).
         first = self._recv_turn % len(socks) if socks else 0
         self._recv_turn = first + 1
         budget = [max_datagrams]
@@ -456,6 +457,7 @@ class UdpBind:
                 except BlockingIOError:
                     return
                 except ConnectionRefusedError:
+                    # An ICMP unreachable for an earlier send (peer not up yet): not fatal.
                     self.events["recv_connection_refused"] += 1
                     continue
                 except OSError as e:
@@ -478,52 +480,6 @@ class UdpBind:
                 n_in += count
                 budget[0] -= count
                 out.append((data, segment, (addr[0], addr[1])))
-        finally:
-            counters = self._n
-            counters["bytes_received"] += nbytes
-            counters["datagrams_received"] += n_in
-            counters["gro_receives"] += gro
-
-    def _recv_from(
-        self, s: _FamilySocket, out: list[tuple[Datagram, Endpoint]], max_datagrams: int
-    ) -> None:
-        recvmsg = s.sock.recvmsg
-        n_in = 0
-        nbytes = 0
-        gro = 0
-        try:
-            while len(out) < max_datagrams:
-                try:
-                    data, ancdata, flags, addr = recvmsg(RECV_BUFFER, _CMSG_SPACE)
-                except BlockingIOError:
-                    return
-                except ConnectionRefusedError:
-                    # An ICMP unreachable for an earlier send (peer not up yet): not fatal.
-                    self.events["recv_connection_refused"] += 1
-                    continue
-                except OSError as e:
-                    self._drop_error("recv", e, 1)
-                    return
-                endpoint: Endpoint = (addr[0], addr[1])
-                if flags & socket.MSG_TRUNC:
-                    self.drops["recv_truncated"] += 1
-                    continue
-                n = len(data)
-                nbytes += n
-                segment = 0
-                if ancdata:
-                    for level, kind, cdata in ancdata:
-                        if level == SOL_UDP and kind == UDP_GRO:
-                            segment = _INT.unpack_from(cdata.ljust(_INT.size, b"\0"))[0]
-                if 0 < segment < n:
-                    gro += 1
-                    view = memoryview(data)
-                    before = len(out)
-                    out += [(view[i : i + segment], endpoint) for i in range(0, n, segment)]
-                    n_in += len(out) - before
-                else:
-                    out.append((data, endpoint))
-                    n_in += 1
         finally:
             counters = self._n
             counters["bytes_received"] += nbytes

@@ -534,6 +534,9 @@ class Device:
         for data, segment, src in buffers:
             size = len(data)
             pos = 0
+            if not size:  # an empty datagram: counted where every datagram is
+                self.receive_datagrams([(data, src)], now)
+                continue
             while pos < size:
                 if size - pos >= TRANSPORT_MIN_SIZE and data[pos] == MSG_TRANSPORT:
                     kind, receiver, _ = _HEADER.unpack_from(data, pos)
@@ -660,7 +663,8 @@ class Device:
         kp.send_counter += used
         self._sealed += used
         peer.tx_bytes += len(buf)
-        self._frame_drops.update(dropped)
+        if dropped:  # Counter.update costs an ABC check even when empty
+            self._frame_drops.update(dropped)
         if buf:
             self._gso_out.append((endpoint, buf, groups))
 
