@@ -68,7 +68,7 @@ class RuleSpec:
         if self.invert:
             args["flags"] = FIB_RULE_INVERT
         if self.suppress_prefixlength is not None:
-            args["suppress_prefixlength"] = self.suppress_prefixlength
+            args["suppress_prefixlen"] = self.suppress_prefixlength
         return args
 
     def to_json(self) -> dict[str, Any]:

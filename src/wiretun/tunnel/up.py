@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import IPRoute
+from pyroute2 import AsyncIPRoute
 
 from wiretun.netdev.errors import NetdevError
 from wiretun.netdev.manager import TunDeviceManager
@@ -295,17 +295,22 @@ async def _unset_dns(handle: str, record: Leftovers) -> None:
     record.set_dns(None)
 
 
-def _current_addresses(name: str) -> list[str]:
+async def _current_addresses(name: str) -> list[str]:
     """The device's addresses as `ip -brief address` lists them, for SaveConfig."""
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=name)
+    ipr = AsyncIPRoute(groups=0)
+    try:
+        index = await ipr.link_lookup(ifname=name)
         if not index:
             return []
-        return [f"{m.get('address')}/{m['prefixlen']}" for m in ipr.get_addr(index=index[0])]
+        return [
+            f"{m.get('address')}/{m['prefixlen']}" async for m in await ipr.get_addr(index=index[0])
+        ]
+    finally:
+        ipr.close()
 
 
-def _save_config(config: TunnelConfig, backend: DeviceBackend, path: str, mtu: int) -> None:
-    addresses = _current_addresses(config.interface.name)
+async def _save_config(config: TunnelConfig, backend: DeviceBackend, path: str, mtu: int) -> None:
+    addresses = await _current_addresses(config.interface.name)
     text = render_config(config.interface, backend.get_snapshot(), addresses=addresses, mtu=mtu)
     print(f"[#] saving the configuration to {path}", file=sys.stderr, flush=True)
     write_config(path, text)
@@ -335,7 +340,7 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
         return 1
     # Port and mark are already in place.
     ops = [op for op in ops if not isinstance(op, SetListenPort | SetFwmark)]
-    mtu = iface.mtu or default_mtu(_endpoint_hosts(ops))
+    mtu = iface.mtu or await default_mtu(_endpoint_hosts(ops))
     went_up = False
 
     async with contextlib.AsyncExitStack() as stack:
@@ -507,7 +512,7 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
             log.warning("%s: %s", name, e)  # going down all the same
         if iface.save_config:
             try:
-                _save_config(config, backend, opts.config, mtu)
+                await _save_config(config, backend, opts.config, mtu)
             except OSError as e:
                 log.warning("%s: cannot save the configuration: %s", name, e)
         went_up = not failed
