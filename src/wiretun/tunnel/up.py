@@ -52,6 +52,7 @@ from wiretun.tunnel.uapi_protocol import (
     SetFwmark,
     SetListenPort,
     SetOperation,
+    SetPrivateKey,
     UapiError,
     set_operations_from_config,
 )
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     if args.background:
         return _start_background(args, name)
     opts = UpOptions(args.config, name, args.queues, args.offload, args.ready_fd, args.tun_threads)
-    return asyncio.run(_main(config, opts))
+    return asyncio.run(run_device(config, opts))
 
 
 # -- background mode -------------------------------------------------------------------------
@@ -320,7 +321,8 @@ def _endpoint_hosts(ops: list[SetOperation]) -> list[str]:
     return [op.endpoint[0] for op in ops if isinstance(op, PeerUpdate) and op.endpoint]
 
 
-async def _main(config: TunnelConfig, opts: UpOptions) -> int:
+async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
+    """Bring the interface up as wg-quick would, serve it until told to stop, tear down."""
     loop = asyncio.get_running_loop()
     stop = _Stop()
     for sig, label in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
@@ -338,8 +340,8 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
     except OSError as e:
         print(f"wiretun up: {name}: cannot resolve an endpoint: {e}", file=sys.stderr)
         return 1
-    # Port and mark are already in place.
-    ops = [op for op in ops if not isinstance(op, SetListenPort | SetFwmark)]
+    # Key, port and mark are already in place (wiretun-go starts without a key).
+    ops = [op for op in ops if not isinstance(op, SetPrivateKey | SetListenPort | SetFwmark)]
     mtu = iface.mtu or await default_mtu(_endpoint_hosts(ops))
     went_up = False
 
