@@ -195,14 +195,15 @@ class PolicyRouting:
         return False
 
     async def add_route(self, net: Network, table: int) -> None:
-        """`ip route add NET dev D table T` (an identical one already there is fine)."""
+        """`ip route add NET dev D table T`. A route to NET already in T (another device's
+        default route in main, say) is an error, as it is for wg-quick: ours would not win."""
         ipr = self._started()
         call = ipr.route(
             "add", family=family_of(net), dst=str(net.network_address), dst_len=net.prefixlen,
             oif=self._ifindex, table=table,
         )  # fmt: skip
         async with self._lock:
-            await nl_call("add route", f"{net} dev {self.name} table {table}", call, EXISTS)
+            await nl_call("add route", f"{net} dev {self.name} table {table}", call)
         self._routes.append((net, table))
 
     async def add_default(self, net: Network, table: int, fwmark: int) -> None:
