@@ -84,14 +84,14 @@ def test_two_instances_keep_their_own_routes(
             wt.start()
         # No default route: AllowedIPs go to the main table, no mark, no rule (as wg-quick).
         assert _fwmark(one) == _fwmark(two) == 0
-        assert _main_routes(a, one.name) == "10.1.0.2 proto static scope link"
-        assert _main_routes(a, two.name) == "10.2.0.2 proto static scope link"
+        assert _main_routes(a, one.name) == "10.1.0.2 proto static"
+        assert _main_routes(a, two.name) == "10.2.0.2 proto static"
         assert udp_ping(a, b, "10.1.0.2") == 3
         assert udp_ping(a, b, "10.2.0.2") == 3
 
         assert two.stop() == 0
         # The first tunnel's route survives; the second's is gone.
-        assert _main_routes(a, one.name) == "10.1.0.2 proto static scope link"
+        assert _main_routes(a, one.name) == "10.1.0.2 proto static"
         assert udp_ping(a, b, "10.1.0.2") == 3
         assert one.name in a.run("ip", "route", "get", "10.1.0.2")
         assert a.run("ip", "route", "get", "10.2.0.2", check=False) == ""  # unreachable now
