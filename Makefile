@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBS := iperf3 wireguard-go wireguard-tools iproute2 procps iputils-ping nftables
+DEBS := iperf3 wireguard-go wireguard-tools iproute2 procps iputils-ping nftables gcc libssl-dev
 STAMP := $(VENV)/.installed
 
 .PHONY: all demo test lint typecheck unit bench sysdeps venv clean
@@ -18,30 +18,40 @@ sysdeps:
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
 
-$(STAMP): pyproject.toml
+NATIVE_SRC := src/wiretun/datapath/_native.c
+NATIVE_STAMP := $(VENV)/.native
+
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+# The C data path: rebuilt in place when its source changes (needs gcc and libssl-dev; without
+# them the install still works and wiretun runs its pure-Python path, but make test fails).
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SRC)
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -c 'import wiretun.datapath._native'
+	touch $(NATIVE_STAMP)
 
-lint: venv
+venv: $(STAMP) $(NATIVE_STAMP)
+
+lint: sysdeps venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: venv
+typecheck: sysdeps venv
 	$(VENV)/bin/mypy
 
-unit: venv sysdeps
+unit: sysdeps venv
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck unit
 
-demo: venv sysdeps
+demo: sysdeps venv
 	$(VENV)/bin/wiretun demo
 
-bench: venv sysdeps
+bench: sysdeps venv
 	$(VENV)/bin/wiretun bench
 
 clean:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,35 @@ def test_parser_accepts_the_issue_options() -> None:
 def test_command_line_round_trip() -> None:
     args = build_parser().parse_args(["bench", "--quick", "--only", "veth", "--out", "d x"])
     assert command_line(args) == "wiretun bench --quick --only veth --out 'd x'"
+
+
+def test_wireguard_go_option_is_parsed_and_reported() -> None:
+    args = build_parser().parse_args(["bench", "--quick", "--wireguard-go", "/opt/wg go/wg"])
+    assert args.wireguard_go == "/opt/wg go/wg"
+    assert build_parser().parse_args(["bench"]).wireguard_go is None
+    assert command_line(args) == (
+        "wiretun bench --quick --wireguard-go '/opt/wg go/wg' --out bench-results"
+    )
+
+
+def test_wireguard_go_that_is_no_executable_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "wireguard-go"
+    assert main(["bench", "--quick", "--wireguard-go", str(missing)]) == 2
+    assert f"--wireguard-go {missing}: not an executable file" in capsys.readouterr().err
+    missing.write_text("#!/bin/sh\n")  # exists, but not executable
+    assert main(["bench", "--quick", "--wireguard-go", str(missing)]) == 2
+    assert "not an executable file" in capsys.readouterr().err
+
+
+def test_wireguard_go_without_its_path_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["bench", "--only", "veth", "--wireguard-go", "/usr/bin/wireguard-go"]) == 2
+    err = capsys.readouterr().err
+    assert "--wireguard-go is for the wireguard-go path, which --only leaves out" in err
+    assert "Traceback" not in err
 
 
 def test_unknown_path_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,3 +95,4 @@ def test_missing_tun_is_reported_for_tunnel_paths_only(monkeypatch: pytest.Monke
     assert len(problems) == 1
     assert problems[0].startswith("TUN unavailable: /nonexistent/net/tun is missing (modprobe tun")
     assert env.environment_problems([path_kind("veth")]) == []
+    assert env.environment_problems([path_kind("kernel-wg")]) == []  # no TUN in kernel WireGuard

@@ -11,7 +11,8 @@ def test_full_defaults() -> None:
     plan = make_plan(quick=False)
     assert plan.paths == DEFAULT_PATHS
     assert plan.paths == (
-        "veth", "wireguard-go", "wiretun-q1", "wiretun-q2", "wiretun-q4", "wiretun-q1-nooffload",
+        "veth", "wireguard-go", "kernel-wg", "wiretun-q1", "wiretun-q2", "wiretun-q4",
+        "wiretun-q1-nooffload", "wiretun-q1-pure",
     )  # fmt: skip
     assert [w.name for w in plan.workloads] == ["tcp", "tcp-rev", "tcp-p4", "udp", "ping"]
     assert (plan.repeats, plan.duration) == (3, 8.0)
@@ -52,3 +53,18 @@ def test_bad_options(kwargs: dict[str, object], message: str) -> None:
 
 def test_only_keeps_given_order_without_duplicates() -> None:
     assert make_plan(quick=True, only="wireguard-go,veth,veth").paths == ("wireguard-go", "veth")
+
+
+def test_wireguard_go_binary_needs_the_wireguard_go_path() -> None:
+    plan = make_plan(quick=True, wireguard_go="/opt/wg/wireguard-go")
+    assert plan.wireguard_go == "/opt/wg/wireguard-go"
+    assert make_plan(quick=True).wireguard_go is None
+    with pytest.raises(ValueError, match="--wireguard-go is for the wireguard-go path"):
+        make_plan(quick=True, only="veth,wiretun-q1", wireguard_go="/opt/wg/wireguard-go")
+
+
+def test_wiretun_variants_beyond_the_defaults() -> None:
+    plan = make_plan(quick=True, only="wiretun-q2-threads,wiretun-q1-nooffload-pure")
+    assert plan.paths == ("wiretun-q2-threads", "wiretun-q1-nooffload-pure")
+    with pytest.raises(ValueError, match="unknown path wiretun-q0"):
+        make_plan(quick=True, only="wiretun-q0")

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from wiretun.bench.iperf import parse_result
 from wiretun.bench.plan import make_plan
-from wiretun.bench.report import COLUMNS, SCHEMA, markdown_table, rich_table, write_reports
+from wiretun.bench.report import (
+    COLUMNS,
+    SCHEMA,
+    markdown_table,
+    path_versions,
+    rich_table,
+    write_reports,
+)
 from wiretun.bench.results import ALL_WORKLOADS, Row, aggregate
 from wiretun.bench.runner import BenchResult, PathStatus, RunRecord
 
@@ -167,3 +176,74 @@ def test_write_reports(tmp_path: Path) -> None:
     png = (out / "throughput.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(png) > 5000
+
+
+KERNEL_SKIP = (
+    "skipped: no kernel WireGuard: ip link add type wireguard: "
+    "Unknown device type. (modprobe wireguard)"
+)
+
+
+def chosen_wireguard_go_result() -> BenchResult:
+    """A run with --wireguard-go: the chosen binary's version, kernel-wg skipped."""
+    plan = make_plan(
+        quick=True, only="wireguard-go,kernel-wg", workloads="ping",
+        wireguard_go="/opt/wg/wireguard-go",
+    )  # fmt: skip
+    paths = [
+        PathStatus(
+            "wireguard-go", version="wireguard-go v0.0.20250522", binary="/opt/wg/wireguard-go"
+        ),
+        PathStatus("kernel-wg", "skipped", KERNEL_SKIP),
+    ]
+    runs = [RunRecord("wireguard-go", "ping", 0, value=0.2, ping_sent=10, ping_received=10)]
+    return BenchResult(plan, ("wtb-a", "wtb-b"), paths, runs)
+
+
+def rendered(table: object, width: int = 250) -> str:
+    out = io.StringIO()
+    Console(width=width, file=out).print(table)
+    return out.getvalue()
+
+
+def test_path_versions_names_the_chosen_binary() -> None:
+    assert path_versions(chosen_wireguard_go_result()) == (
+        "wireguard-go v0.0.20250522 (/opt/wg/wireguard-go)"
+    )
+    # Debian's on PATH and a kernel module: both named; wiretun's own version is elsewhere.
+    result = bench_result()
+    result.paths.append(PathStatus("kernel-wg", version="wireguard module 1.0.0"))
+    assert path_versions(result) == "wireguard-go v0.0.20220316; kernel-wg: wireguard module 1.0.0"
+    unknown = BenchResult(result.plan, result.namespaces, [PathStatus("wireguard-go", binary="/x")])
+    assert path_versions(unknown) == "wireguard-go: version unknown (/x)"
+    assert path_versions(BenchResult(result.plan, result.namespaces, [PathStatus("veth")])) is None
+
+
+def test_skipped_kernel_wg_is_one_row_with_its_reason() -> None:
+    result = chosen_wireguard_go_result()
+    rows = aggregate(result)
+    skipped = rows_by_key(rows)["kernel-wg", ALL_WORKLOADS]
+    assert (skipped.status, skipped.note, skipped.median) == ("skipped", KERNEL_SKIP, None)
+    assert [r.path for r in rows] == ["wireguard-go", "kernel-wg"]
+    line = next(line for line in markdown_table(rows).splitlines() if "kernel-wg" in line)
+    assert line.startswith("| kernel-wg | * | - | - |")
+    assert "Unknown device type." in line
+    text = rendered(rich_table(rows, header=path_versions(result)))
+    assert "wireguard-go v0.0.20250522 (/opt/wg/wireguard-go)" in text.splitlines()[1]
+    assert "skipped: no kernel WireGuard" in text
+
+
+def test_reports_record_the_chosen_wireguard_go(tmp_path: Path) -> None:
+    result = chosen_wireguard_go_result()
+    cmd = "wiretun bench --quick --wireguard-go /opt/wg/wireguard-go"
+    write_reports(result, aggregate(result), tmp_path, cmd)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["versions"]["wireguard-go"] == "wireguard-go v0.0.20250522"
+    assert data["versions"]["kernel-wg"] is None
+    assert data["settings"]["wireguard_go"] == "/opt/wg/wireguard-go"
+    assert data["paths"][0]["binary"] == "/opt/wg/wireguard-go"
+    assert data["paths"][1]["note"] == KERNEL_SKIP
+    row = data["rows"][1]
+    assert (row["path"], row["workload"], row["status"]) == ("kernel-wg", "*", "skipped")
+    md = (tmp_path / "results.md").read_text()
+    assert "wireguard-go v0.0.20250522 (/opt/wg/wireguard-go)" in md.splitlines()[2]

@@ -337,3 +337,17 @@ def test_a_busy_fd_does_not_starve_the_others() -> None:
         assert [p for p in first + second if p != quiet] == busy[: len(first + second) - 1]
     finally:
         f.close()
+
+
+def test_split_by_flow_with_an_offset_hashes_the_packet_after_it() -> None:
+    """Frames (a 10-byte virtio_net_hdr first) go to the queue their packet would."""
+    packets = [
+        bytes([0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, i % 7, 10, 0, 0, 2])
+        + bytes([0, i % 5, 0, 80]) + bytes(16)
+        for i in range(40)
+    ]  # fmt: skip
+    frames = [bytes([i % 3]) * 10 + p for i, p in enumerate(packets)]
+    by_packet = split_by_flow(packets, 4)
+    by_frame = split_by_flow(frames, 4, offset=10)
+    assert [[p[10:] for p in g] for g in by_frame] == by_packet
+    assert sum(1 for g in by_packet if g) > 1  # the flows really spread

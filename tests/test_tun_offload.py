@@ -21,6 +21,7 @@ from wiretun.tun.offload import (
     MAX_SEGMENTS,
     VNET_HDR,
     ZERO_VNET_HDR,
+    FrameCodec,
     OffloadCodec,
     OffloadStats,
     coalesce,
@@ -555,6 +556,43 @@ def test_codec_einval_fallback() -> None:
     assert codec.write(99, segs, refuse_gso) == 3
     assert written == [ZERO_VNET_HDR + s for s in segs]
     assert codec.stats.gso_write_rejected == 1
+
+
+def test_frame_codec_passes_frames_and_splits_after_a_refusal() -> None:
+    """A frames codec (the native data path's TUN) hands frames through both ways; after the
+    kernel refuses a GSO write it writes plain frames, for good, as OffloadCodec does."""
+    f = Flow()
+    segs = segments(f, data_of(3000), 1000)
+    frame = super_frame(f, segs, 1000)
+    codec = FrameCodec()
+    assert codec.packet_offset == 10
+    assert codec.decode(frame) == [frame]
+    assert codec.decode(bytearray(frame)) == [frame]
+    merged = coalesce(segs)
+    assert codec.encode(merged) == merged
+    written: list[bytes] = []
+
+    def refuse_gso(fd: int, frame: bytes) -> int:
+        if frame[1] != GSO_NONE:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        written.append(frame)
+        return len(frame)
+
+    assert codec.write(7, merged, refuse_gso) == 3
+    assert written == [ZERO_VNET_HDR + s for s in segs] and not codec.gso_writes
+    plain = ZERO_VNET_HDR + segs[0]
+    assert codec.encode([*merged, plain]) == [*(ZERO_VNET_HDR + s for s in segs), plain]
+
+
+def test_make_codec_frames_feature() -> None:
+    @dataclass(frozen=True)
+    class Features:
+        uso: bool
+        frames: bool
+
+    assert type(make_codec(Features(uso=True, frames=True))) is FrameCodec
+    assert type(make_codec(Features(uso=True, frames=False))) is OffloadCodec
+    assert make_codec(Features(uso=True, frames=True)).udp
 
 
 def test_codec_other_errors_are_not_ours() -> None:

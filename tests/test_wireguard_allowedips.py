@@ -95,3 +95,49 @@ def test_matches_linear_scan(
         matches = [n for n in model if addr in n]
         expected = model[max(matches, key=lambda n: n.prefixlen)] if matches else None
         assert t.lookup(addr.packed) == expected
+
+
+@given(
+    prefixes=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 2**32 - 1), st.integers(0, 32)), max_size=12
+    ),
+    v6=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 2**128 - 1), st.integers(0, 128)), max_size=6
+    ),
+    probes=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=20),
+)
+@settings(max_examples=200, deadline=None)
+def test_source_table_agrees_with_lookup(
+    prefixes: list[tuple[int, int, int]], v6: list[tuple[int, int, int]], probes: list[int]
+) -> None:
+    """The batch data path's flat source check says "allowed" exactly when lookup() names the
+    peer: longer prefixes of other peers inside a peer's own are denied."""
+    from wiretun.datapath.pure import source_allowed
+
+    table: AllowedIPs[str] = AllowedIPs()
+    owners = ["a", "b", "c"]
+    for who, addr, plen in prefixes:
+        table.insert(ipaddress.IPv4Network((addr >> (32 - plen) << (32 - plen), plen)), owners[who])
+    for who, addr, plen in v6:
+        table.insert(
+            ipaddress.IPv6Network((addr >> (128 - plen) << (128 - plen), plen)), owners[who]
+        )
+    # Probe inside every prefix too, not only at random.
+    addrs = [p.to_bytes(4, "big") for p in probes] + [a.to_bytes(4, "big") for _, a, _ in prefixes]
+    addrs += [a.to_bytes(16, "big") for _, a, _ in v6]
+    for name in owners:
+        t4, t6 = table.source_table(name)
+        for probe in addrs:
+            want = table.lookup(probe) == name
+            assert source_allowed(t4 if len(probe) == 4 else t6, probe) == want, (name, probe)
+
+
+def test_source_table_is_rebuilt_after_a_change() -> None:
+    from wiretun.datapath.pure import source_allowed
+
+    table: AllowedIPs[str] = AllowedIPs()
+    table.insert("10.0.0.0/8", "a")
+    assert source_allowed(table.source_table("a")[0], bytes([10, 1, 1, 1]))
+    table.insert("10.1.0.0/16", "b")
+    assert not source_allowed(table.source_table("a")[0], bytes([10, 1, 1, 1]))
+    assert source_allowed(table.source_table("b")[0], bytes([10, 1, 1, 1]))

@@ -558,7 +558,8 @@ def test_persistent_keepalive_is_sent_at_once_only_when_turned_on() -> None:
     a.set_persistent_keepalive(key, 25, clock.now)  # 25 -> 25: nothing
     a.set_persistent_keepalive(key, 30, clock.now)  # 25 -> 30: nothing
     assert a.datagrams_to_send() == []
-    assert a.next_timer() == clock.now + 30  # the new interval applies from now
+    # The deadline the keepalive armed stays (wireguard-go): 30 applies from the next one.
+    assert a.peer(key).timers.persistent_at == clock.now + 25
     a.set_persistent_keepalive(key, 0, clock.now)
     a.set_persistent_keepalive(key, 25, clock.now)  # 0 -> 25 again: a keepalive
     assert [len(d) for _, g in a.datagrams_to_send() for d in g] == [32]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fuzz.harness_config import ConfigHarness
+from fuzz.harness_datapath import NativeCoalesceHarness, NativeOpenHarness, NativeSealHarness
 from fuzz.harness_offload import CoalesceHarness, SplitHarness
 from fuzz.harness_packet import PacketHarness
 from fuzz.harness_uapi import UapiHarness
@@ -18,6 +19,9 @@ HARNESS_TYPES: tuple[type[Harness], ...] = (
     PacketHarness,
     ConfigHarness,
     UapiHarness,
+    NativeSealHarness,
+    NativeOpenHarness,
+    NativeCoalesceHarness,
 )
 NAMES = tuple(h.name for h in HARNESS_TYPES)
 

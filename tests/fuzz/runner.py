@@ -8,7 +8,7 @@ import signal
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,17 +164,24 @@ def fuzz(
     limit: float | None = 1.0,
     timer: int = signal.ITIMER_REAL,
     keep: int = 3,
+    record: Callable[[bytes], None] | None = None,
 ) -> FuzzResult:
-    """Replay the seeds, then run `inputs` generated inputs (seeded, so reproducible)."""
+    """Replay the seeds, then run `inputs` generated inputs (seeded, so reproducible).
+    `record` sees each input before it runs: a sanitizer that aborts the process leaves the
+    culprit behind that way."""
     result = FuzzResult(harness.name)
     pool = [*harness.seeds(), *load_corpus(harness.name)]
     rng = random.Random(f"{harness.name}:{seed}")
     with time_limit(limit, timer):
         harness.reset()
         for data in pool:
+            if record is not None:
+                record(data)
             run_one(harness, data=data, result=result, limit=limit, timer=timer, keep=keep)
         for _ in range(inputs):
             data = harness.generate(rng, pool)
+            if record is not None:
+                record(data)
             run_one(harness, data=data, result=result, limit=limit, timer=timer, keep=keep)
     return result
 

@@ -1,4 +1,5 @@
-"""Root tests of `wiretun bench`: a real quick run, failing paths, wireguard-go, and SIGTERM."""
+"""Root tests of `wiretun bench`: a real quick run, failing paths, wireguard-go (Debian's or
+one chosen with --wireguard-go), kernel WireGuard or its skip, and SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from wiretun.bench.paths import UAPI_DIR, VethPath, WireguardGoPath, WiretunPath
+from wiretun.bench.paths import UAPI_DIR, KernelWgPath, VethPath, WireguardGoPath, WiretunPath
 from wiretun.bench.ping import ping
 from wiretun.bench.plan import make_plan
 from wiretun.bench.results import ALL_WORKLOADS, aggregate
@@ -96,6 +97,81 @@ def test_wireguard_go_path_carries_traffic_and_is_torn_down() -> None:
         assert all(p.poll() is not None for p in handle.processes)
         assert not any(sock.exists() for sock in sockets)
         assert tun_names(topo.a) == tun_names(topo.b) == []
+
+
+DEBIAN_WIREGUARD_GO = "/usr/bin/wireguard-go"
+needs_debian_wireguard_go = pytest.mark.skipif(
+    not Path(DEBIAN_WIREGUARD_GO).exists(), reason=f"{DEBIAN_WIREGUARD_GO} not installed"
+)
+
+
+@needs_debian_wireguard_go
+def test_quick_with_chosen_wireguard_go_records_its_version(tmp_path: Path) -> None:
+    version = subprocess.run(
+        [DEBIAN_WIREGUARD_GO, "--version"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()[0]
+    assert version.startswith("wireguard-go v")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "wiretun", "bench", "--quick", "--only", "wireguard-go",
+            "--wireguard-go", DEBIAN_WIREGUARD_GO, "--out", str(out),
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"{version} ({DEBIAN_WIREGUARD_GO})" in proc.stdout  # the table's header line
+    data = json.loads((out / "results.json").read_text())
+    assert data["versions"]["wireguard-go"] == version
+    assert data["settings"]["wireguard_go"] == DEBIAN_WIREGUARD_GO
+    assert "--wireguard-go /usr/bin/wireguard-go" in data["command"]
+    [path] = data["paths"]
+    assert (path["name"], path["status"], path["version"], path["binary"]) == (
+        "wireguard-go", "ok", version, DEBIAN_WIREGUARD_GO,
+    )  # fmt: skip
+    assert {r["status"] for r in data["rows"]} == {"ok"}
+    assert f"{version} ({DEBIAN_WIREGUARD_GO})" in (out / "results.md").read_text()
+
+
+@needs_debian_wireguard_go
+def test_the_chosen_wireguard_go_is_the_one_that_runs(tmp_path: Path) -> None:
+    # A wrapper with its own version that leaves a mark when it starts a tunnel, then becomes
+    # Debian's wireguard-go (exec keeps the pid, so stopping it stops wireguard-go).
+    wrapper = tmp_path / "my-wireguard-go"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "wireguard-go v9.9.9-test"; exit 0; fi\n'
+        f'echo "$@" >> {tmp_path}/started\n'
+        f'exec {DEBIAN_WIREGUARD_GO} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    kind = WireguardGoPath(str(wrapper))
+    assert kind.version() == "wireguard-go v9.9.9-test"
+    with tempfile.TemporaryDirectory() as tmp, bench_topology() as topo:
+        handle = kind.setup(topo, 1, Path(tmp))
+        try:
+            assert ping(topo.a, handle.target, 2, interval=0.05).received == 2
+        finally:
+            kind.teardown(handle)
+    started = (tmp_path / "started").read_text().splitlines()
+    assert len(started) == 2
+    assert all(line.startswith("-f wtg") for line in started)
+
+
+def test_kernel_wg_runs_or_is_a_skipped_row_with_the_reason() -> None:
+    plan = make_plan(quick=True, only="kernel-wg", workloads="ping")
+    result = run_bench(plan, [KernelWgPath()])
+    assert not set(result.namespaces) & namespaces()
+    rows = aggregate(result)
+    if KernelWgPath().unavailable() is None:  # the machine has the wireguard module
+        assert [(r.path, r.workload, r.status) for r in rows] == [("kernel-wg", "ping", "ok")]
+    else:
+        [row] = rows
+        assert (row.path, row.workload, row.status) == ("kernel-wg", ALL_WORKLOADS, "skipped")
+        assert row.note is not None
+        assert row.note.startswith("skipped: ")
+        assert "wireguard" in row.note
+    assert not {n for n in namespaces() if n.startswith("wtk-")}  # the probe's namespace is gone
 
 
 def test_sigterm_cleans_up(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""`wiretun bench [--quick] [--duration S] [--out DIR] [--only NAMES]`: the command line."""
+"""`wiretun bench [--quick] [--duration S] [--out DIR] [--only NAMES] [--wireguard-go PATH]`:
+the command line."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from wiretun.bench.env import environment_problems
-from wiretun.bench.paths import path_kind
+from wiretun.bench.paths import path_kind, resolve_program
 from wiretun.bench.plan import DEFAULT_PATHS, WORKLOADS, make_plan
-from wiretun.bench.report import rich_table, write_reports
+from wiretun.bench.report import path_versions, rich_table, write_reports
 from wiretun.bench.results import aggregate
 from wiretun.bench.runner import run_bench
 
@@ -49,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="offered UDP rate in Mbit/s (default 500)")  # fmt: skip
     parser.add_argument("--offload", action=argparse.BooleanOptionalAction, default=True,
                         help="TUN/UDP offloads for the wiretun-qN paths (default on)")  # fmt: skip
+    parser.add_argument(
+        "--wireguard-go",
+        metavar="PATH",
+        help="the wireguard-go binary for the wireguard-go path (default: Debian's, from PATH)",
+    )
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -57,7 +63,8 @@ def command_line(args: argparse.Namespace) -> str:
     if args.quick:
         words.append("--quick")
     for flag, value in (("--duration", args.duration), ("--repeats", args.repeats),
-                        ("--only", args.only), ("--workloads", args.workloads)):  # fmt: skip
+                        ("--only", args.only), ("--workloads", args.workloads),
+                        ("--wireguard-go", args.wireguard_go)):  # fmt: skip
         if value is not None:
             words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     if args.udp_rate != 500:
@@ -82,11 +89,17 @@ def run(args: argparse.Namespace) -> int:
         plan = make_plan(
             quick=args.quick, only=args.only, workloads=args.workloads, repeats=args.repeats,
             duration=args.duration, udp_rate_mbps=args.udp_rate, offload=args.offload,
+            wireguard_go=args.wireguard_go,
         )  # fmt: skip
     except ValueError as e:
-        err.print(f"wiretun bench: {e}", markup=False)
+        # soft_wrap: a path in the message stays whole, to copy.
+        err.print(f"wiretun bench: {e}", markup=False, soft_wrap=True)
         return 2
-    kinds = [path_kind(name, plan.offload) for name in plan.paths]
+    if plan.wireguard_go is not None and resolve_program(plan.wireguard_go) is None:
+        err.print(f"wiretun bench: --wireguard-go {plan.wireguard_go}: not an executable file",
+                  markup=False, soft_wrap=True)  # fmt: skip
+        return 2
+    kinds = [path_kind(name, plan.offload, plan.wireguard_go) for name in plan.paths]
     if problems := environment_problems(kinds):
         for problem in problems:
             err.print(f"wiretun bench: {problem}", markup=False)
@@ -112,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     rows = aggregate(result)
-    console.print(rich_table(rows))
+    console.print(rich_table(rows, header=path_versions(result)))
     files, problems = write_reports(result, rows, args.out, command_line(args))
     for problem in problems:
         err.print(f"wiretun bench: {problem}", markup=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from wiretun.bench.paths import PathKind, VethPath
+from wiretun.bench.paths import PathKind
 
 TUN_DEVICE = "/dev/net/tun"
 
@@ -34,7 +34,6 @@ def environment_problems(kinds: list[PathKind]) -> list[str]:
     for tool, package in (("ip", "iproute2"), ("ss", "iproute2"), ("iperf3", "iperf3")):
         if shutil.which(tool) is None:
             problems.append(f"{tool} not found: apt-get install {package}")
-    tunnels = any(not isinstance(k, VethPath) for k in kinds)
-    if tunnels and os.geteuid() == 0 and (tun := _tun_problem()):
+    if any(k.needs_tun for k in kinds) and os.geteuid() == 0 and (tun := _tun_problem()):
         problems.append(tun)
     return problems

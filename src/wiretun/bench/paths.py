@@ -1,4 +1,5 @@
-"""The paths under test (bare veth, wireguard-go, wiretun): set up over the topology, torn down."""
+"""The paths under test (bare veth, wireguard-go, kernel WireGuard, wiretun): set up over the
+topology, torn down."""
 
 from __future__ import annotations
 
@@ -17,10 +18,9 @@ from wiretun.bench.topology import BenchTopology
 from wiretun.testing.netns import NetNS, unique_name
 from wiretun.testing.procs import (
     SOCKET_DIR,
+    WG_GO_ENV,
     KeyPair,
     PeerSpec,
-    StartError,
-    launch_wireguard_go,
     output_tail,
     stop_process,
     write_secret,
@@ -32,6 +32,8 @@ BASE_LISTEN_PORT = 51820
 UAPI_DIR = Path(SOCKET_DIR)
 START_TIMEOUT = 15.0  # seconds for a tunnel process to bring its interface up
 REACH_TIMEOUT = 10.0  # seconds for the first ping across a new tunnel (handshake included)
+VERSION_TIMEOUT = 10.0  # seconds for `wireguard-go --version`
+DEBIAN_WIREGUARD_GO = "wireguard-go"  # looked up on PATH unless --wireguard-go names another
 
 
 class PathError(RuntimeError):
@@ -46,6 +48,7 @@ class PathHandle:
     target: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
+    links: list[tuple[NetNS, str]] = field(default_factory=list)  # in-kernel interfaces
 
     def exited(self) -> str | None:
         """Why the path broke, if one of its processes has exited, else None."""
@@ -61,12 +64,17 @@ class PathHandle:
 
 class PathKind(ABC):
     name: str
+    needs_tun = False  # does it open /dev/net/tun (checked before the run starts)?
 
     def unavailable(self) -> str | None:
         """Why this path cannot run on this machine (it is then skipped), or None."""
         return None
 
     def version(self) -> str | None:
+        return None
+
+    def binary(self) -> str | None:
+        """The executable that carries the path, where the user may choose it, or None."""
         return None
 
     @abstractmethod
@@ -169,10 +177,24 @@ def _check_reachable(topo: BenchTopology, target: str, name: str) -> None:
         raise PathError(f"no ping reply from {target} across {name} within {REACH_TIMEOUT:g} s")
 
 
+def configure_wg(local: TunnelEnd, peer: TunnelEnd, workdir: Path) -> None:
+    """Give `local.ifname` (a wireguard-go or kernel interface) its key, peer, address, MTU."""
+    keyfile = workdir / f"{local.ifname}.key"
+    write_secret(keyfile, local.private_key + "\n")
+    local.ns.run(
+        "wg", "set", local.ifname, "private-key", str(keyfile),
+        "listen-port", str(local.port), "peer", peer.public_key,
+        "endpoint", f"{peer.underlay}:{peer.port}", "allowed-ips", f"{peer.overlay}/32",
+    )  # fmt: skip
+    local.ns.run("ip", "addr", "add", f"{local.overlay}/24", "dev", local.ifname)
+    local.ns.run("ip", "link", "set", local.ifname, "mtu", str(OVERLAY_MTU), "up")
+
+
 class _TunnelPath(PathKind):
     """Shared lifecycle: start both ends, stop them all if anything fails, check reachability."""
 
     ifprefix = "wt"
+    needs_tun = True
 
     @abstractmethod
     def start_end(
@@ -194,49 +216,148 @@ class _TunnelPath(PathKind):
         return handle
 
 
+def first_line(text: str) -> str | None:
+    """The first non-blank line of a `--version` output, stripped, or None."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), None)
+
+
+def program_version(binary: str, timeout: float = VERSION_TIMEOUT) -> str | None:
+    """`binary --version`'s first line (e.g. "wireguard-go v0.0.20250522"), or None."""
+    try:
+        proc = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return first_line(proc.stdout) if proc.returncode == 0 else None
+
+
+def resolve_program(program: str) -> str | None:
+    """`program` as an absolute path: a path to an executable file, or a name on PATH."""
+    found = shutil.which(program)
+    return os.path.abspath(found) if found is not None else None
+
+
 class WireguardGoPath(_TunnelPath):
-    """Debian's wireguard-go at both ends, configured with `wg set` and `ip`."""
+    """wireguard-go at both ends (Debian's on PATH, or `program`), set up with `wg` and `ip`."""
 
     name = "wireguard-go"
     ifprefix = "wtg"
 
+    def __init__(self, program: str | None = None) -> None:
+        self.program = program  # None: Debian's `wireguard-go` from PATH
+
+    def binary(self) -> str | None:
+        return resolve_program(self.program or DEBIAN_WIREGUARD_GO)
+
     def unavailable(self) -> str | None:
-        for tool, package in (("wireguard-go", "wireguard-go"), ("wg", "wireguard-tools")):
-            if shutil.which(tool) is None:
-                return f"{tool} not installed (apt-get install {package})"
+        if self.binary() is None:
+            if self.program is not None:
+                return f"--wireguard-go {self.program}: not an executable file"
+            return "wireguard-go not installed (apt-get install wireguard-go)"
+        if shutil.which("wg") is None:
+            return "wg not installed (apt-get install wireguard-tools)"
         return None
 
     def version(self) -> str | None:
-        if shutil.which("wireguard-go") is None:
-            return None
-        proc = subprocess.run(
-            ["wireguard-go", "--version"], capture_output=True, text=True, check=False
-        )
-        return proc.stdout.splitlines()[0].strip() if proc.stdout else None
+        binary = self.binary()
+        return program_version(binary) if binary is not None else None
+
+    def command(self, ifname: str) -> list[str]:
+        # Debian's build refuses to start without the variable; upstream's only warns.
+        binary = self.binary() or DEBIAN_WIREGUARD_GO
+        return ["env", f"{WG_GO_ENV}=1", "LOG_LEVEL=error", binary, "-f", ifname]
 
     def start_end(
         self, local: TunnelEnd, peer: TunnelEnd, workdir: Path
     ) -> subprocess.Popen[bytes]:
         log = workdir / f"{local.ifname}.log"
+        proc = _launch(local.ns, self.command(local.ifname), log)
         try:
-            with open(log, "wb") as out:
-                proc = launch_wireguard_go(local.ns, local.ifname, out, timeout=START_TIMEOUT)
-        except StartError as e:
-            raise PathError(str(e)) from e
-        try:
-            keyfile = workdir / f"{local.ifname}.key"
-            write_secret(keyfile, local.private_key + "\n")
-            local.ns.run(
-                "wg", "set", local.ifname, "private-key", str(keyfile),
-                "listen-port", str(local.port), "peer", peer.public_key,
-                "endpoint", f"{peer.underlay}:{peer.port}", "allowed-ips", f"{peer.overlay}/32",
-            )  # fmt: skip
-            local.ns.run("ip", "addr", "add", f"{local.overlay}/24", "dev", local.ifname)
-            local.ns.run("ip", "link", "set", local.ifname, "mtu", str(OVERLAY_MTU), "up")
+            wait_for_socket(UAPI_DIR / f"{local.ifname}.sock", proc, log, what="wireguard-go")
+            configure_wg(local, peer, workdir)
         except BaseException:
             stop_process(proc)
             raise
         return proc
+
+
+def wait_for_socket(
+    sock: Path,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    *,
+    what: str,
+    timeout: float = START_TIMEOUT,
+) -> None:
+    """Poll until the UAPI socket `sock` exists (the interface is then ready for `wg set`)."""
+    deadline = time.monotonic() + timeout
+    while not sock.exists():
+        if proc.poll() is not None:
+            raise PathError(f"{what} exited with {proc.returncode}: {output_tail(log)}")
+        if time.monotonic() > deadline:
+            raise PathError(f"{what}: no {sock} after {timeout:g} s: {output_tail(log)}")
+        time.sleep(0.02)
+
+
+def kernel_wireguard_problem() -> str | None:
+    """Why `ip link add type wireguard` fails here (tried in a throwaway namespace), or None."""
+    try:
+        ns = NetNS.create("wtk")
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        return f"cannot create a namespace to try kernel WireGuard: {e}"
+    try:
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns.name, "ip", "link", "add", "wtkprobe", "type", "wireguard"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"ip link add type wireguard: {e}"
+    finally:
+        ns.delete()
+    if out.returncode != 0:
+        why = (first_line(out.stderr) or f"exit status {out.returncode}").removeprefix("Error: ")
+        return f"no kernel WireGuard: ip link add type wireguard: {why} (modprobe wireguard)"
+    return None
+
+
+class KernelWgPath(PathKind):
+    """The kernel's WireGuard at both ends (`ip link add type wireguard`), set up with `wg`.
+
+    No process carries it, so it has no CPU s/GB or RSS: the work happens in softirq context."""
+
+    name = "kernel-wg"
+    ifprefix = "wtk"
+    MODULE_VERSION = Path("/sys/module/wireguard/version")
+
+    def unavailable(self) -> str | None:
+        if shutil.which("wg") is None:
+            return "wg not installed (apt-get install wireguard-tools)"
+        return kernel_wireguard_problem()
+
+    def version(self) -> str | None:
+        try:
+            return f"wireguard module {self.MODULE_VERSION.read_text().strip()}"
+        except OSError:
+            return None
+
+    def setup(self, topo: BenchTopology, slot: int, workdir: Path) -> PathHandle:
+        end_a, end_b = tunnel_ends(topo, slot, self.ifprefix)
+        handle = PathHandle(self.name, end_b.overlay)
+        try:
+            for local, peer in ((end_a, end_b), (end_b, end_a)):
+                local.ns.run("ip", "link", "add", local.ifname, "type", "wireguard")
+                handle.links.append((local.ns, local.ifname))
+                configure_wg(local, peer, workdir)
+            _check_reachable(topo, end_b.overlay, self.name)
+        except BaseException:
+            self.teardown(handle)
+            raise
+        return handle
+
+    def teardown(self, handle: PathHandle) -> None:
+        for ns, ifname in handle.links:
+            ns.run("ip", "link", "del", ifname, check=False)
 
 
 class WiretunPath(_TunnelPath):
@@ -244,10 +365,21 @@ class WiretunPath(_TunnelPath):
 
     ifprefix = "wtt"
 
-    def __init__(self, queues: int, offload: bool, name: str | None = None) -> None:
+    def __init__(
+        self,
+        queues: int,
+        offload: bool,
+        name: str | None = None,
+        *,
+        pure: bool = False,
+        threads: bool = False,
+    ) -> None:
         self.queues = queues
         self.offload = offload
-        self.name = name or f"wiretun-q{queues}" + ("" if offload else "-nooffload")
+        self.pure = pure  # WIRETUN_PURE=1: the per-packet Python data path
+        self.threads = threads  # --tun-threads: the threaded Tun
+        flags = ("" if offload else "-nooffload") + ("-pure" if pure else "")
+        self.name = name or f"wiretun-q{queues}" + flags + ("-threads" if threads else "")
 
     def unavailable(self) -> str | None:
         if not os.path.exists("/dev/net/tun"):
@@ -262,8 +394,10 @@ class WiretunPath(_TunnelPath):
 
     def command(self, config: Path, ifname: str) -> list[str]:
         return [
+            "env", f"WIRETUN_PURE={int(self.pure)}",
             sys.executable, "-m", "wiretun", "up", str(config), "--interface", ifname,
             "--queues", str(self.queues), "--offload" if self.offload else "--no-offload",
+            "--tun-threads" if self.threads else "--no-tun-threads",
         ]  # fmt: skip
 
     def start_end(
@@ -281,16 +415,26 @@ class WiretunPath(_TunnelPath):
         return proc
 
 
-def path_kind(name: str, offload: bool = True) -> PathKind:
-    """The path kind called `name` (see plan.DEFAULT_PATHS); `offload` applies to wiretun-qN."""
+def path_kind(name: str, offload: bool = True, wireguard_go: str | None = None) -> PathKind:
+    """The path kind called `name` (see plan.DEFAULT_PATHS); `offload` applies to wiretun-qN,
+    `wireguard_go` (a binary's path, None for Debian's) to wireguard-go."""
     if name == "veth":
         return VethPath()
     if name == "wireguard-go":
-        return WireguardGoPath()
+        return WireguardGoPath(wireguard_go)
+    if name == "kernel-wg":
+        return KernelWgPath()
     if name.startswith("wiretun-q"):
-        spec = name.removeprefix("wiretun-q")
-        nooffload = spec.endswith("-nooffload")
-        queues = spec.removesuffix("-nooffload")
-        if queues.isdigit() and int(queues) > 0:
-            return WiretunPath(int(queues), offload and not nooffload, name)
+        # wiretun-q<N>[-nooffload][-pure][-threads]
+        queues, *flags = name.removeprefix("wiretun-q").split("-")
+        known = {"nooffload", "pure", "threads"}
+        valid = set(flags) <= known and len(set(flags)) == len(flags)
+        if queues.isdigit() and int(queues) > 0 and valid:
+            return WiretunPath(
+                int(queues),
+                offload and "nooffload" not in flags,
+                name,
+                pure="pure" in flags,
+                threads="threads" in flags,
+            )
     raise ValueError(f"unknown path {name!r}")

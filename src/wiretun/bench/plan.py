@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,10 +36,12 @@ QUICK_WORKLOADS = ("tcp", "tcp-rev", "ping")
 DEFAULT_PATHS = (
     "veth",
     "wireguard-go",
+    "kernel-wg",
     "wiretun-q1",
     "wiretun-q2",
     "wiretun-q4",
     "wiretun-q1-nooffload",
+    "wiretun-q1-pure",
 )
 QUICK_PATHS = ("veth", "wireguard-go", "wiretun-q1")
 
@@ -54,16 +57,28 @@ class Plan:
     ping_interval: float
     offload: bool  # for the wiretun kinds that do not pin it in their name
     quick: bool
+    wireguard_go: str | None = None  # --wireguard-go as given; None: Debian's from PATH
 
     def steps(self) -> list[tuple[int, Workload, str]]:
         """(repeat, workload, path) in run order: paths interleaved, A B C A B C."""
         return [(r, w, p) for r in range(self.repeats) for w in self.workloads for p in self.paths]
 
 
-def parse_names(text: str, known: tuple[str, ...] | list[str], what: str) -> tuple[str, ...]:
-    """Comma-separated names, checked against `known`; raises ValueError naming the bad ones."""
+# Variants of the wiretun path beyond the defaults: any queue count, offloads off, the pure
+# data path (WIRETUN_PURE=1), the threaded TUN (--tun-threads).
+WIRETUN_VARIANT = re.compile(r"wiretun-q[1-9][0-9]*(-nooffload)?(-pure)?(-threads)?")
+
+
+def parse_names(
+    text: str,
+    known: tuple[str, ...] | list[str],
+    what: str,
+    variants: re.Pattern[str] | None = None,
+) -> tuple[str, ...]:
+    """Comma-separated names, checked against `known` (or matching `variants`); raises
+    ValueError naming the bad ones."""
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    bad = [n for n in names if n not in known]
+    bad = [n for n in names if n not in known and not (variants and variants.fullmatch(n))]
     if bad or not names:
         raise ValueError(
             f"unknown {what} {', '.join(bad) or '(none given)'}; known: {', '.join(known)}"
@@ -80,9 +95,10 @@ def make_plan(
     duration: float | None = None,
     udp_rate_mbps: int = 500,
     offload: bool = True,
+    wireguard_go: str | None = None,
 ) -> Plan:
     paths = (
-        parse_names(only, DEFAULT_PATHS, "path")
+        parse_names(only, DEFAULT_PATHS, "path", WIRETUN_VARIANT)
         if only
         else (QUICK_PATHS if quick else DEFAULT_PATHS)
     )
@@ -95,6 +111,8 @@ def make_plan(
         raise ValueError("--repeats must be at least 1")
     if duration is not None and duration < 1:
         raise ValueError("--duration must be at least 1 second")
+    if wireguard_go is not None and "wireguard-go" not in paths:
+        raise ValueError("--wireguard-go is for the wireguard-go path, which --only leaves out")
     return Plan(
         paths=paths,
         workloads=tuple(WORKLOADS[n] for n in wnames),
@@ -105,4 +123,5 @@ def make_plan(
         ping_interval=0.2,
         offload=offload,
         quick=quick,
+        wireguard_go=wireguard_go,
     )

@@ -6,12 +6,15 @@ results.json (schema "wiretun-bench/1"):
     date        ISO 8601 UTC time the report was written
     command     the command line that produced it
     host        {kernel, machine, cpu_count, python}
-    versions    {wiretun, iperf3, wireguard-go, cryptography}: strings, null when unknown
+    versions    {wiretun, iperf3, wireguard-go (first line of the binary's --version),
+                 kernel-wg (the wireguard module's version), cryptography}: strings, null
+                 when unknown
     settings    {quick, repeats, duration_s, udp_rate_mbps, ping_count, ping_interval_s,
-                 offload, paths: [names], workloads: [names]}
+                 offload, wireguard_go (--wireguard-go as given, null: Debian's from PATH),
+                 paths: [names], workloads: [names]}
     namespaces  [the two namespace names used (removed by the time the file exists)]
-    paths       [{name, status: "ok"|"failed"|"skipped", note, version, queues, offload,
-                  peak_rss_mb}]
+    paths       [{name, status: "ok"|"failed"|"skipped", note, version, binary (absolute
+                  path of the executable, for wireguard-go), queues, offload, peak_rss_mb}]
     rows        [{path, workload ("*" = the whole path, when it never ran), unit ("Gbit/s",
                   or "ms" for ping RTT), status, note, samples: [per-run values],
                   median, min, max, retransmits (median over runs, TCP sender side),
@@ -81,8 +84,21 @@ def cells(row: Row) -> list[str]:
     ]
 
 
-def rich_table(rows: list[Row], title: str = "wiretun bench") -> Table:
-    table = Table(title=title)
+def path_versions(result: BenchResult) -> str | None:
+    """One line naming what the tunnels other than wiretun ran, e.g. "wireguard-go
+    v0.0.20250522 (/opt/wg/wireguard-go)", for the table's header; None if nothing to say."""
+    parts = []
+    for p in result.paths:
+        if (p.version is None and p.binary is None) or p.name.startswith("wiretun"):
+            continue
+        version = p.version or "version unknown"
+        text = version if version.startswith(p.name) else f"{p.name}: {version}"
+        parts.append(f"{text} ({p.binary})" if p.binary else text)
+    return "; ".join(parts) or None
+
+
+def rich_table(rows: list[Row], title: str = "wiretun bench", header: str | None = None) -> Table:
+    table = Table(title=f"{title}\n{header}" if header else title)
     for name in COLUMNS:
         if name == "notes":
             table.add_column(name, max_width=60, overflow="ellipsis", no_wrap=True)
@@ -112,7 +128,7 @@ def _version(package: str) -> str | None:
 
 def metadata(result: BenchResult, command: str) -> dict[str, Any]:
     plan = result.plan
-    wg_go = next((p.version for p in result.paths if p.name == "wireguard-go"), None)
+    version = {p.name: p.version for p in result.paths}
     return {
         "schema": SCHEMA,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -126,7 +142,8 @@ def metadata(result: BenchResult, command: str) -> dict[str, Any]:
         "versions": {
             "wiretun": _version("wiretun"),
             "iperf3": iperf3_version(),
-            "wireguard-go": wg_go,
+            "wireguard-go": version.get("wireguard-go"),
+            "kernel-wg": version.get("kernel-wg"),
             "cryptography": _version("cryptography"),
         },
         "settings": {
@@ -137,6 +154,7 @@ def metadata(result: BenchResult, command: str) -> dict[str, Any]:
             "ping_count": plan.ping_count,
             "ping_interval_s": plan.ping_interval,
             "offload": plan.offload,
+            "wireguard_go": plan.wireguard_go,
             "paths": list(plan.paths),
             "workloads": [w.name for w in plan.workloads],
         },
@@ -159,12 +177,16 @@ def to_json(result: BenchResult, rows: list[Row], meta: dict[str, Any]) -> dict[
     }
 
 
-def write_markdown(path: Path, rows: list[Row], meta: dict[str, Any]) -> None:
+def write_markdown(
+    path: Path, rows: list[Row], meta: dict[str, Any], tunnels: str | None = None
+) -> None:
+    """results.md: a header line (command, host, versions; `tunnels` from path_versions)
+    and the table."""
     host, versions = meta["host"], meta["versions"]
     header = (
         f"# wiretun bench, {meta['date']}\n\n"
         f"`{meta['command']}`: kernel {host['kernel']}, {host['cpu_count']} CPUs, "
-        f"{versions['iperf3']}, {versions['wireguard-go'] or 'no wireguard-go'}, "
+        f"{versions['iperf3']}, {tunnels or 'no wireguard-go'}, "
         f"wiretun {versions['wiretun'] or '-'}; {meta['settings']['repeats']} repeat(s) of "
         f"{meta['settings']['duration_s']:g} s, runs interleaved. Ping rows give RTT in ms.\n\n"
     )
@@ -213,7 +235,7 @@ def write_reports(
     meta = metadata(result, command)
     files = [out_dir / "results.json", out_dir / "results.md"]
     files[0].write_text(json.dumps(to_json(result, rows, meta), indent=2) + "\n")
-    write_markdown(files[1], rows, meta)
+    write_markdown(files[1], rows, meta, path_versions(result))
     problems = []
     try:
         write_plot(out_dir / "throughput.png", rows)

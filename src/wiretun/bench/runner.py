@@ -38,6 +38,7 @@ class PathStatus:
     status: Status = "ok"
     note: str | None = None
     version: str | None = None
+    binary: str | None = None  # the executable that carried it, where the user may choose one
     queues: int | None = None
     offload: bool | None = None
     peak_rss_bytes: int | None = None
@@ -116,7 +117,7 @@ def run_bench(
             progress(text, done, total)
         done += 1
 
-    statuses = {k.name: PathStatus(k.name, version=k.version()) for k in kinds}
+    statuses = {k.name: PathStatus(k.name, version=k.version(), binary=k.binary()) for k in kinds}
     for kind in kinds:
         if isinstance(kind, WiretunPath):
             statuses[kind.name].queues, statuses[kind.name].offload = kind.queues, kind.offload

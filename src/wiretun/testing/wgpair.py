@@ -11,10 +11,14 @@ import random
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from wiretun.wireguard.crypto import generate_private_key, public_key
 from wiretun.wireguard.device import Device
 from wiretun.wireguard.events import Endpoint, Event
+
+if TYPE_CHECKING:
+    from wiretun.datapath import Backend
 
 Filter = Callable[[Endpoint, Endpoint, bytes], bool]
 """(source, destination, datagram) -> deliver it?"""
@@ -186,6 +190,7 @@ def make_pair(
     psk: bytes | None = None,
     b_knows_a_endpoint: bool = False,
     persistent_keepalive: int | None = None,
+    datapath: Backend | None = None,
 ) -> WgPair:
     """Two Devices that know each other; only a knows b's endpoint unless told otherwise."""
     rng_a = seeded_rng(seed)
@@ -195,8 +200,8 @@ def make_pair(
     clock = FakeClock()
     a_addr: Endpoint = ("192.0.2.1", 51820)
     b_addr: Endpoint = ("192.0.2.2", 51820)
-    a = Device(key_a, rng=rng_a, wall_clock_offset=1.7e9)
-    b = Device(key_b, rng=rng_b, wall_clock_offset=1.7e9)
+    a = Device(key_a, rng=rng_a, wall_clock_offset=1.7e9, datapath=datapath)
+    b = Device(key_b, rng=rng_b, wall_clock_offset=1.7e9, datapath=datapath)
     a.add_peer(
         public_key(key_b),
         preshared_key=psk,

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
+from wiretun.tun.codec import Codec, packet_offset
 from wiretun.tun.device import LinkInfo, LinkProbe
 from wiretun.tun.errors import TunClosed
 from wiretun.tun.stats import QueueCounters, TunStats
@@ -27,8 +28,14 @@ class TunBase:
 
     _qs: Sequence[CountedQueue]
 
-    def _init_base(self, name: str, probe: LinkProbe | None) -> None:
+    def _init_base(
+        self, name: str, probe: LinkProbe | None, codecs: Sequence[Codec] | None = None
+    ) -> None:
         self._name = name
+        # Where the IP packet starts in what we send and receive (a frames codec: 10).
+        self._offset = packet_offset(codecs[0]) if codecs else 0
+        # Whether the kernel took UDP segmentation offload (USO) for this device.
+        self._uso = bool(getattr(codecs[0], "udp", False)) if codecs else False
         self._closed = False
         self._probe = probe
         self._foreign = 0
@@ -38,6 +45,11 @@ class TunBase:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def uso(self) -> bool:
+        """Whether UDP super-packets may be written (the kernel accepted USO)."""
+        return self._uso
 
     @property
     def queues(self) -> int:

@@ -20,6 +20,12 @@ class Codec(Protocol):
     def encode(self, packets: list[bytes]) -> list[bytes]: ...
 
 
+def packet_offset(codec: Codec | None) -> int:
+    """Where the IP packet starts in what a TUN with this codec sends and receives: 0, or
+    the virtio_net_hdr's length for a frames codec (wiretun.tun.offload.FrameCodec)."""
+    return int(getattr(codec, "packet_offset", 0))
+
+
 class WriteFallback(Protocol):
     """Optional codec method: called when writing `frame` failed with `err`; returns frames to
     write instead (e.g. plain packets after the kernel refused a GSO frame), or None to count
@@ -46,6 +52,9 @@ class OffloadFeatures:
 
     uso: bool
     verify_checksums: bool = True
+    # The caller splits and coalesces itself (wiretun.datapath): reads give whole vnet
+    # frames, sends take them; the codec only steps in when the kernel refuses a GSO write.
+    frames: bool = False
 
 
 CodecFactory = Callable[[OffloadFeatures], Codec]

@@ -15,7 +15,6 @@ import select
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from wiretun.packet import flow_hash
 from wiretun.tun.base import TunBase
 from wiretun.tun.codec import Codec
 from wiretun.tun.device import LinkProbe
@@ -26,6 +25,7 @@ from wiretun.tun.tun import (
     DEFAULT_MAX_BATCH,
     DEFAULT_OUTBOUND_CAPACITY,
     open_device,
+    queue_of,
     split_by_flow,
 )
 
@@ -89,7 +89,7 @@ class InlineTun(TunBase):
             raise ValueError("one codec per queue fd")
         if outbound_capacity < 1:
             raise ValueError("outbound_capacity must be positive")
-        self._init_base(name, probe)
+        self._init_base(name, probe, codecs)
         self._qs: tuple[_Queue, ...] = tuple(
             _Queue(i, fd, None if codecs is None else codecs[i]) for i, fd in enumerate(fds)
         )
@@ -118,11 +118,17 @@ class InlineTun(TunBase):
         offload: bool = False,
         verify_checksums: bool = True,
         outbound_capacity: int = DEFAULT_OUTBOUND_CAPACITY,
+        frames: bool = False,
     ) -> InlineTun:
-        """Create TUN device `name` exclusively with `queues` queue fds (as `Tun.open`); it
-        goes away at `close()`."""
+        """Create TUN device `name` exclusively with `queues` queue fds (as `Tun.open`, whose
+        `frames` it shares); it goes away at `close()`."""
         fds, codecs, probe = open_device(
-            name, queues=queues, mtu=mtu, offload=offload, verify_checksums=verify_checksums
+            name,
+            queues=queues,
+            mtu=mtu,
+            offload=offload,
+            verify_checksums=verify_checksums,
+            frames=frames,
         )
         return cls(name, fds, codecs=codecs, probe=probe, outbound_capacity=outbound_capacity)
 
@@ -203,7 +209,7 @@ class InlineTun(TunBase):
 
     def _queue_of(self, packet: bytes) -> _Queue:
         qs = self._qs
-        return qs[flow_hash(packet) % len(qs)] if len(qs) > 1 else qs[0]
+        return qs[queue_of(packet, len(qs), self._offset)] if len(qs) > 1 else qs[0]
 
     def send(self, packet: bytes) -> None:
         """Write one IP packet now (or queue it behind earlier ones of its fd); QueueFull when
@@ -229,7 +235,7 @@ class InlineTun(TunBase):
         if len(qs) == 1:
             self._write_batch(qs[0], accepted)
         else:
-            for q, group in zip(qs, split_by_flow(accepted, len(qs)), strict=True):
+            for q, group in zip(qs, split_by_flow(accepted, len(qs), self._offset), strict=True):
                 if group:
                     self._write_batch(q, group)
         return len(accepted)

@@ -39,6 +39,7 @@ __all__ = [
     "VNET_HDR",
     "VNET_HDR_LEN",
     "ZERO_VNET_HDR",
+    "FrameCodec",
     "OffloadCodec",
     "OffloadStats",
     "coalesce",
@@ -138,6 +139,30 @@ class OffloadCodec:
         return written
 
 
+class FrameCodec(OffloadCodec):
+    """The codec of a queue whose caller handles vnet frames itself (the native data path):
+    reads are whole frames, sends are frames (IP packet at `packet_offset`). Only when the
+    kernel refuses a GSO write does it split, as OffloadCodec does, for good."""
+
+    packet_offset = VNET_HDR_LEN
+
+    def decode(self, frame: bytes | bytearray | memoryview) -> list[bytes]:
+        self.stats.frames_in += 1
+        return [frame if isinstance(frame, bytes) else bytes(frame)]
+
+    def encode(self, packets: Sequence[bytes]) -> list[bytes]:
+        self.stats.frames_out += len(packets)
+        if self.gso_writes:
+            return list(packets)
+        out: list[bytes] = []
+        for frame in packets:
+            if len(frame) > VNET_HDR_LEN and frame[1] != GSO_NONE:
+                out += [ZERO_VNET_HDR + p for p in decode_frame(frame, OffloadStats())]
+            else:
+                out.append(frame)
+        return out
+
+
 def vnet_header(frame: bytes | bytearray | memoryview) -> tuple[int, int, int, int, int, int]:
     """The six fields of a frame's header: flags, gso_type, hdr_len, gso_size, csum_start/offset."""
     flags, gso_type, hdr_len, gso_size, start, offset = VNET_HDR.unpack_from(frame)
@@ -153,5 +178,6 @@ class _Features(Protocol):
 
 def make_codec(features: _Features) -> OffloadCodec:
     """The codec for one queue opened with IFF_VNET_HDR (the hook wiretun.tun.codec calls)."""
-    # verify_checksums is optional: features without it keep the verifying default.
-    return OffloadCodec(udp=features.uso, verify=getattr(features, "verify_checksums", True))
+    # verify_checksums and frames are optional: features without them keep the defaults.
+    cls = FrameCodec if getattr(features, "frames", False) else OffloadCodec
+    return cls(udp=features.uso, verify=getattr(features, "verify_checksums", True))

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from wiretun.tun.codec import Codec, IdentityCodec
+from wiretun.tun.codec import Codec, IdentityCodec, packet_offset
 from wiretun.tun.errors import TunBroken
 from wiretun.tun.stats import QueueCounters, count
 
@@ -227,14 +227,19 @@ def encode_batch(
 ) -> tuple[int, list[bytes]]:
     """(well-formed packets, frames to write) for one write batch; the kernel accepts any
     write and drops garbage silently, so malformed packets are counted here."""
+    o = packet_offset(codec)
     # ip_length(p) == len(p), inlined: a function call per packet cost a third of it.
     good = [
         p
         for p in packets
-        if len(p) >= 20
+        if len(p) >= o + 20
         and (
-            (p[0] >> 4 == 4 and (p[2] << 8 | p[3]) == len(p))
-            or (p[0] >> 4 == 6 and len(p) >= 40 and 40 + (p[4] << 8 | p[5]) == len(p))
+            (p[o] >> 4 == 4 and (p[o + 2] << 8 | p[o + 3]) == len(p) - o)
+            or (
+                p[o] >> 4 == 6
+                and len(p) >= o + 40
+                and 40 + (p[o + 4] << 8 | p[o + 5]) == len(p) - o
+            )
         )
     ]
     if len(good) != len(packets):

@@ -36,7 +36,13 @@ CLOSE_TIMEOUT = 0.9
 
 
 def open_device(
-    name: str, *, queues: int, mtu: int | None, offload: bool, verify_checksums: bool
+    name: str,
+    *,
+    queues: int,
+    mtu: int | None,
+    offload: bool,
+    verify_checksums: bool,
+    frames: bool = False,
 ) -> tuple[list[int], list[Codec] | None, LinkProbe]:
     """Create TUN device `name` exclusively with `queues` non-blocking queue fds: the fds,
     one codec per fd (None without offload) and a link probe; nothing is left on failure."""
@@ -57,7 +63,7 @@ def open_device(
         codecs: list[Codec] | None = None
         if factory is not None:
             # Offload features belong to the device: one ioctl on any queue sets them.
-            features = OffloadFeatures(set_offload(fds[0]), verify_checksums)
+            features = OffloadFeatures(set_offload(fds[0]), verify_checksums, frames)
             codecs = [factory(features) for _ in fds]
         if mtu is not None:
             set_mtu(name, mtu)
@@ -71,24 +77,33 @@ def open_device(
     return fds, codecs, probe
 
 
-def split_by_flow(packets: Sequence[bytes], n: int) -> list[list[bytes]]:
+def split_by_flow(packets: Sequence[bytes], n: int, offset: int = 0) -> list[list[bytes]]:
     """`packets` grouped by queue `flow_hash(packet) % n`, each group in the original order
-    (so a flow always goes to the same queue fd and never races itself)."""
+    (so a flow always goes to the same queue fd and never races itself). With `offset`
+    (frames: the packet after a virtio_net_hdr) the packet at that offset is hashed."""
     groups: list[list[bytes]] = [[] for _ in range(n)]
+    o = offset
     for p in packets:
         # flow_hash's key for plain IPv4 TCP/UDP (protocol, addresses, ports) built in one
         # expression: equal hashes as before, at a fraction of the per-packet cost.
         if (
             type(p) is bytes
-            and len(p) >= 24
-            and p[0] == 0x45
-            and (p[9] == PROTO_TCP or p[9] == PROTO_UDP)
-            and not (p[6] & 0x3F or p[7])
+            and len(p) >= o + 24
+            and p[o] == 0x45
+            and (p[o + 9] == PROTO_TCP or p[o + 9] == PROTO_UDP)
+            and not (p[o + 6] & 0x3F or p[o + 7])
         ):
-            groups[hash(p[9:10] + p[12:24]) % n].append(p)
+            groups[hash(p[o + 9 : o + 10] + p[o + 12 : o + 24]) % n].append(p)
         else:
-            groups[flow_hash(p) % n].append(p)
+            groups[flow_hash(p[o:] if o else p) % n].append(p)
     return groups
+
+
+def queue_of(packet: bytes, n: int, offset: int = 0) -> int:
+    """The queue `split_by_flow` gives `packet` (for single sends)."""
+    if n == 1:
+        return 0
+    return flow_hash(packet[offset:] if offset else packet) % n
 
 
 class Tun(TunBase):
@@ -129,7 +144,7 @@ class Tun(TunBase):
             raise ValueError("a Tun needs at least one queue fd")
         if max_batch < 1 or inbound_capacity < 1 or outbound_capacity < 1:
             raise ValueError("max_batch and capacities must be positive")
-        self._init_base(name, probe)
+        self._init_base(name, probe, codecs)
         self._close_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._inbound = Inbound(inbound_capacity, len(fds))
         self._writable = Wakeup()
@@ -180,6 +195,7 @@ class Tun(TunBase):
         inbound_capacity: int = DEFAULT_INBOUND_CAPACITY,
         outbound_capacity: int = DEFAULT_OUTBOUND_CAPACITY,
         monitor_interval: float | None = 1.0,
+        frames: bool = False,
     ) -> Tun:
         """Create TUN device `name` exclusively (TunExists if it exists) with `queues` queue fds,
         in the calling thread's network namespace; the device goes away at `close()`.
@@ -187,9 +203,16 @@ class Tun(TunBase):
         `monitor_interval` seconds between checks for foreign queues (None: only in stats()).
         With `offload`, packets sent are merged only if their L4 checksums verify, unless
         `verify_checksums=False` says the caller vouches for them (authenticated packets).
+        `frames=True` (with offload) hands over whole vnet frames both ways instead: for a
+        caller that splits and coalesces itself (wiretun.datapath).
         """
         fds, codecs, probe = open_device(
-            name, queues=queues, mtu=mtu, offload=offload, verify_checksums=verify_checksums
+            name,
+            queues=queues,
+            mtu=mtu,
+            offload=offload,
+            verify_checksums=verify_checksums,
+            frames=frames,
         )
         return cls(
             name,
@@ -285,7 +308,7 @@ class Tun(TunBase):
         if self._closed:
             raise TunClosed(f"TUN {self._name!r} is closed")
         qs = self._qs
-        q = qs[flow_hash(packet) % len(qs)] if len(qs) > 1 else qs[0]
+        q = qs[queue_of(packet, len(qs), self._offset)]
         if self._queued - self._done_seen >= self._out_capacity and self._room() <= 0:
             q.counters.refused += 1
             raise QueueFull(f"TUN {self._name!r}: {self._out_capacity} packets already queued")
@@ -306,13 +329,13 @@ class Tun(TunBase):
                 qs[0].submit(list(accepted))
             qs[0].counters.refused += len(packets) - len(accepted)
             return len(accepted)
-        groups = split_by_flow(accepted, n)
+        groups = split_by_flow(accepted, n, self._offset)
         self._queued += len(accepted)
         for q, group in zip(qs, groups, strict=True):
             if group:
                 q.submit(group)
         for p in packets[len(accepted) :]:
-            qs[flow_hash(p) % n].counters.refused += 1
+            qs[queue_of(p, n, self._offset)].counters.refused += 1
         return len(accepted)
 
     def send_blocking(self, packet: bytes, timeout: float | None = None) -> None:
@@ -320,7 +343,7 @@ class Tun(TunBase):
         self._check_open()
         if not self._writable.wait_sync(self._send_ready, timeout):
             qs = self._qs
-            qs[flow_hash(packet) % len(qs)].counters.refused += 1
+            qs[queue_of(packet, len(qs), self._offset)].counters.refused += 1
             raise QueueFull(f"TUN {self._name!r}: no room within {timeout} s")
         self.send(packet)
 

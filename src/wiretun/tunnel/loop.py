@@ -8,7 +8,8 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, cast
 
 from wiretun.tunnel.udp import Datagram, Endpoint, UdpBind
 
@@ -41,6 +42,29 @@ class CorePort(Protocol):
     def handle_timers(self, now: float) -> Any: ...
     def next_timer(self) -> float | None: ...
     def next_event(self) -> Any | None: ...
+
+
+class BatchCorePort(CorePort, Protocol):
+    """The core's batch entry points (wiretun.wireguard.Device with a data path)."""
+
+    def send_frames(self, frames: Sequence[bytes], now: float, *, vnet: bool) -> None: ...
+    def receive_gro(
+        self, buffers: Sequence[tuple[bytes, int, Endpoint]], now: float, frames: Any
+    ) -> None: ...
+    def gso_to_send(self) -> Sequence[tuple[Any, bytes, Sequence[tuple[int, int]]]]: ...
+
+
+class FrameCoalescer(Protocol):
+    def finish(self) -> list[bytes]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FramePath:
+    """Run the data path in batches (wiretun.datapath): the TUN hands over and takes whole
+    frames (`vnet`: with virtio_net_hdr), the core splits, seals, opens and coalesces."""
+
+    vnet: bool
+    coalescer: FrameCoalescer  # where receive_gro puts packets; finish() gives TUN frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +107,14 @@ class TunnelLoop:
         *,
         batch: int = BATCH,
         on_event: Callable[[Any], None] | None = None,
+        frames: FramePath | None = None,
     ) -> None:
         self.tun = tun
         self.core = core
         self.udp = udp
+        self.frames = frames
+        # With a FramePath the core must offer the batch entry points.
+        self._batch_core = cast(BatchCorePort, core) if frames is not None else None
         self.batch = batch
         self._on_event = on_event
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -205,7 +233,16 @@ class TunnelLoop:
             self._n["packets_from_tun"] += len(packets)
             self._n["tun_batches"] += 1
             now = loop.time()
-            self._guard("core_send_packets", core.send_packets, packets, now)
+            if self._batch_core is not None:
+                assert self.frames is not None
+                self._guard(
+                    "core_send_frames",
+                    partial(self._batch_core.send_frames, vnet=self.frames.vnet),
+                    packets,
+                    now,
+                )
+            else:
+                self._guard("core_send_packets", core.send_packets, packets, now)
             self._flush_core()
             self._rearm_after_batch(now)
 
@@ -215,14 +252,20 @@ class TunnelLoop:
         while True:
             # Backpressure: while the TUN is full, datagrams wait in the socket buffer.
             await tun.send_ready()
-            datagrams = udp.recv_batch(self.batch)
-            if not datagrams:
-                await udp.wait_readable()
-                continue
-            self._n["datagrams_in"] += len(datagrams)
-            self._n["udp_batches"] += 1
             now = loop.time()
-            packets = self._guard("core_receive", core.receive_datagrams, datagrams, now)
+            if self._batch_core is not None:
+                packets = self._receive_frames(now)
+                if packets is None:
+                    await udp.wait_readable()
+                    continue
+            else:
+                datagrams = udp.recv_batch(self.batch)
+                if not datagrams:
+                    await udp.wait_readable()
+                    continue
+                self._n["datagrams_in"] += len(datagrams)
+                self._n["udp_batches"] += 1
+                packets = self._guard("core_receive", core.receive_datagrams, datagrams, now)
             if packets:
                 self._n["packets_to_tun"] += len(packets)
                 while True:
@@ -239,14 +282,30 @@ class TunnelLoop:
             # recv_batch never suspends: yield so the other direction and timers run.
             await asyncio.sleep(0)
 
+    def _receive_frames(self, now: float) -> list[bytes] | None:
+        """One UDP drain through the batch path: the TUN frames (None: nothing was waiting)."""
+        assert self._batch_core is not None and self.frames is not None
+        buffers = self.udp.recv_buffers(self.batch)
+        if not buffers:
+            return None
+        self._n["udp_batches"] += 1
+        self._n["datagrams_in"] += sum(-(-len(b) // s) for b, s, _ in buffers)
+        coalescer = self.frames.coalescer
+        self._guard("core_receive_gro", self._batch_core.receive_gro, buffers, now, coalescer)
+        # finish() also empties it after a failed call: no packet lingers into the next.
+        return coalescer.finish()
+
     def _flush_core(self) -> None:
         self._drain_events()
         out = self._guard("core_datagrams_to_send", self.core.datagrams_to_send)
-        if not out:
-            return
-        for endpoint, datagrams in out:
+        for endpoint, datagrams in out or ():
             self._n["datagrams_out"] += len(datagrams)
             self.udp.send_batch(endpoint_tuple(endpoint), datagrams)
+        if self._batch_core is not None:
+            gso = self._guard("core_gso_to_send", self._batch_core.gso_to_send)
+            for endpoint, buf, groups in gso or ():
+                self._n["datagrams_out"] += sum(-(-n // size) for size, n in groups)
+                self.udp.send_gso(endpoint_tuple(endpoint), buf, groups)
         if self.udp.backlogged:
             self._udp_drained.clear()
 

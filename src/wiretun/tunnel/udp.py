@@ -335,6 +335,38 @@ class UdpBind:
             self._count_sent([d])
         return len(group)
 
+    def send_gso(self, endpoint: Endpoint, buf: bytes, groups: Sequence[tuple[int, int]]) -> None:
+        """Send one buffer of back-to-back datagrams: each (segment size, bytes) group with
+        one UDP_SEGMENT sendmsg (the batch data path's output). What the socket will not
+        take now, or what GSO refuses, goes the datagram way (`send_batch`'s queue and
+        fallbacks): then the datagrams are cut apart, never otherwise."""
+        s = self._socks.get(family_of(endpoint))
+        view = memoryview(buf)
+        at = 0
+        i = 0
+        for size, nbytes in groups:
+            if s is None or s.pending_count or not s.gso or nbytes <= size:
+                break
+            cmsg = [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))]
+            try:
+                s.sock.sendmsg([view[at : at + nbytes]], cmsg, 0, endpoint)
+            except OSError:
+                break  # would block or refused: _send_group decides, datagram by datagram
+            n = self._n
+            n["gso_sends"] += 1
+            n["send_calls"] += 1
+            n["datagrams_sent"] += -(-nbytes // size)
+            n["bytes_sent"] += nbytes
+            at += nbytes
+            i += 1
+        else:
+            return
+        rest: list[Datagram] = []
+        for size, nbytes in groups[i:]:
+            rest += [view[j : min(j + size, at + nbytes)] for j in range(at, at + nbytes, size)]
+            at += nbytes
+        self.send_batch(endpoint, rest)
+
     def _drop_error(self, what: str, e: OSError, n: int) -> None:
         self.drops[f"{what}_{errno.errorcode.get(e.errno or 0, str(e.errno))}"] += n
 
@@ -398,6 +430,59 @@ class UdpBind:
         for s in socks[first:] + socks[:first]:
             self._recv_from(s, out, max_datagrams)
         return out
+
+    def recv_buffers(self, max_datagrams: int = 128) -> list[tuple[bytes, int, Endpoint]]:
+        """What `recv_batch` reads, unsplit: (receive buffer, segment size, source) per
+        receive, a GRO buffer holding datagrams of `segment` bytes (the last maybe shorter),
+        a plain one a single datagram (`segment` is then its length)."""
+        out: list[tuple[bytes, int, Endpoint]] = []
+        socks = list(self._socks.values())
+        first = self._recv_turn % len(socks) if socks else 0
+        self._recv_turn = first + 1
+        budget = [max_datagrams]
+        for s in socks[first:] + socks[:first]:
+            self._recv_buffers_from(s, out, budget)
+        return out
+
+    def _recv_buffers_from(
+        self, s: _FamilySocket, out: list[tuple[bytes, int, Endpoint]], budget: list[int]
+    ) -> None:
+        recvmsg = s.sock.recvmsg
+        n_in = nbytes = gro = 0
+        try:
+            while budget[0] > 0:
+                try:
+                    data, ancdata, flags, addr = recvmsg(RECV_BUFFER, _CMSG_SPACE)
+                except BlockingIOError:
+                    return
+                except ConnectionRefusedError:
+                    self.events["recv_connection_refused"] += 1
+                    continue
+                except OSError as e:
+                    self._drop_error("recv", e, 1)
+                    return
+                if flags & socket.MSG_TRUNC:
+                    self.drops["recv_truncated"] += 1
+                    continue
+                n = len(data)
+                nbytes += n
+                segment = 0
+                for level, kind, cdata in ancdata:
+                    if level == SOL_UDP and kind == UDP_GRO:
+                        segment = _INT.unpack_from(cdata.ljust(_INT.size, b"\0"))[0]
+                if 0 < segment < n:
+                    gro += 1
+                    count = -(-n // segment)
+                else:
+                    segment, count = max(n, 1), 1
+                n_in += count
+                budget[0] -= count
+                out.append((data, segment, (addr[0], addr[1])))
+        finally:
+            counters = self._n
+            counters["bytes_received"] += nbytes
+            counters["datagrams_received"] += n_in
+            counters["gro_receives"] += gro
 
     def _recv_from(
         self, s: _FamilySocket, out: list[tuple[Datagram, Endpoint]], max_datagrams: int

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pyroute2 import AsyncIPRoute
 
+from wiretun import datapath
 from wiretun.netdev.errors import NetdevError
 from wiretun.netdev.manager import TunDeviceManager
 from wiretun.netdev.policy import MAIN_TABLE, PolicyRouting
@@ -35,7 +36,7 @@ from wiretun.tunnel.config import ConfigError, TunnelConfig, is_valid_ifname, lo
 from wiretun.tunnel.dns import DnsError, set_dns, unset_dns
 from wiretun.tunnel.hooks import HookError, run_hooks
 from wiretun.tunnel.leftovers import Leftovers, read_leftovers, remove_rules
-from wiretun.tunnel.loop import TunnelLoop
+from wiretun.tunnel.loop import FramePath, TunnelLoop
 from wiretun.tunnel.mtu import default_mtu
 from wiretun.tunnel.pidfile import remove_pid_file, write_pid_file
 from wiretun.tunnel.routing import (
@@ -353,12 +354,17 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
             return 1
         socks = _Sockets(udp)
         stack.callback(socks.close)
+        # The native batch data path unless WIRETUN_PURE=1 or it is not built; the pure
+        # twin is slower than the per-packet path, so without native we run that one.
+        data_path = datapath.load()
+        batched = data_path is datapath.NATIVE
         device = Device(
             iface.private_key,
             listen_port=udp.port,
             fwmark=fwmark or None,
             wall_clock_offset=time.time() - loop.time(),
             mtu=mtu,
+            datapath=data_path if batched else None,
         )
         tunnel: TunnelLoop | None = None
 
@@ -419,6 +425,7 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
                     mtu=mtu,
                     offload=opts.offload,
                     verify_checksums=False,
+                    frames=batched and opts.offload,
                 )
             else:
                 tun = Tun.open(
@@ -427,6 +434,7 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
                     mtu=mtu,
                     offload=opts.offload,
                     verify_checksums=False,
+                    frames=batched and opts.offload,
                 )
         except OSError as e:
             print(f"wiretun up: cannot create TUN {name}: {e}", file=sys.stderr)
@@ -474,17 +482,22 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
             print(f"wiretun up: {name}: {e}", file=sys.stderr)
             return 1
 
-        tunnel = TunnelLoop(tun, device, socks.udp)
+        frames = None
+        if batched:
+            vnet = opts.offload
+            frames = FramePath(vnet, data_path.coalescer(vnet=vnet, udp=tun.uso))
+        tunnel = TunnelLoop(tun, device, socks.udp, frames=frames)
         stack.callback(lambda: _remove_pid_file(pid_path(name)))
         _write_pid_file(name)
         log.info(
-            "%s up: port %d, %d peer(s), mtu %d, queues %d, offload %s",
+            "%s up: port %d, %d peer(s), mtu %d, queues %d, offload %s, data path %s",
             name,
             socks.udp.port,
             len(device.peers),
             mtu,
             opts.queues,
             opts.offload,
+            "native" if batched else "pure",
         )
         _signal_ready(opts.ready_fd)
 

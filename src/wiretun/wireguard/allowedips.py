@@ -63,6 +63,25 @@ class _Family(Generic[V]):
             if not table:
                 self._reindex()
 
+    def source_table(self, value: V, pad: int) -> bytes:
+        """See AllowedIPs.source_table: entries of address, length, allow, `pad` zeros."""
+        bits = self.bits
+        nbytes = bits // 8
+        own = [(n, p) for n in self.lengths for p, v in self.tables[n].items() if v is value]
+        entries = [(p, n, 1) for n, p in own]
+        for n, p in own:
+            for longer in self.lengths:
+                if longer <= n:
+                    continue
+                for q, v in self.tables[longer].items():
+                    if v is not value and q >> (longer - n) == p:
+                        entries.append((q, longer, 0))
+        tail = bytes(pad)
+        return b"".join(
+            (p << (bits - n)).to_bytes(nbytes, "big") + bytes((n, allow)) + tail
+            for p, n, allow in entries
+        )
+
     def lookup(self, addr: int) -> V | None:
         bits = self.bits
         tables = self.tables
@@ -79,12 +98,13 @@ class AllowedIPs(Generic[V]):
     Inserting a prefix another owner holds moves it, as WireGuard does.
     """
 
-    __slots__ = ("_cache", "_v4", "_v6")
+    __slots__ = ("_cache", "_tables", "_v4", "_v6")
 
     def __init__(self) -> None:
         self._v4: _Family[V] = _Family(32)
         self._v6: _Family[V] = _Family(128)
         self._cache: dict[bytes, V | None] = {}
+        self._tables: dict[V, tuple[bytes, bytes]] = {}
 
     @property
     def cache(self) -> dict[bytes, V | None]:
@@ -92,6 +112,24 @@ class AllowedIPs(Generic[V]):
         cleared on every change, so a hot loop may hold its `.get` across a batch. A None
         from `.get` means "call lookup" (a miss, or an address with no owner)."""
         return self._cache
+
+    def _changed(self) -> None:
+        self._cache.clear()
+        self._tables.clear()
+
+    def source_table(self, value: V) -> tuple[bytes, bytes]:
+        """`value`'s inbound source check as flat tables for the batch data path
+        (wiretun.datapath): (IPv4 entries of 8 bytes, IPv6 entries of 24), each the network
+        address, the prefix length and 1 (allow: `value` owns it) or 0 (deny: a longer
+        prefix inside one of `value`'s, owned by another). The longest matching entry decides,
+        which is exactly "`lookup(source)` is `value`". Built on first use after a change."""
+        tables = self._tables.get(value)
+        if tables is None:
+            tables = self._tables[value] = (
+                self._v4.source_table(value, 2),
+                self._v6.source_table(value, 6),
+            )
+        return tables
 
     def _family(self, net: IPNetwork) -> _Family[V]:
         return self._v4 if net.version == 4 else self._v6
@@ -101,7 +139,7 @@ class AllowedIPs(Generic[V]):
         net = parse_network(network)
         fam = self._family(net)
         fam.set(net.prefixlen, int(net.network_address) >> (fam.bits - net.prefixlen), value)
-        self._cache.clear()
+        self._changed()
         return net
 
     def remove(self, network: str | IPNetwork, value: V) -> bool:
@@ -113,7 +151,7 @@ class AllowedIPs(Generic[V]):
         if table.get(prefix) is not value:
             return False
         fam.delete(net.prefixlen, prefix)
-        self._cache.clear()
+        self._changed()
         return True
 
     def remove_value(self, value: V) -> None:

@@ -201,10 +201,11 @@ def _receive_response(
     _note_authenticated(dev, peer, src, seen)
     peer.timers.session_derived(now)
     handshake_complete(dev, peer, kp, now)
-    # The responder waits for proof that we have the keys: send data, or a keepalive.
+    # The responder waits for proof that we have the keys: send data, or a keepalive. The
+    # Device sends them once the batch is accounted for (`Device._after_receive`), as
+    # wireguard-go clears newHandshake before SendKeepalive, so that the data arms it anew.
     if not peer.staged:
         peer.staged.append(b"")
-    dev._flush_staged(peer, now)
 
 
 def _note_authenticated(dev: Device, peer: Peer, src: Endpoint, seen: dict[Peer, Seen]) -> None:

@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
-from typing import Final
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Final
 
 from cryptography.exceptions import InvalidTag
 
@@ -78,6 +78,9 @@ from wiretun.wireguard.timers import (
     needs_rekey_on_send,
 )
 
+if TYPE_CHECKING:  # the shell hands the Device its data path; the core imports none
+    from wiretun.datapath import Backend, CoalescerLike
+
 __all__ = [
     "DEFAULT_MTU",
     "DROP_REASONS",
@@ -96,6 +99,15 @@ Buffer = bytes | bytearray | memoryview
 _HEADER = TRANSPORT_HEADER
 _NONCE = NONCE
 _PAD = [bytes(n) for n in range(16)]
+_VNET = 10  # virtio_net_hdr before each TUN frame when offloads are on
+# The most bytes one UDP_SEGMENT send may carry, by family (the IP datagram limit).
+_GSO_MAX_BYTES_V4 = 65535 - 20 - 8
+_GSO_MAX_BYTES_V6 = 65535 - 8
+# A frame becomes at most this many segments (wiretun.tun.gso.MAX_SEGMENTS).
+_MAX_FRAME_SEGMENTS = 256
+Gso = tuple[Endpoint, bytes, list[tuple[int, int]]]
+"""One batch of sealed messages for an endpoint: the buffer and its (segment size, bytes)
+UDP_SEGMENT groups, in order."""
 
 
 class Device:
@@ -110,6 +122,7 @@ class Device:
         rng: Callable[[int], bytes] = secrets.token_bytes,
         wall_clock_offset: float = 0.0,
         mtu: int = DEFAULT_MTU,
+        datapath: Backend | None = None,
     ) -> None:
         self.listen_port = listen_port
         self.fwmark = fwmark
@@ -123,11 +136,15 @@ class Device:
         self._allowed: AllowedIPs[Peer] = AllowedIPs()
         self._index = IndexTable(rng)
         self._out: dict[Endpoint, list[bytes]] = {}
+        self._gso_out: list[Gso] = []
+        # The batch data path (wiretun.datapath.load()): only send_frames/receive_gro use it.
+        self._datapath = datapath
         # Initiations still waiting in `_out`: a newer one for the same peer replaces its
         # stale predecessor, whose response could only be dropped as unknown_index.
         self._unsent_initiations: dict[Peer, tuple[Endpoint, bytes]] = {}
         self._events: deque[Event] = deque()
         self._drops: Counter[str] = Counter()
+        self._frame_drops: Counter[str] = Counter()  # TUN frames send_frames could not split
         self._sealed = 0
         self._opened = 0
         self._completed = 0
@@ -175,7 +192,7 @@ class Device:
             peer.handshake_sent_at = float("-inf")
             for kp in (peer.current, peer.next):
                 if kp is not None:
-                    kp.send = None
+                    kp.stop_sending()
 
     def add_peer(
         self,
@@ -270,6 +287,12 @@ class Device:
         self._unsent_initiations.clear()
         return out
 
+    def gso_to_send(self) -> list[Gso]:
+        """What `send_frames` sealed: (endpoint, buffer, groups) per batch, in order; send it
+        after `datagrams_to_send()` (which holds what was staged before it)."""
+        out, self._gso_out = self._gso_out, []
+        return out
+
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
@@ -296,6 +319,7 @@ class Device:
             packets_sealed=self._sealed,
             packets_opened=self._opened,
             handshakes_completed=self._completed,
+            frame_drops=dict(self._frame_drops),
         )
 
     # ---------------------------------------------------------------- inbound
@@ -443,7 +467,13 @@ class Device:
     def _after_receive(
         self, peer: Peer, src: Endpoint, kp: Keypair | None, got_data: bool, now: float
     ) -> None:
-        """Per-peer bookkeeping once per batch: roaming, timers, last-minute rekey."""
+        """Per-peer bookkeeping once per batch: roaming, timers, last-minute rekey, and then
+        the packets that a handshake completed in this batch released.
+
+        As in wireguard-go, what was received is accounted for before anything it causes is
+        sent, so the staged data sent on a response or a key confirmation arms the "no
+        answer in 15 s" timer (timersDataSent) after the receive cleared it.
+        """
         self._set_endpoint_from(peer, src)
         timers = peer.timers
         timers.authenticated_received(now)
@@ -458,6 +488,12 @@ class Device:
         ):
             peer.sent_last_minute_handshake = True
             send_initiation(self, peer, now, retry=False)
+        # Packets only wait while there is no session to send them with: staged packets and
+        # a usable current keypair mean this batch completed a handshake (see `_confirm`
+        # and control's response handling, which leave the sending to here).
+        current = peer.current
+        if peer.staged and current is not None and current.can_send(now):
+            self._flush_staged(peer, now)
 
     def _set_endpoint_from(self, peer: Peer, src: Endpoint) -> None:
         new = (src[0], src[1])
@@ -474,9 +510,163 @@ class Device:
         if dead is not None:
             self._index.drop_keypair(dead)
         handshake_complete(self, peer, kp, now)
-        self._flush_staged(peer, now)
+        # The staged packets go out in `_after_receive`, after the batch's receive timers.
+
+    def receive_gro(
+        self,
+        buffers: Iterable[tuple[Buffer, int, Endpoint]],
+        now: float,
+        frames: CoalescerLike,
+    ) -> None:
+        """Consume UDP receive buffers (GRO: datagrams of `segment` bytes, the last maybe
+        shorter); the packets to deliver go to `frames` (a datapath Coalescer), whose
+        `finish()` gives the TUN frames.
+
+        Runs of transport messages for one keypair are opened by the batch data path in one
+        call each; anything else (handshakes, unknown indices, expired or unconfirmed
+        keypairs) goes through `receive_datagrams` one datagram at a time. Either way the
+        results and the drops are those of `receive_datagrams` on the split datagrams.
+        """
+        keypairs = self._index.keypairs
+        open_run = self._batch_path().open_run
+        source_table = self._allowed.source_table
+        seen: dict[Peer, Seen] = {}
+        for data, segment, src in buffers:
+            size = len(data)
+            pos = 0
+            if not size:  # an empty datagram: counted where every datagram is
+                self.receive_datagrams([(data, src)], now)
+                continue
+            while pos < size:
+                if size - pos >= TRANSPORT_MIN_SIZE and data[pos] == MSG_TRANSPORT:
+                    kind, receiver, _ = _HEADER.unpack_from(data, pos)
+                    entry = keypairs.get(receiver) if kind == MSG_TRANSPORT else None
+                    if entry is not None:
+                        kp, peer = entry
+                        key = kp.recv_key
+                        if (
+                            key is not None
+                            and now - kp.created < REJECT_AFTER_TIME
+                            and kp is not peer.next
+                        ):
+                            replay = kp.replay
+                            v4, v6 = source_table(peer)
+                            end, nxt, opened, rx, got_data, dropped = open_run(
+                                data, pos, segment, key, receiver, replay.ring,
+                                replay.last + 1, v4, v6, frames,
+                            )  # fmt: skip
+                            replay.last = nxt - 1
+                            self._count_open_drops(dropped)
+                            if opened:
+                                self._opened += opened
+                                self._end_run(seen, peer, kp=kp, src=src, rx=rx, data=got_data)
+                            if end > pos:
+                                pos = end
+                                continue
+                end = min(pos + segment, size)
+                for packet in self.receive_datagrams([(memoryview(data)[pos:end], src)], now):
+                    frames.add(packet)
+                pos = end
+        for p, st in seen.items():
+            self._after_receive(p, st.src, st.keypair, st.data, now)
+
+    def _batch_path(self) -> Backend:
+        if self._datapath is None:
+            raise ValueError("frame batches need a data path: Device(datapath=...)")
+        return self._datapath
+
+    def _count_open_drops(self, dropped: tuple[int, int, int, int]) -> None:
+        replay, decrypt, bad_packet, allowed = dropped
+        if replay or decrypt or bad_packet or allowed:
+            drops = self._drops
+            for reason, n in (
+                ("replay", replay),
+                ("decrypt", decrypt),
+                ("bad_packet", bad_packet),
+                ("allowed_ips", allowed),
+            ):
+                if n:
+                    drops[reason] += n
 
     # ---------------------------------------------------------------- outbound
+
+    def send_frames(self, frames: Sequence[bytes], now: float, *, vnet: bool) -> None:
+        """Route and seal what the TUN read: vnet frames (`vnet`, TSO/USO super-packets
+        among them) or plain IP packets. Results wait in `gso_to_send()`.
+
+        Consecutive frames for one peer with a usable session are sealed by the batch data
+        path in one call (split, padded, sealed into one buffer with its UDP_SEGMENT groups).
+        The rest (no session yet: staged; no route or malformed: dropped) goes through
+        `send_packets` as split packets, so the outcome is always that of `send_packets`.
+        """
+        off = _VNET if vnet else 0
+        cached_owner = self._allowed.cache.get
+        lookup = self._allowed.lookup
+        sent: dict[Peer, Keypair | None] = {}
+        slow: list[bytes] = []
+        run: list[bytes] = []
+        run_peer: Peer | None = None
+        run_kp: Keypair | None = None
+        # Counters a batch may take at most: near exhaustion the per-packet path decides.
+        limit = REJECT_AFTER_MESSAGES - _MAX_FRAME_SEGMENTS * len(frames)
+        for frame in frames:
+            n = len(frame) - off
+            version = frame[off] >> 4 if n > 0 else 0
+            if version == 4 and n >= 20:
+                addr = frame[off + 16 : off + 20]
+            elif version == 6 and n >= 40:
+                addr = frame[off + 24 : off + 40]
+            else:
+                slow.append(frame)
+                continue
+            peer = cached_owner(addr)
+            if peer is None:
+                peer = lookup(addr)
+            if peer is None:
+                slow.append(frame)
+                continue
+            if peer is not run_peer:
+                if run:
+                    self._seal_run(run_peer, run_kp, run, vnet)  # type: ignore[arg-type]
+                    run = []
+                run_peer = peer
+                run_kp, _ = self._prepare_send(peer, now, sent)
+                if run_kp is None or run_kp.send_counter >= limit or run_kp.send_key is None:
+                    if sent.get(peer, False) is None:
+                        del sent[peer]  # send_packets below stages and handshakes
+                    run_kp = None
+            if run_kp is None:
+                slow.append(frame)
+            else:
+                run.append(frame)
+        if run:
+            self._seal_run(run_peer, run_kp, run, vnet)  # type: ignore[arg-type]
+        for peer, used in sent.items():
+            if used is not None:
+                self._after_send(peer, used, now, data=True)
+            self._flush_staged(peer, now)
+        if slow:
+            packets = slow
+            if vnet:
+                packets, dropped = self._batch_path().split_frames(slow)
+                self._frame_drops.update(dropped)
+            self.send_packets(packets, now)
+
+    def _seal_run(self, peer: Peer, kp: Keypair, frames: list[bytes], vnet: bool) -> None:
+        endpoint = peer.endpoint
+        key = kp.send_key
+        assert endpoint is not None and key is not None
+        max_bytes = _GSO_MAX_BYTES_V6 if ":" in endpoint[0] else _GSO_MAX_BYTES_V4
+        buf, groups, used, dropped = self._batch_path().seal(
+            frames, key, kp.remote_index, kp.send_counter, self.mtu, max_bytes, vnet
+        )
+        kp.send_counter += used
+        self._sealed += used
+        peer.tx_bytes += len(buf)
+        if dropped:  # Counter.update costs an ABC check even when empty
+            self._frame_drops.update(dropped)
+        if buf:
+            self._gso_out.append((endpoint, buf, groups))
 
     def send_packets(self, packets: Iterable[bytes], now: float) -> None:
         """Route, pad and seal IP packets; results wait in `datagrams_to_send()`."""
@@ -567,7 +757,7 @@ class Device:
         if kp is None or not kp.can_send(now):
             if kp is not None and kp.send is not None:
                 self._events.append(KeypairExpired(peer.public_key, kp.local_index))
-                kp.send = None  # report once; it may still receive until it ages out
+                kp.stop_sending()  # report once; it may still receive until it ages out
             sent.setdefault(peer, None)
             return None, None
         if peer.staged:
@@ -645,13 +835,16 @@ class Device:
                 if action is TimerAction.RETRANSMIT_HANDSHAKE:
                     send_initiation(self, peer, now, retry=True)
                 elif action is TimerAction.GIVE_UP_HANDSHAKE:
-                    self._forget_pending(peer)
+                    # The pending handshake stays until the zero-keys timer (wireguard-go):
+                    # a late response to the last initiation still completes it.
                     dropped = self._drop_staged(peer, "handshake_timeout")
                     self._events.append(HandshakeFailed(peer.public_key, dropped))
                 elif action is TimerAction.NEW_HANDSHAKE:
                     send_initiation(self, peer, now, retry=False)
                 elif action is TimerAction.ZERO_KEYS:
+                    # wireguard-go's ZeroAndFlushAll: the staged packets go with the keys.
                     self._forget_sessions(peer)
+                    self._drop_staged(peer, "keys_zeroed")
                     self._events.append(KeysZeroed(peer.public_key))
                 else:  # SEND_KEEPALIVE, PERSISTENT_KEEPALIVE
                     self._send_keepalive(peer, now)

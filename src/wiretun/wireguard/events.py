@@ -44,7 +44,8 @@ class KeypairExpired:
 
 @dataclass(frozen=True, slots=True)
 class KeysZeroed:
-    """All key material of the peer was forgotten (540 s without a new handshake)."""
+    """All key material of the peer was forgotten (540 s without a new handshake), and the
+    packets staged for it were dropped (counted as ``keys_zeroed``)."""
 
     public_key: bytes
 

@@ -44,10 +44,12 @@ class Keypair:
         "is_initiator",
         "local_index",
         "recv",
+        "recv_key",
         "remote_index",
         "replay",
         "send",
         "send_counter",
+        "send_key",
     )
 
     def __init__(
@@ -64,6 +66,10 @@ class Keypair:
             raise ValueError("transport keys must be 32 bytes")
         self.send: ChaCha20Poly1305 | None = ChaCha20Poly1305(send_key)
         self.recv: ChaCha20Poly1305 | None = ChaCha20Poly1305(recv_key)
+        # The raw keys, for the batch data path (wiretun.datapath), which seals and opens
+        # many messages per call; valid exactly while `send` / `recv` are.
+        self.send_key: bytes | None = bytes(send_key)
+        self.recv_key: bytes | None = bytes(recv_key)
         self.local_index = local_index
         self.remote_index = remote_index
         self.is_initiator = is_initiator
@@ -106,7 +112,14 @@ class Keypair:
         except InvalidTag:
             return None
 
+    def stop_sending(self) -> None:
+        """Receive only from now on (expired for sending, or the identity changed)."""
+        self.send = None
+        self.send_key = None
+
     def zero(self) -> None:
         """Forget the keys (Python cannot scrub memory, but nothing can use them any more)."""
         self.send = None
         self.recv = None
+        self.send_key = None
+        self.recv_key = None

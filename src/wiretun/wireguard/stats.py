@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from wiretun.wireguard.events import Endpoint
@@ -29,6 +29,7 @@ DROP_REASONS: Final = (
     "no_endpoint",  # peer has no endpoint to send to
     "queue_full",  # staged queue overflow: the oldest packet was dropped
     "handshake_timeout",  # staged packets dropped when handshake attempts gave up
+    "keys_zeroed",  # staged packets dropped with all key material (540 s without a session)
     "peer_removed",  # staged packets dropped with their peer
 )
 
@@ -51,3 +52,5 @@ class DeviceStats:
     packets_sealed: int
     packets_opened: int
     handshakes_completed: int
+    # TUN frames `send_frames` dropped by the offload decoder's reasons (wiretun.tun.gso).
+    frame_drops: dict[str, int] = field(default_factory=dict)

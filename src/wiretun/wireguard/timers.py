@@ -116,8 +116,15 @@ class PeerTimers:
             self.persistent_at = now + self.persistent_interval
 
     def set_persistent_interval(self, interval: int, now: float) -> None:
+        """Off cancels the timer, on arms it; a changed interval leaves a pending deadline
+        alone and applies from the next traversal (wireguard-go only swaps the value), so
+        re-applying the same configuration never postpones a keepalive."""
+        was_on = self.persistent_interval > 0
         self.persistent_interval = interval
-        self.persistent_at = now + interval if interval else None
+        if not interval:
+            self.persistent_at = None
+        elif not was_on or self.persistent_at is None:
+            self.persistent_at = now + interval
 
     def stop_all(self) -> None:
         self.retransmit_at = None
