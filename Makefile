@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBS := iperf3 wireguard-go wireguard-tools iproute2 procps iputils-ping gcc libssl-dev
+DEBS := iperf3 wireguard-go wireguard-tools iproute2 procps iputils-ping nftables gcc libssl-dev
 STAMP := $(VENV)/.installed
 
 .PHONY: all demo test lint typecheck unit bench sysdeps venv clean

@@ -97,19 +97,17 @@ def test_minimal_sample_defaults() -> None:
     assert cfg.warnings == ()
 
 
-def test_wg_quick_only_keys_become_warnings() -> None:
+def test_wg_quick_keys_are_parsed_not_warned_about() -> None:
     cfg = parse_config((DATA / "wgquick.conf").read_text(), "wgquick.conf")
-    assert [str(w) for w in cfg.warnings] == [
-        f"wgquick.conf:{line}: [Interface] {key}: not supported by wiretun yet; ignored"
-        for line, key in [
-            (5, "DNS"),
-            (6, "PreUp"),
-            (7, "PostUp"),
-            (8, "PreDown"),
-            (9, "PostDown"),
-            (10, "SaveConfig"),
-        ]
-    ]
+    assert cfg.warnings == ()
+    iface = cfg.interface
+    assert iface.dns == ("10.8.0.1",) and iface.dns_search == ("example.internal",)
+    assert iface.pre_up == ("echo pre-up",)
+    # wg-quick cuts hooks at '#' too: the comment is not part of the command.
+    assert iface.post_up == ("iptables -A FORWARD -i %i -j ACCEPT",)
+    assert iface.pre_down == ("echo pre-down",)
+    assert iface.post_down == ("iptables -D FORWARD -i %i -j ACCEPT",)
+    assert iface.save_config is False and iface.table_given
     assert cfg.interface.table == 1234
     assert cfg.peers[0].endpoint == Endpoint("198.51.100.7", 51820)
 
@@ -394,3 +392,34 @@ def test_fuzz_only_config_errors(lines: list[str]) -> None:
         assert str(exc).startswith("fz.conf")
     else:
         assert cfg.interface.name == "fz"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("SaveConfig = yes", "SaveConfig: 'yes' is neither true nor false"),
+        (
+            "DNS = 10.0.0.300",
+            "DNS: '10.0.0.300' is not a valid DNS server address",
+        ),
+        (
+            "DNS = bad/name",
+            "DNS: 'bad/name' is neither a DNS server address nor a search domain",
+        ),
+    ],
+)
+def test_bad_wg_quick_values_name_file_line_and_field(line: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"[Interface]\nPrivateKey = {PRIV1}\n{line}\n", "wg0.conf")
+    assert str(info.value) == f"wg0.conf:3: [Interface] {message}"
+
+
+def test_hooks_and_dns_repeat_in_order() -> None:
+    text = (
+        f"[Interface]\nPrivateKey = {PRIV1}\nPostUp = a\nDNS = 1.1.1.1\nPostUp = b\n"
+        "DNS = 9.9.9.9 x.example\nSaveConfig = True\n"
+    )
+    iface = parse_config(text, "wg0.conf").interface
+    assert iface.post_up == ("a", "b")
+    assert iface.dns == ("1.1.1.1", "9.9.9.9") and iface.dns_search == ("x.example",)
+    assert iface.save_config is True and not iface.table_given

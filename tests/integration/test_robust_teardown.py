@@ -39,11 +39,14 @@ def test_the_leftover_check_sees_a_running_instance(topology: Topology) -> None:
         wt.write_config(
             addresses=["10.9.0.1/24", "fd00:9::1/64"],
             listen_port=51820,
-            peers=[PeerSpec(KeyPair.generate().public, ["10.9.0.0/24", "fd00:9::/64"])],
+            peers=[PeerSpec(KeyPair.generate().public, ["0.0.0.0/0", "::/0"])],
         )
         wt.start()
         left = wiretun_leftovers(a, wt.name, listen_port=51820)
         kinds = {item.split()[0] for item in left}
-        assert kinds == {"device", "rule", "route", "udp", wt.socket_path, wt.pid_path}, left
+        record = wt.pid_path.removesuffix(".pid") + ".installed"  # the rules, for a crash
+        assert kinds == {"device", "rule", "route", "udp", wt.socket_path, wt.pid_path, record}, (
+            left
+        )
         assert wt.stop() == 0
         assert wiretun_leftovers(a, wt.name, listen_port=51820) == []

@@ -70,7 +70,11 @@ def two_namespaces(topology: Topology) -> Iterator[tuple[NetNS, NetNS]]:
     yield a, b
 
 
-def test_two_instances_keep_their_own_table_and_rule(
+def _main_routes(ns: NetNS, name: str) -> str:
+    return ns.run("ip", "route", "show", "dev", name, check=False).strip()
+
+
+def test_two_instances_keep_their_own_routes(
     two_namespaces: tuple[NetNS, NetNS],
 ) -> None:
     a, b = two_namespaces
@@ -78,30 +82,21 @@ def test_two_instances_keep_their_own_table_and_rule(
         (one, one_far), (two, two_far) = _pair(stack, a, b, 1), _pair(stack, a, b, 2)
         for wt in (one, one_far, two, two_far):
             wt.start()
-        mark_one, mark_two = _fwmark(one), _fwmark(two)
-        # Free tables from 51820 up, used as the marks too (as wg-quick does).
-        assert mark_one == 51820 and mark_two == 51821, (mark_one, mark_two)
-        assert _table(a, mark_one) == f"10.1.0.2 dev {one.name} proto static"
-        assert _table(a, mark_two) == f"10.2.0.2 dev {two.name} proto static"
-        assert len(_our_rules(a, mark_one)) == len(_our_rules(a, mark_two)) == 1
+        # No default route: AllowedIPs go to the main table, no mark, no rule (as wg-quick).
+        assert _fwmark(one) == _fwmark(two) == 0
+        assert _main_routes(a, one.name) == "10.1.0.2 proto static"
+        assert _main_routes(a, two.name) == "10.2.0.2 proto static"
         assert udp_ping(a, b, "10.1.0.2") == 3
         assert udp_ping(a, b, "10.2.0.2") == 3
 
         assert two.stop() == 0
-        # The first tunnel's route and rule survive; the second's are gone.
-        assert _table(a, mark_one) == f"10.1.0.2 dev {one.name} proto static"
-        assert len(_our_rules(a, mark_one)) == 1
-        assert _our_rules(a, mark_two) == [] and _table(a, mark_two) == ""
+        # The first tunnel's route survives; the second's is gone.
+        assert _main_routes(a, one.name) == "10.1.0.2 proto static"
         assert udp_ping(a, b, "10.1.0.2") == 3
         assert one.name in a.run("ip", "route", "get", "10.1.0.2")
         assert a.run("ip", "route", "get", "10.2.0.2", check=False) == ""  # unreachable now
-
-        # A new instance while the first still runs gets the freed table again, and flushes
-        # nothing of the first's.
         two.start()
-        assert _fwmark(two) == 51821
         assert udp_ping(a, b, "10.2.0.2") == 3
-        assert _table(a, mark_one) == f"10.1.0.2 dev {one.name} proto static"
 
 
 def test_table_off_installs_no_rule_and_reports_no_fwmark(
@@ -131,6 +126,10 @@ def test_wg_set_fwmark_moves_the_rule(two_namespaces: tuple[NetNS, NetNS]) -> No
     a, b = two_namespaces
     with ExitStack() as stack:
         near, far = _pair(stack, a, b, 1)
+        with open(near.config_path) as f:
+            text = f.read()
+        with open(near.config_path, "w") as f:  # a default route: the fwmark table and rules
+            f.write(text.replace("AllowedIPs = 10.1.0.2/32", "AllowedIPs = 10.1.0.2/32, ::/0"))
         near.start()
         far.start()
         assert udp_ping(a, b, "10.1.0.2") == 3
@@ -151,7 +150,7 @@ def test_wg_set_fwmark_moves_the_rule(two_namespaces: tuple[NetNS, NetNS]) -> No
         assert not any("0x1234" in ln for ln in _rules(a)), _rules(a)
 
 
-def test_wiretun_leftovers_sees_a_rule_at_our_priority(
+def test_wiretun_leftovers_sees_any_rule_of_ours(
     two_namespaces: tuple[NetNS, NetNS],
 ) -> None:
     """wiretun_leftovers finds our rule whatever table it points at."""

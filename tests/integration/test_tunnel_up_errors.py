@@ -45,7 +45,7 @@ def test_a_netdev_error_is_one_line_and_a_clean_exit(
     config = parse_config(CONFIG, f"{name}.conf")
     opts = up.UpOptions(f"{name}.conf", name, 1, True, None)
     with ns.enter():
-        code = asyncio.run(up._main(config, opts))
+        code = asyncio.run(up.run_device(config, opts))
     err = capsys.readouterr().err
     assert code == 1
     assert err == f"wiretun up: cannot configure {name}: injected {name}: [Errno 1] " + (

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from wiretun.netdev.spec import AUTO_TABLE_START, DEFAULT_RULE_PRIORITY
+from wiretun.netdev.spec import AUTO_TABLE_START
 from wiretun.testing.netns import NetNS, unique_name
 from wiretun.testing.procs import (
     SOCKET_DIR,
@@ -339,18 +339,19 @@ def wiretun_leftovers(
     table: str = str(AUTO_TABLE_START),
 ) -> list[str]:
     """What a stopped `wiretun up` for `name` in `ns` left behind (empty if nothing): its
-    device, policy rules, routes in its table, UDP socket, UAPI socket and pid file.
-    Rules: any at netdev's priority, or with `fwmark` (e.g. "0x1234") when given. The
-    default table is the one the first Table=auto instance in a namespace gets."""
+    device, policy rules, routes in its fwmark table, UDP socket, UAPI socket, pid file and
+    leftovers record. Rules: any besides the kernel's three (a test's namespace has no
+    others), or with `fwmark` (e.g. "0x1234") when given. The default table is the one the
+    first full-tunnel instance in a namespace gets."""
     left: list[str] = []
     if ns.run("ip", "link", "show", "dev", name, check=False).strip():
         left.append(f"device {name}")
-    ours = f"{DEFAULT_RULE_PRIORITY}:"
+    kernel = {"0", "32766", "32767"}
     for family in ("-4", "-6"):
         rules = [
             ln
             for ln in ns.run("ip", family, "rule").splitlines()
-            if ln.startswith(ours) or (fwmark is not None and fwmark in ln)
+            if ln.split(":")[0] not in kernel or (fwmark is not None and fwmark in ln)
         ]
         left += [f"rule {ln.strip()}" for ln in rules]
         # A table without routes may not exist at all (an error for `ip -6`): empty either way.
@@ -359,7 +360,7 @@ def wiretun_leftovers(
     if listen_port is not None:
         udp = ns.run("ss", "-uanH", f"sport = :{listen_port}").strip()
         left += [f"udp socket {ln.split()[3]}" for ln in udp.splitlines() if ln.strip()]
-    for path in (f"{SOCKET_DIR}/{name}.sock", f"{SOCKET_DIR}/{name}.pid"):
+    for path in (f"{SOCKET_DIR}/{name}.{s}" for s in ("sock", "pid", "installed")):
         if os.path.exists(path):
             left.append(path)
     return left

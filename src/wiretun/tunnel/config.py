@@ -26,8 +26,8 @@ _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,
 _TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 # Anything shaped like a base64 key; messages quote bad lines, which may hold a PrivateKey.
 _KEYLIKE_RE = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
-# wg-quick handles these itself; we do not yet, so they become warnings, not silence.
-_UNSUPPORTED_INTERFACE_KEYS = ("DNS", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig")
+# wg-quick's test for a DNS= item that is a server (else it is a search domain).
+_DNS_SERVER_RE = re.compile(r"[0-9.]+|.*:.*")
 
 
 def is_valid_ifname(name: str) -> bool:
@@ -79,7 +79,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class InterfaceConfig:
     """The `[Interface]` section. `fwmark` 0 means off; `table` is "auto", "off", a number
-    or a routing table name."""
+    or a routing table name. The hooks are wg-quick's bash snippets, verbatim (`%i` not yet
+    replaced); `dns` holds the servers of DNS=, `dns_search` its other items."""
 
     name: str
     private_key: bytes = field(repr=False)
@@ -88,6 +89,14 @@ class InterfaceConfig:
     mtu: int | None = None
     fwmark: int | None = None
     table: int | str = "auto"
+    table_given: bool = False
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    pre_up: tuple[str, ...] = ()
+    post_up: tuple[str, ...] = ()
+    pre_down: tuple[str, ...] = ()
+    post_down: tuple[str, ...] = ()
+    save_config: bool = False
 
     @property
     def public_key(self) -> bytes:
@@ -188,6 +197,11 @@ class _InterfaceDraft:
     mtu: int | None = None
     fwmark: int | None = None
     table: int | str = "auto"
+    table_given: bool = False
+    dns: list[str] = field(default_factory=list)
+    dns_search: list[str] = field(default_factory=list)
+    hooks: dict[str, list[str]] = field(default_factory=dict)
+    save_config: bool = False
     seen: set[str] = field(default_factory=set)
 
 
@@ -219,6 +233,12 @@ class _Parser:
             "mtu": ("MTU", self._mtu, False),
             "fwmark": ("FwMark", self._fwmark, False),
             "table": ("Table", self._table, False),
+            "dns": ("DNS", self._dns, True),
+            "preup": ("PreUp", self._hook("preup"), True),
+            "postup": ("PostUp", self._hook("postup"), True),
+            "predown": ("PreDown", self._hook("predown"), True),
+            "postdown": ("PostDown", self._hook("postdown"), True),
+            "saveconfig": ("SaveConfig", self._save_config, False),
         }
         self.peer_fields: dict[str, tuple[str, Callable[[str], None], bool]] = {
             "publickey": ("PublicKey", self._public_key, False),
@@ -227,7 +247,6 @@ class _Parser:
             "endpoint": ("Endpoint", self._endpoint, False),
             "persistentkeepalive": ("PersistentKeepalive", self._keepalive, False),
         }
-        self.unsupported = {key.lower(): key for key in _UNSUPPORTED_INTERFACE_KEYS}
 
     @property
     def iface(self) -> _InterfaceDraft:
@@ -258,10 +277,6 @@ class _Parser:
         lower = key.lower()
         if self.section == "Interface":
             fields, seen = self.iface_fields, self.iface.seen
-            if lower in self.unsupported:
-                name = self.unsupported[lower]
-                self.warn(f"[Interface] {name}: not supported by wiretun yet; ignored")
-                return
         else:
             fields, seen = self.peer_fields, self.peers[-1].seen
         label = f"[{self.section}] {key}"
@@ -326,7 +341,33 @@ class _Parser:
             raise _FieldError(f"{value!r} is neither off nor 0..0xffffffff")
         self.iface.fwmark = mark
 
+    def _dns(self, value: str) -> None:
+        for item in _split_list(value.replace(" ", ",")):
+            if _DNS_SERVER_RE.fullmatch(item):
+                try:
+                    self.iface.dns.append(str(ipaddress.ip_address(item)))
+                except ValueError:
+                    raise _FieldError(f"{item!r} is not a valid DNS server address") from None
+            elif _HOSTNAME_RE.fullmatch(item):
+                self.iface.dns_search.append(item)
+            else:
+                raise _FieldError(f"{item!r} is neither a DNS server address nor a search domain")
+
+    def _hook(self, key: str) -> Callable[[str], None]:
+        def add(value: str) -> None:
+            if value:  # wg-quick would run an empty snippet: a no-op
+                self.iface.hooks.setdefault(key, []).append(value)
+
+        return add
+
+    def _save_config(self, value: str) -> None:
+        lower = value.lower()
+        if lower not in ("true", "false"):
+            raise _FieldError(f"{value!r} is neither true nor false")
+        self.iface.save_config = lower == "true"
+
     def _table(self, value: str) -> None:
+        self.iface.table_given = True
         lower = value.lower()
         if lower in ("off", "auto"):
             self.iface.table = lower
@@ -390,6 +431,14 @@ class _Parser:
             mtu=self.interface.mtu,
             fwmark=self.interface.fwmark,
             table=self.interface.table,
+            table_given=self.interface.table_given,
+            dns=tuple(self.interface.dns),
+            dns_search=tuple(self.interface.dns_search),
+            pre_up=tuple(self.interface.hooks.get("preup", ())),
+            post_up=tuple(self.interface.hooks.get("postup", ())),
+            pre_down=tuple(self.interface.hooks.get("predown", ())),
+            post_down=tuple(self.interface.hooks.get("postdown", ())),
+            save_config=self.interface.save_config,
         )
         own_public = interface.public_key
         peers: list[PeerConfig] = []

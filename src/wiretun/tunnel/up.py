@@ -1,8 +1,11 @@
 """`wiretun up CONFIG` / `wiretun down NAME`: run a WireGuard interface from a wg-quick file.
 
-`up` runs in the foreground until SIGINT/SIGTERM, until its UAPI socket is removed or until
-its TUN device disappears, then removes everything it made (device, routes, rules, socket,
-pid file). `--background` re-executes itself detached and returns once the interface is up.
+`up` does what `wg-quick up` does (routes and rules as wg-quick installs them, hooks, DNS,
+the default MTU, SaveConfig on the way down), with wiretun as the WireGuard device. It runs
+in the foreground until SIGINT/SIGTERM, until its UAPI socket is removed or until its TUN
+device disappears, then removes everything it made (device, routes, rules, DNS, socket, pid
+file); what a crash left behind is removed by the next `up` of the same interface.
+`--background` re-executes itself detached and returns once the interface is up.
 `wiretun down` (wiretun.tunnel.down) stops it through the pid file written here.
 """
 
@@ -11,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -21,20 +23,37 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyroute2 import AsyncIPRoute
+
 from wiretun import datapath
 from wiretun.netdev.errors import NetdevError
 from wiretun.netdev.manager import TunDeviceManager
+from wiretun.netdev.policy import MAIN_TABLE, PolicyRouting
 from wiretun.tun import Tun, TunBroken, TunClosed
 from wiretun.tun.inline import InlineTun
 from wiretun.tunnel.backend import DeviceBackend
 from wiretun.tunnel.config import ConfigError, TunnelConfig, is_valid_ifname, load_config
+from wiretun.tunnel.dns import DnsError, set_dns, unset_dns
+from wiretun.tunnel.hooks import HookError, run_hooks
+from wiretun.tunnel.leftovers import Leftovers, read_leftovers, remove_rules
 from wiretun.tunnel.loop import FramePath, TunnelLoop
+from wiretun.tunnel.mtu import default_mtu
 from wiretun.tunnel.pidfile import remove_pid_file, write_pid_file
-from wiretun.tunnel.routing import FwmarkFollower, configured_fwmark, routing_table
+from wiretun.tunnel.routing import (
+    FwmarkFollower,
+    RoutePlan,
+    configured_fwmark,
+    plan_routes,
+    routing_table,
+)
+from wiretun.tunnel.saveconfig import render_config, write_config
 from wiretun.tunnel.uapi import UapiInUseError, UapiServer
 from wiretun.tunnel.uapi_protocol import (
+    PeerUpdate,
     SetFwmark,
     SetListenPort,
+    SetOperation,
+    SetPrivateKey,
     UapiError,
     set_operations_from_config,
 )
@@ -44,13 +63,25 @@ from wiretun.wireguard.device import Device
 log = logging.getLogger(__name__)
 
 RUN_DIR = "/var/run/wireguard"
-DEFAULT_MTU = 1420
+CONFIG_DIR = "/etc/wireguard"
 TXQUEUELEN = 10_000
 EXIT_CONFIG = 2
 
 
 def pid_path(name: str) -> str:
     return os.path.join(RUN_DIR, f"{name}.pid")
+
+
+def leftovers_path(name: str) -> str:
+    return os.path.join(RUN_DIR, f"{name}.installed")
+
+
+def config_path(arg: str) -> str:
+    """wg-quick's lookup: a bare interface name means /etc/wireguard/NAME.conf. (A name
+    ending in .conf is taken as a file, so `wiretun up wg0.conf` keeps meaning ./wg0.conf.)"""
+    if "/" not in arg and not arg.endswith(".conf") and is_valid_ifname(arg):
+        return os.path.join(CONFIG_DIR, f"{arg}.conf")
+    return arg
 
 
 @dataclass(frozen=True)
@@ -67,7 +98,10 @@ class UpOptions:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="wg-quick style configuration file")
+    parser.add_argument(
+        "config",
+        help=f"wg-quick configuration file, or an interface name NAME for {CONFIG_DIR}/NAME.conf",
+    )
     parser.add_argument(
         "-i", "--interface", help="interface name (default: the config file's name, no .conf)"
     )
@@ -99,6 +133,7 @@ def interface_name(config_path: str, override: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.config = config_path(args.config)
     name = interface_name(args.config, args.interface)
     if not is_valid_ifname(name):
         print(f"wiretun up: invalid interface name {name!r}", file=sys.stderr)
@@ -116,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if args.background:
         return _start_background(args, name)
     opts = UpOptions(args.config, name, args.queues, args.offload, args.ready_fd, args.tun_threads)
-    return asyncio.run(_main(config, opts))
+    return asyncio.run(run_device(config, opts))
 
 
 # -- background mode -------------------------------------------------------------------------
@@ -185,20 +220,6 @@ class _Stop:
         self.event.set()
 
 
-def _allowed_routes(
-    config: TunnelConfig,
-) -> tuple[list[ipaddress.IPv4Network], list[ipaddress.IPv6Network]]:
-    v4: list[ipaddress.IPv4Network] = []
-    v6: list[ipaddress.IPv6Network] = []
-    for peer in config.peers:
-        for net in peer.allowed_ips:
-            if isinstance(net, ipaddress.IPv4Network):
-                v4.append(net)
-            else:
-                v6.append(net)
-    return v4, v6
-
-
 def _write_pid_file(name: str) -> str:
     os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
     path = pid_path(name)
@@ -220,37 +241,110 @@ async def _close_manager(manager: TunDeviceManager) -> None:
 
 
 async def _configure_device(manager: TunDeviceManager, config: TunnelConfig) -> None:
-    """Addresses, link up, routes; raises NetdevError (or ValueError for what the kernel's
+    """Addresses, MTU, link up; raises NetdevError (or ValueError for what the kernel's
     rules forbid, e.g. IPv6 with an MTU below 1280)."""
     await manager.start()
     if config.interface.addresses:
         await manager.set_addresses(config.interface.addresses)
     else:
+        await manager.set_mtu(manager.mtu)
         await manager.set_up()
     try:
         await manager.set_txqueuelen(TXQUEUELEN)
     except NetdevError as e:
         log.info("%s: keeping the default txqueuelen: %s", manager.name, e)
-    if manager.table is not None:
-        v4, v6 = _allowed_routes(config)
-        await manager.set_routes(v4, v6)
 
 
-async def _main(config: TunnelConfig, opts: UpOptions) -> int:
+async def _install_routes(policy: PolicyRouting, plan: RoutePlan, fwmark: int) -> int:
+    """wg-quick's add_route for each AllowedIP; returns the mark the sockets must carry
+    (the fwmark table's number when a default route needed one and FwMark was not set)."""
+    for net, given in plan.routes:
+        if given is None and await policy.covered_in_main(net):
+            continue
+        await policy.add_route(net, MAIN_TABLE if given is None else given)
+    if plan.defaults:
+        table = fwmark or await policy.free_table()
+        fwmark = fwmark or table
+        for net in plan.defaults:
+            await policy.add_default(net, table, fwmark)
+    return fwmark
+
+
+async def _remove_leftovers(name: str) -> None:
+    """Rules and DNS a crashed run of `name` (in this namespace) recorded and never removed.
+    Called once our UAPI socket is bound: no live instance of `name` owns them."""
+    path = leftovers_path(name)
+    found = read_leftovers(path)
+    if found is None:
+        return
+    rules, dns = found
+    log.warning("%s: removing what a previous run left behind (%d rule(s))", name, len(rules))
+    await remove_rules(rules)
+    if dns is not None:
+        try:
+            await unset_dns(dns)
+        except DnsError as e:
+            log.warning("%s: leftover DNS: %s", name, e)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+async def _unset_dns(handle: str, record: Leftovers) -> None:
+    try:
+        await unset_dns(handle)
+    except (DnsError, OSError) as e:
+        log.warning("teardown DNS: %s", e)
+    record.set_dns(None)
+
+
+async def _current_addresses(name: str) -> list[str]:
+    """The device's addresses as `ip -brief address` lists them, for SaveConfig."""
+    ipr = AsyncIPRoute(groups=0)
+    try:
+        index = await ipr.link_lookup(ifname=name)
+        if not index:
+            return []
+        return [
+            f"{m.get('address')}/{m['prefixlen']}" async for m in await ipr.get_addr(index=index[0])
+        ]
+    finally:
+        ipr.close()
+
+
+async def _save_config(config: TunnelConfig, backend: DeviceBackend, path: str, mtu: int) -> None:
+    addresses = await _current_addresses(config.interface.name)
+    text = render_config(config.interface, backend.get_snapshot(), addresses=addresses, mtu=mtu)
+    print(f"[#] saving the configuration to {path}", file=sys.stderr, flush=True)
+    write_config(path, text)
+
+
+def _endpoint_hosts(ops: list[SetOperation]) -> list[str]:
+    return [op.endpoint[0] for op in ops if isinstance(op, PeerUpdate) and op.endpoint]
+
+
+async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
+    """Bring the interface up as wg-quick would, serve it until told to stop, tear down."""
     loop = asyncio.get_running_loop()
     stop = _Stop()
     for sig, label in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
         loop.add_signal_handler(sig, stop, label)
     iface = config.interface
     name = opts.name
-    mtu = iface.mtu or DEFAULT_MTU
-    # Table=auto without FwMark: the manager picks a free table and uses it as the mark.
-    fwmark = configured_fwmark(config) or 0
     try:
-        table = routing_table(config)
+        plan = plan_routes(config, routing_table(config))
     except ConfigError as e:
         print(f"wiretun up: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    fwmark = configured_fwmark(config) or 0
+    try:
+        ops = set_operations_from_config(config)
+    except OSError as e:
+        print(f"wiretun up: {name}: cannot resolve an endpoint: {e}", file=sys.stderr)
+        return 1
+    # Key, port and mark are already in place (wiretun-go starts without a key).
+    ops = [op for op in ops if not isinstance(op, SetPrivateKey | SetListenPort | SetFwmark)]
+    mtu = iface.mtu or await default_mtu(_endpoint_hosts(ops))
+    went_up = False
 
     async with contextlib.AsyncExitStack() as stack:
         try:
@@ -296,13 +390,6 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
             device, now=loop.time, rebind=rebind, set_fwmark=set_mark, changed=changed
         )
         try:
-            ops = set_operations_from_config(config)
-        except OSError as e:
-            print(f"wiretun up: {name}: cannot resolve an endpoint: {e}", file=sys.stderr)
-            return 1
-        # Port and mark are already in place (the mark defaults to ours, not 0).
-        ops = [op for op in ops if not isinstance(op, SetListenPort | SetFwmark)]
-        try:
             backend.apply(ops)
         except UapiError as e:
             print(f"wiretun up: {name}: {e}", file=sys.stderr)
@@ -315,6 +402,15 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
             print(f"wiretun up: {name} is already running: {e}", file=sys.stderr)
             return 1
         stack.push_async_callback(uapi.close)
+        await _remove_leftovers(name)
+        record = Leftovers(leftovers_path(name))
+        stack.callback(record.remove)
+
+        try:
+            await run_hooks("PreUp", iface.pre_up, name)
+        except HookError as e:
+            print(f"wiretun up: {name}: {e}", file=sys.stderr)
+            return 1
 
         try:
             # Packets to the TUN passed the peer's AEAD: merging them need not re-verify L4
@@ -346,21 +442,45 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
         stack.callback(tun.close)
 
         try:
-            manager = TunDeviceManager(name, mtu=mtu, fwmark=fwmark or None, table=table)
+            manager = TunDeviceManager(name, mtu=mtu, fwmark=None, table="off")
         except ValueError as e:
             print(f"wiretun up: {name}: {e}", file=sys.stderr)
             return EXIT_CONFIG
         stack.push_async_callback(_close_manager, manager)
-        stack.push_async_callback(set_mark.settle)
         try:
             await _configure_device(manager, config)
         except (NetdevError, ValueError) as e:
             print(f"wiretun up: cannot configure {name}: {e}", file=sys.stderr)
             return 1
-        set_mark.manager = manager
-        if manager.fwmark != socks.udp.fwmark:  # the mark of a table picked just now
-            socks.udp.set_fwmark(manager.fwmark)
-            device.fwmark = manager.fwmark
+
+        if iface.dns:
+            try:
+                handle = await set_dns(name, iface.dns, iface.dns_search)
+            except (DnsError, OSError) as e:
+                print(f"wiretun up: {name}: {e}", file=sys.stderr)
+                return 1
+            record.set_dns(handle)
+            stack.push_async_callback(_unset_dns, handle, record)
+
+        policy = PolicyRouting(name, on_rules=record.set_rules)
+        try:
+            await policy.start()
+            stack.push_async_callback(policy.close)
+            stack.push_async_callback(set_mark.settle)
+            mark = await _install_routes(policy, plan, fwmark)
+        except (NetdevError, ValueError) as e:
+            print(f"wiretun up: cannot install the routes of {name}: {e}", file=sys.stderr)
+            return 1
+        if mark != socks.udp.fwmark:  # the mark of a table picked just now
+            socks.udp.set_fwmark(mark)
+            device.fwmark = mark
+        set_mark.rules = policy
+
+        try:
+            await run_hooks("PostUp", iface.post_up, name)
+        except HookError as e:
+            print(f"wiretun up: {name}: {e}", file=sys.stderr)
+            return 1
 
         frames = None
         if batched:
@@ -386,6 +506,7 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
         await asyncio.wait([run_task, stop_task], return_when=asyncio.FIRST_COMPLETED)
         tunnel.stop()
         stop_task.cancel()
+        failed = False
         try:
             await run_task
         except (TunBroken, TunClosed) as e:
@@ -393,11 +514,28 @@ async def _main(config: TunnelConfig, opts: UpOptions) -> int:
             stop(f"TUN device gone ({e})", logging.WARNING)
         except Exception:
             log.exception("%s: the data path failed", name)
-            return 1
+            failed = True
         finally:
             log.info("%s down: %s", name, stop.reason)
             log.info("loop %s", tunnel.stats())
             log.info("udp %s", socks.udp.stats())
             log.info("core drops %s", device.stats().drops)
             log.info("tun %s", tun.stats().total)
-    return 0
+        try:
+            await run_hooks("PreDown", iface.pre_down, name)
+        except HookError as e:
+            log.warning("%s: %s", name, e)  # going down all the same
+        if iface.save_config:
+            try:
+                await _save_config(config, backend, opts.config, mtu)
+            except OSError as e:
+                log.warning("%s: cannot save the configuration: %s", name, e)
+        went_up = not failed
+    if went_up:
+        try:
+            await run_hooks("PostDown", iface.post_down, name)
+        except HookError as e:
+            log.warning("%s: %s", name, e)
+            return 1
+        return 0
+    return 1

@@ -1,0 +1,93 @@
+"""What a running `wiretun up` installed outside its device (policy rules, DNS), kept in a
+file so that the next `up` of the same interface removes what a crash left behind.
+
+Routes need no record: they name the device and the kernel drops them with it. Rules name
+only tables and marks, so they would outlive a SIGKILL and pile up run after run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+
+from wiretun.netdev.policy import RuleSpec, delete_rules
+
+log = logging.getLogger(__name__)
+
+
+def netns_id() -> int:
+    """The inode of our network namespace: a record only applies in the one it was made in."""
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+@dataclass
+class Leftovers:
+    """The record for one interface, rewritten (atomically) on every change."""
+
+    path: str
+    rules: list[RuleSpec] = field(default_factory=list)
+    dns: str | None = None  # the resolvconf/resolvectl interface name DNS was set for
+
+    def set_rules(self, rules: list[RuleSpec]) -> None:
+        self.rules = list(rules)
+        self.save()
+
+    def set_dns(self, dns: str | None) -> None:
+        self.dns = dns
+        self.save()
+
+    def save(self) -> None:
+        if not self.rules and self.dns is None:
+            self.remove()
+            return
+        data = {
+            "pid": os.getpid(),
+            "netns": netns_id(),
+            "rules": [rule.to_json() for rule in self.rules],
+            "dns": self.dns,
+        }
+        tmp = f"{self.path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def read_leftovers(path: str) -> tuple[list[RuleSpec], str | None] | None:
+    """The rules and DNS name a record lists, if it exists and was made in this namespace."""
+    try:
+        with open(path) as f:
+            data: dict[str, Any] = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable %s: %s", path, e)
+        return None
+    if data.get("netns") != netns_id():
+        return None
+    try:
+        rules = [RuleSpec.from_json(item) for item in data.get("rules", [])]
+    except (KeyError, TypeError, ValueError) as e:
+        log.warning("ignoring malformed %s: %s", path, e)
+        return None
+    dns = data.get("dns")
+    return rules, dns if isinstance(dns, str) else None
+
+
+async def remove_rules(rules: list[RuleSpec]) -> None:
+    ipr = AsyncIPRoute(groups=0)
+    try:
+        for err in await delete_rules(ipr, rules):
+            log.warning("leftover: %s", err)
+    finally:
+        ipr.close()
