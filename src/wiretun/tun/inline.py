@@ -106,6 +106,10 @@ class InlineTun(TunBase):
         self._pending_packets = 0  # over all fds
         self._room: asyncio.Future[None] | None = None
         self._read_waiter: asyncio.Future[None] | None = None
+        self._reader_fd: int | None = None  # the fd our reader is registered on, if any
+        self._stale = False  # the reader's next call reports what the woken waiter reads
+        self._busy = False  # the last recv_many returned without waiting
+        self._drained = False  # the last read found every fd empty (EAGAIN)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -139,9 +143,13 @@ class InlineTun(TunBase):
         order. Raises TunClosed after close, TunBroken once a fd failed (read error or EOF)."""
         if max < 1:
             raise ValueError("max must be positive")
-        # A read that finds packets does not suspend: yield once per batch anyway, or a busy
-        # TUN would starve the caller's other tasks (the other direction, timers).
-        await asyncio.sleep(0)
+        # A read that finds packets does not suspend: after a call that returned without
+        # waiting, yield once, or a busy TUN would starve the caller's other tasks (the other
+        # direction, timers). After a wait there is no need: an idle packet goes straight on.
+        # When the last read emptied the fds, waiting is the yield (no read to find nothing).
+        if self._busy and not self._drained:
+            await asyncio.sleep(0)
+        self._busy = True
         qs = self._qs
         n = len(qs)
         while True:
@@ -151,6 +159,11 @@ class InlineTun(TunBase):
                 return out
             if self._error is not None:
                 raise self._error
+            if self._drained:
+                self._busy = False
+                await self._readable()
+                self._drained = False
+                continue
             ready: Sequence[_Queue]
             if n == 1:
                 ready = qs
@@ -162,36 +175,68 @@ class InlineTun(TunBase):
             m = len(ready)
             start = self._next_read % m if m > 1 else 0
             self._next_read += 1
+            drained = True
             for k in range(m):
                 q = ready[(start + k) % m]
-                batch, _, error = read_batch(q.fd, q.decode, max - len(out), q.counters, q.index)
+                batch, empty, error = read_batch(
+                    q.fd, q.decode, max - len(out), q.counters, q.index
+                )
                 out += batch
                 if error is not None:
                     self._error = error
+                    drained = False
                     break
+                drained = drained and empty
                 if len(out) >= max:
+                    drained = drained and k == m - 1
                     break
             if len(out) > max:  # a GSO frame split into more than was asked for
                 out, self._leftover = out[:max], out[max:]
+            self._drained = drained
             if out:
                 return out
-            if self._error is None:
-                await self._readable()
 
     async def _readable(self) -> None:
-        """Wait until some fd is readable (or we are closed). Readers are registered only
-        while waiting: level-triggered, they would spin while backpressure keeps us away."""
+        """Wait until some fd is readable (or we are closed).
+
+        The reader stays registered after a wake: the caller reads, and at idle waits again
+        soon, so no epoll_ctl pair per packet. Level-triggered, it must not stay while nobody
+        waits (backpressure keeps the caller away): it fires once then and removes itself."""
         loop = self._loop = asyncio.get_running_loop()
         fut = self._read_waiter = loop.create_future()
-        # Several fds: our epoll fd is readable when any of them is.
-        fd = self._qs[0].fd if self._epoll is None else self._epoll.fileno()
-        loop.add_reader(fd, _wake, fut)
+        if self._reader_fd is None:
+            # Several fds: our epoll fd is readable when any of them is.
+            fd = self._qs[0].fd if self._epoll is None else self._epoll.fileno()
+            loop.add_reader(fd, self._on_readable)
+            self._reader_fd = fd
         try:
             await fut
+        except BaseException:
+            self._remove_reader()  # cancelled: nobody will read on our behalf
+            raise
         finally:
             self._read_waiter = None
-            if not self._closed:
-                loop.remove_reader(fd)
+
+    def _on_readable(self) -> None:
+        if self._stale:
+            # The loop turn after a wake: epoll reports again the readiness that the waiter,
+            # resumed earlier in this turn, has just consumed. Level-triggered, a real event
+            # is reported again next turn.
+            self._stale = False
+            return
+        fut = self._read_waiter
+        if fut is None:
+            self._remove_reader()
+        elif not fut.done():
+            fut.set_result(None)
+            self._stale = True
+
+    def _remove_reader(self) -> None:
+        fd, self._reader_fd = self._reader_fd, None
+        self._stale = False
+        loop = self._loop
+        if fd is not None and loop is not None and not self._closed and not loop.is_closed():
+            loop.remove_reader(fd)
 
     # --- send ---
 
@@ -344,8 +389,3 @@ class InlineTun(TunBase):
             os.close(q.fd)
         if self._probe is not None:
             self._probe.close()
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)

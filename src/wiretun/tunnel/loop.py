@@ -249,9 +249,20 @@ class TunnelLoop:
     async def _udp_to_tun(self) -> None:
         tun, core, udp, loop = self.tun, self.core, self.udp, self._loop
         assert loop is not None
+        busy = False  # a batch was handled since the last suspension
         while True:
             # Backpressure: while the TUN is full, datagrams wait in the socket buffer.
             await tun.send_ready()
+            if busy:
+                # Receiving never suspends: yield between batches so the other direction and
+                # timers run. When the last receive found the sockets empty, the wait is the
+                # yield (and an idle packet costs no receive that finds nothing).
+                busy = False
+                if udp.drained:
+                    await udp.wait_readable()
+                else:
+                    await asyncio.sleep(0)
+                continue
             now = loop.time()
             if self._batch_core is not None:
                 packets = self._receive_frames(now)
@@ -279,8 +290,7 @@ class TunnelLoop:
             # Handshake replies, cookies and keepalives the datagrams asked for.
             self._flush_core()
             self._rearm_after_batch(now)
-            # recv_batch never suspends: yield so the other direction and timers run.
-            await asyncio.sleep(0)
+            busy = True
 
     def _receive_frames(self, now: float) -> list[bytes] | None:
         """One UDP drain through the batch path: the TUN frames (None: nothing was waiting)."""

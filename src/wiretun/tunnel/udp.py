@@ -160,6 +160,12 @@ class UdpBind:
         self._on_writable: Callable[[], None] | None = None
         self._reading = False
         self._on_readable: Callable[[], None] | None = None
+        self._waiter: asyncio.Future[None] | None = None  # wait_readable's
+        self._waiter_loop: asyncio.AbstractEventLoop | None = None  # where its readers are
+        self._stale: set[int] = set()  # fds whose next reader call repeats a consumed wake
+        # The last recv_batch/recv_buffers found every socket empty (EAGAIN): the caller may
+        # wait_readable instead of a receive that would find nothing.
+        self.drained = False
         self._closed = False
         self._n = Counter[str]()
         self.drops = Counter[str]()
@@ -242,22 +248,50 @@ class UdpBind:
         return self._reading
 
     async def wait_readable(self) -> None:
-        """Wait until some socket is readable (for users without callbacks)."""
+        """Wait until some socket is readable (for users without callbacks).
+
+        The readers stay registered after a wake: the caller reads, and at idle waits again
+        soon, so no epoll_ctl pair per socket and datagram. Level-triggered, they must not stay
+        while nobody waits (the caller held back by a full TUN): they fire once then and go."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        fds = [s.sock.fileno() for s in self._socks.values()]
-
-        def ready() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        for fd in fds:
-            loop.add_reader(fd, ready)
+        self._waiter = fut
+        if self._waiter_loop is None and not self._closed:
+            for s in self._socks.values():
+                fd = s.sock.fileno()
+                loop.add_reader(fd, self._on_wait_readable, fd)
+            self._waiter_loop = loop
         try:
             await fut
+        except BaseException:
+            self._remove_wait_readers()  # cancelled: nobody will read on our behalf
+            raise
         finally:
-            for fd in fds:
-                loop.remove_reader(fd)
+            self._waiter = None
+
+    def _on_wait_readable(self, fd: int) -> None:
+        stale = self._stale
+        if fd in stale:
+            # The loop turn after a wake: epoll reports again the readiness that the waiter,
+            # resumed earlier in this turn, has just consumed. Level-triggered, a real event
+            # is reported again next turn.
+            stale.discard(fd)
+            return
+        fut = self._waiter
+        if fut is None:
+            self._remove_wait_readers()
+            return
+        if not fut.done():
+            fut.set_result(None)
+        stale.add(fd)  # the waiter reads it before the next turn's report
+
+    def _remove_wait_readers(self) -> None:
+        loop, self._waiter_loop = self._waiter_loop, None
+        self._stale.clear()
+        if loop is None or self._closed or loop.is_closed():
+            return
+        for s in self._socks.values():
+            loop.remove_reader(s.sock.fileno())
 
     # -- send -------------------------------------------------------------------------------
 
@@ -441,13 +475,16 @@ class UdpBind:
         first = self._recv_turn % len(socks) if socks else 0
         self._recv_turn = first + 1
         budget = [max_datagrams]
+        drained = True
         for s in socks[first:] + socks[:first]:
-            self._recv_buffers_from(s, out, budget)
+            drained = self._recv_buffers_from(s, out, budget) and drained
+        self.drained = drained
         return out
 
     def _recv_buffers_from(
         self, s: _FamilySocket, out: list[tuple[bytes, int, Endpoint]], budget: list[int]
-    ) -> None:
+    ) -> bool:
+        """Receive into `out` within `budget`; True when the socket was found empty."""
         recvmsg = s.sock.recvmsg
         n_in = nbytes = gro = 0
         try:
@@ -455,14 +492,14 @@ class UdpBind:
                 try:
                     data, ancdata, flags, addr = recvmsg(RECV_BUFFER, _CMSG_SPACE)
                 except BlockingIOError:
-                    return
+                    return True
                 except ConnectionRefusedError:
                     # An ICMP unreachable for an earlier send (peer not up yet): not fatal.
                     self.events["recv_connection_refused"] += 1
                     continue
                 except OSError as e:
                     self._drop_error("recv", e, 1)
-                    return
+                    return False
                 if flags & socket.MSG_TRUNC:
                     self.drops["recv_truncated"] += 1
                     continue
@@ -480,6 +517,7 @@ class UdpBind:
                 n_in += count
                 budget[0] -= count
                 out.append((data, segment, (addr[0], addr[1])))
+            return False
         finally:
             counters = self._n
             counters["bytes_received"] += nbytes
@@ -528,6 +566,7 @@ class UdpBind:
         if self._closed:
             return
         self.pause_reading()
+        self._remove_wait_readers()
         for s in self._socks.values():
             if s.writer_armed and self._loop is not None:
                 with contextlib.suppress(Exception):
