@@ -182,7 +182,7 @@ class Client:
                 ["ip", "netns", "exec", self.ns.name, "wg-quick", "down", self.path],
                 env=self.env, capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip
-            self._wait_gone()
+            self.wait_gone()
             return proc.returncode
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -190,7 +190,7 @@ class Client:
         self.proc = None
         return code
 
-    def _wait_gone(self) -> None:
+    def wait_gone(self) -> None:
         deadline = time.monotonic() + 10
         while os.path.exists(f"/var/run/wireguard/{self.name}.sock"):
             assert time.monotonic() < deadline, "wiretun-go did not exit"
@@ -198,6 +198,19 @@ class Client:
 
     def text(self) -> str:
         return Path(self.log).read_text(errors="replace")
+
+    def stub_resolvconf(self) -> Path:
+        """A `resolvconf` first on PATH that records its arguments (and stdin for -a)."""
+        record = Path(self.dir.name, "resolvconf.log")
+        stub = Path(self.dir.name, "bin")
+        stub.mkdir()
+        Path(stub, "resolvconf").write_text(
+            f'#!/bin/bash\necho "args: $*" >> {record}\n'
+            f'[[ $1 == -a ]] && sed "s/^/stdin: /" >> {record}\nexit 0\n'
+        )
+        os.chmod(stub / "resolvconf", 0o755)
+        self.env["PATH"] = f"{stub}:{self.env['PATH']}"
+        return record
 
     def close(self) -> None:
         if self.proc is not None:
@@ -286,12 +299,19 @@ def test_a_more_specific_main_route_beats_a_broader_allowed_ip(
 
 
 @pytest.mark.parametrize(
-    ("table", "where"), [("off", None), ("main", "main"), ("1234", "1234"), ("254", "main")]
+    ("table", "where", "kind"),
+    [
+        ("off", None, "wiretun"),
+        ("main", "main", "wiretun"),
+        ("1234", "1234", "wiretun"),
+        ("254", "main", "wiretun"),
+        pytest.param("1234", "1234", "wg-quick", marks=KINDS[1].marks),
+    ],
 )
-def test_table_forms(net: Net, make_client: Any, table: str, where: str | None) -> None:
+def test_table_forms(net: Net, make_client: Any, table: str, where: str | None, kind: str) -> None:
     # A default route of our own in main (wg-quick fails on the gateway's, as we do).
     net.client.run("ip", "route", "del", "default")
-    c = make_client()
+    c = make_client(kind)
     c.write(net.wg, ["10.200.0.0/16", "0.0.0.0/0"], extra=f"Table = {table}")
     c.up()
     assert extra_rules(net.client) == []  # an explicit table never gets a rule
@@ -307,8 +327,9 @@ def test_table_forms(net: Net, make_client: Any, table: str, where: str | None) 
     assert c.down() == 0
 
 
-def test_hooks_run_in_order_with_the_interface_name(net: Net, make_client: Any) -> None:
-    c = make_client()
+@pytest.mark.parametrize("kind", KINDS)
+def test_hooks_run_in_order_with_the_interface_name(net: Net, make_client: Any, kind: str) -> None:
+    c = make_client(kind)
     out = os.path.join(c.dir.name, "hooks")
     hooks = "\n".join(
         f"{key} = echo {key} %i $(ip -br link show dev %i 2>/dev/null | wc -l) >> {out}"
@@ -329,8 +350,9 @@ def test_hooks_run_in_order_with_the_interface_name(net: Net, make_client: Any) 
     ]
 
 
-def test_a_failing_post_up_stops_up_and_tears_down(net: Net, make_client: Any) -> None:
-    c = make_client()
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_failing_post_up_stops_up_and_tears_down(net: Net, make_client: Any, kind: str) -> None:
+    c = make_client(kind)
     out = os.path.join(c.dir.name, "hooks")
     c.write(
         net.wg,
@@ -339,27 +361,24 @@ def test_a_failing_post_up_stops_up_and_tears_down(net: Net, make_client: Any) -
     )
     code = c.up(expect_ok=False)
     assert code != 0
-    assert "PostUp `false` failed with exit status 1" in c.text()
+    if kind == "wiretun":
+        assert "PostUp `false` failed with exit status 1" in c.text()
+    else:  # wg-quick's own teardown, which asks wiretun-go for the mark over UAPI
+        assert "[#] false" in c.text()
+        c.wait_gone()
     assert c.name not in net.client.run("ip", "link")
     assert extra_rules(net.client) == []
     assert not os.path.exists(out)  # no PreDown/PostDown for an interface that never came up
 
 
-def test_dns_goes_to_resolvconf(net: Net, make_client: Any) -> None:
-    c = make_client()
-    record = os.path.join(c.dir.name, "resolvconf.log")
-    stub = os.path.join(c.dir.name, "bin")
-    os.mkdir(stub)
-    Path(stub, "resolvconf").write_text(
-        f'#!/bin/bash\necho "args: $*" >> {record}\n'
-        f'[[ $1 == -a ]] && sed "s/^/stdin: /" >> {record}\nexit 0\n'
-    )
-    os.chmod(os.path.join(stub, "resolvconf"), 0o755)
-    c.env["PATH"] = f"{stub}:{c.env['PATH']}"
+@pytest.mark.parametrize("kind", KINDS)
+def test_dns_goes_to_resolvconf(net: Net, make_client: Any, kind: str) -> None:
+    c = make_client(kind)
+    record = c.stub_resolvconf()
     c.write(net.wg, ["10.200.0.0/16"], extra="DNS = 10.9.0.53, fd00:9::53, corp.example")
     c.up()
     assert c.down() == 0
-    assert Path(record).read_text().splitlines() == [
+    assert record.read_text().splitlines() == [
         f"args: -a {c.name} -m 0 -x",
         "stdin: nameserver 10.9.0.53",
         "stdin: nameserver fd00:9::53",
@@ -383,8 +402,10 @@ def test_dns_without_resolvconf_or_resolvectl_is_one_clear_error(
     assert c.name not in net.client.run("ip", "link")
 
 
-def test_save_config_round_trip(net: Net, make_client: Any) -> None:
-    c = make_client()
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_config_round_trip(net: Net, make_client: Any, kind: str) -> None:
+    # With wg-quick, what is saved comes from `wg showconf` answered by wiretun-go.
+    c = make_client(kind)
     c.write(net.wg, ["10.200.0.0/16"], extra="SaveConfig = true\nPostUp = true")
     c.up()
     extra = KeyPair.generate()
@@ -421,7 +442,8 @@ def test_default_mtu_follows_the_underlay(net: Net, make_client: Any, kind: str)
 
 def test_nothing_left_after_sigkill_and_a_fresh_up(net: Net, make_client: Any) -> None:
     c = make_client()
-    c.write(net.wg, ["0.0.0.0/0", "::/0"])
+    record = c.stub_resolvconf()
+    c.write(net.wg, ["0.0.0.0/0", "::/0"], extra="DNS = 10.9.0.53")
     c.up()
     before = extra_rules(net.client)
     assert len(before) == 4
@@ -433,3 +455,7 @@ def test_nothing_left_after_sigkill_and_a_fresh_up(net: Net, make_client: Any) -
     assert c.down() == 0
     assert extra_rules(net.client) == []
     assert not os.path.exists(f"/var/run/wireguard/{c.name}.installed")
+    # The killed run's DNS was removed by the fresh up before it set its own.
+    add, delete = f"args: -a {c.name} -m 0 -x", f"args: -d {c.name} -f"
+    calls = [line for line in record.read_text().splitlines() if line.startswith("args:")]
+    assert calls == [add, delete, add, delete]
