@@ -43,6 +43,9 @@ DEFAULT_RULES = {0, 32766, 32767}
 SERVER_PORT = 51821
 # On the server's loopback: "the internet", only reachable through the tunnel.
 REMOTE4, REMOTE6 = "203.0.113.7", "2001:db8:ff::7"
+# Also on the server's loopback: an endpoint reached through the client's default route, as
+# over the internet (the reverse-path check of its replies then depends on the fwmark).
+FAR_ENDPOINT = "198.51.100.1"
 
 
 def ipj(ns: NetNS, *args: str) -> list[dict[str, Any]]:
@@ -58,6 +61,10 @@ def extra_rules(ns: NetNS) -> list[dict[str, Any]]:
         for r in ipj(ns, family, "rule")
         if r["priority"] not in DEFAULT_RULES
     ]
+
+
+def nft_tables(ns: NetNS) -> list[str]:
+    return ns.run("nft", "list", "tables").splitlines()
 
 
 def udp_source(client: NetNS, server: NetNS, addr: str, timeout: float = 3.0) -> str | None:
@@ -111,6 +118,7 @@ def net(topology: Topology) -> Iterator[Net]:
     client.run("ip", "route", "add", "default", "via", "192.168.241.2")
     server.run("ip", "addr", "add", f"{REMOTE4}/32", "dev", "lo")
     server.run("ip", "addr", "add", f"{REMOTE6}/128", "dev", "lo")
+    server.run("ip", "addr", "add", f"{FAR_ENDPOINT}/32", "dev", "lo")
     keys = KeyPair.generate()
     with WireguardGoPeer(server).start() as wg:
         wg.configure(listen_port=SERVER_PORT)
@@ -139,11 +147,13 @@ class Client:
         self.env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}")
         self.env["WG_QUICK_USERSPACE_IMPLEMENTATION"] = "wiretun-go"
 
-    def write(self, wg: WireguardGoPeer, allowed: list[str], extra: str = "") -> None:
+    def write(
+        self, wg: WireguardGoPeer, allowed: list[str], extra: str = "", host: str = "192.168.241.2"
+    ) -> None:
         text = wg_quick_config(
             self.keys.private,
             addresses=["10.9.0.1/24", "fd00:9::1/64"],
-            peers=[PeerSpec(wg.keys.public, allowed, endpoint=f"192.168.241.2:{SERVER_PORT}")],
+            peers=[PeerSpec(wg.keys.public, allowed, endpoint=f"{host}:{SERVER_PORT}")],
             extra=extra,
         )
         write_secret(self.path, text)
@@ -244,9 +254,11 @@ KINDS = ["wiretun", pytest.param("wg-quick", marks=NEEDS_WG_QUICK)]
 def test_full_tunnel_keeps_the_lan_and_sends_the_rest_through(
     net: Net, make_client: Any, kind: str
 ) -> None:
+    # Strict reverse-path checks: the encrypted replies from the far endpoint pass only
+    # because the mark of the tunnel's UDP is restored on them (connmark, src_valid_mark).
+    net.client.run("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1")
     c = make_client(kind)
-    c.write(net.wg, ["0.0.0.0/0", "::/0"])
-    # Before: "the internet" is not reachable at all (no route on the server side for it).
+    c.write(net.wg, ["0.0.0.0/0", "::/0"], host=FAR_ENDPOINT)
     c.up()
     # Everything else goes through the tunnel: it arrives from the tunnel address.
     assert udp_source(net.client, net.server, REMOTE4) == "10.9.0.1", c.text()
@@ -254,6 +266,10 @@ def test_full_tunnel_keeps_the_lan_and_sends_the_rest_through(
     # The directly connected LAN stays direct (suppress_prefixlength 0), v4 and v6.
     assert udp_source(net.client, net.lan, "192.168.88.2") == "192.168.88.1"
     assert udp_source(net.client, net.lan, "fd88::2") == "fd88::1"
+    # Nobody on the LAN reaches the tunnel's own address (wg-quick's raw prerouting drop).
+    net.lan.run("ip", "route", "add", "10.9.0.0/24", "via", "192.168.88.1")
+    assert udp_source(net.lan, net.client, "10.9.0.1", timeout=0.5) is None
+    assert udp_source(net.lan, net.client, "192.168.88.1") == "192.168.88.2"
     # No loop: the encrypted packets to the endpoint left by the underlay, so the server
     # saw our underlay address as the endpoint.
     _, peers = net.wg.dump()
@@ -265,8 +281,10 @@ def test_full_tunnel_keeps_the_lan_and_sends_the_rest_through(
         assert any(r.get("suppress_prefixlen") == 0 and r["table"] == "main" for r in got)
         assert ipj(net.client, family, "route", "show", "table", str(table))[0]["dst"] == "default"
     assert len(rules) == 4, rules
+    assert len(nft_tables(net.client)) == 2  # one per family
     assert c.down() == 0
     assert extra_rules(net.client) == []
+    assert nft_tables(net.client) == []
     assert c.name not in net.client.run("ip", "link")
 
 
@@ -440,15 +458,17 @@ def test_nothing_left_after_sigkill_and_a_fresh_up(net: Net, make_client: Any) -
     record = c.stub_resolvconf()
     c.write(net.wg, ["0.0.0.0/0", "::/0"], extra="DNS = 10.9.0.53")
     c.up()
-    before = extra_rules(net.client)
-    assert len(before) == 4
+    before, tables = extra_rules(net.client), nft_tables(net.client)
+    assert len(before) == 4 and len(tables) == 2
     assert c.down(signal.SIGKILL) == -signal.SIGKILL
     assert extra_rules(net.client) == before  # a crash leaves the rules (they name no device)
+    assert nft_tables(net.client) == tables  # and the nftables tables
     c.up()
     assert extra_rules(net.client) == before, "a fresh up piles rules on the leftovers"
+    assert nft_tables(net.client) == tables
     assert udp_source(net.client, net.server, REMOTE4) == "10.9.0.1"
     assert c.down() == 0
-    assert extra_rules(net.client) == []
+    assert extra_rules(net.client) == [] and nft_tables(net.client) == []
     assert not os.path.exists(f"/var/run/wireguard/{c.name}.installed")
     # The killed run's DNS was removed by the fresh up before it set its own.
     add, delete = f"args: -a {c.name} -m 0 -x", f"args: -d {c.name} -f"
