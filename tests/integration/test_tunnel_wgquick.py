@@ -43,6 +43,9 @@ DEFAULT_RULES = {0, 32766, 32767}
 SERVER_PORT = 51821
 # On the server's loopback: "the internet", only reachable through the tunnel.
 REMOTE4, REMOTE6 = "203.0.113.7", "2001:db8:ff::7"
+# Also on the server's loopback: an endpoint reached through the client's default route, as
+# over the internet (the reverse-path check of its replies then depends on the fwmark).
+FAR_ENDPOINT = "198.51.100.1"
 
 
 def ipj(ns: NetNS, *args: str) -> list[dict[str, Any]]:
@@ -58,6 +61,10 @@ def extra_rules(ns: NetNS) -> list[dict[str, Any]]:
         for r in ipj(ns, family, "rule")
         if r["priority"] not in DEFAULT_RULES
     ]
+
+
+def nft_tables(ns: NetNS) -> list[str]:
+    return ns.run("nft", "list", "tables").splitlines()
 
 
 def udp_source(client: NetNS, server: NetNS, addr: str, timeout: float = 3.0) -> str | None:
@@ -111,6 +118,7 @@ def net(topology: Topology) -> Iterator[Net]:
     client.run("ip", "route", "add", "default", "via", "192.168.241.2")
     server.run("ip", "addr", "add", f"{REMOTE4}/32", "dev", "lo")
     server.run("ip", "addr", "add", f"{REMOTE6}/128", "dev", "lo")
+    server.run("ip", "addr", "add", f"{FAR_ENDPOINT}/32", "dev", "lo")
     keys = KeyPair.generate()
     with WireguardGoPeer(server).start() as wg:
         wg.configure(listen_port=SERVER_PORT)
@@ -139,11 +147,13 @@ class Client:
         self.env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}")
         self.env["WG_QUICK_USERSPACE_IMPLEMENTATION"] = "wiretun-go"
 
-    def write(self, wg: WireguardGoPeer, allowed: list[str], extra: str = "") -> None:
+    def write(
+        self, wg: WireguardGoPeer, allowed: list[str], extra: str = "", host: str = "192.168.241.2"
+    ) -> None:
         text = wg_quick_config(
             self.keys.private,
             addresses=["10.9.0.1/24", "fd00:9::1/64"],
-            peers=[PeerSpec(wg.keys.public, allowed, endpoint=f"192.168.241.2:{SERVER_PORT}")],
+            peers=[PeerSpec(wg.keys.public, allowed, endpoint=f"{host}:{SERVER_PORT}")],
             extra=extra,
         )
         write_secret(self.path, text)
@@ -182,7 +192,7 @@ class Client:
                 ["ip", "netns", "exec", self.ns.name, "wg-quick", "down", self.path],
                 env=self.env, capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip
-            self._wait_gone()
+            self.wait_gone()
             return proc.returncode
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -190,7 +200,7 @@ class Client:
         self.proc = None
         return code
 
-    def _wait_gone(self) -> None:
+    def wait_gone(self) -> None:
         deadline = time.monotonic() + 10
         while os.path.exists(f"/var/run/wireguard/{self.name}.sock"):
             assert time.monotonic() < deadline, "wiretun-go did not exit"
@@ -198,6 +208,19 @@ class Client:
 
     def text(self) -> str:
         return Path(self.log).read_text(errors="replace")
+
+    def stub_resolvconf(self) -> Path:
+        """A `resolvconf` first on PATH that records its arguments (and stdin for -a)."""
+        record = Path(self.dir.name, "resolvconf.log")
+        stub = Path(self.dir.name, "bin")
+        stub.mkdir()
+        Path(stub, "resolvconf").write_text(
+            f'#!/bin/bash\necho "args: $*" >> {record}\n'
+            f'[[ $1 == -a ]] && sed "s/^/stdin: /" >> {record}\nexit 0\n'
+        )
+        os.chmod(stub / "resolvconf", 0o755)
+        self.env["PATH"] = f"{stub}:{self.env['PATH']}"
+        return record
 
     def close(self) -> None:
         if self.proc is not None:
@@ -223,22 +246,19 @@ def make_client(net: Net) -> Iterator[Any]:
         c.close()
 
 
-KINDS = [
-    "wiretun",
-    pytest.param(
-        "wg-quick",
-        marks=pytest.mark.skipif(not HAVE_WG_QUICK, reason="needs wg-quick and nft"),
-    ),
-]
+NEEDS_WG_QUICK = pytest.mark.skipif(not HAVE_WG_QUICK, reason="needs wg-quick and nft")
+KINDS = ["wiretun", pytest.param("wg-quick", marks=NEEDS_WG_QUICK)]
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_full_tunnel_keeps_the_lan_and_sends_the_rest_through(
     net: Net, make_client: Any, kind: str
 ) -> None:
+    # Strict reverse-path checks: the encrypted replies from the far endpoint pass only
+    # because the mark of the tunnel's UDP is restored on them (connmark, src_valid_mark).
+    net.client.run("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1")
     c = make_client(kind)
-    c.write(net.wg, ["0.0.0.0/0", "::/0"])
-    # Before: "the internet" is not reachable at all (no route on the server side for it).
+    c.write(net.wg, ["0.0.0.0/0", "::/0"], host=FAR_ENDPOINT)
     c.up()
     # Everything else goes through the tunnel: it arrives from the tunnel address.
     assert udp_source(net.client, net.server, REMOTE4) == "10.9.0.1", c.text()
@@ -246,6 +266,10 @@ def test_full_tunnel_keeps_the_lan_and_sends_the_rest_through(
     # The directly connected LAN stays direct (suppress_prefixlength 0), v4 and v6.
     assert udp_source(net.client, net.lan, "192.168.88.2") == "192.168.88.1"
     assert udp_source(net.client, net.lan, "fd88::2") == "fd88::1"
+    # Nobody on the LAN reaches the tunnel's own address (wg-quick's raw prerouting drop).
+    net.lan.run("ip", "route", "add", "10.9.0.0/24", "via", "192.168.88.1")
+    assert udp_source(net.lan, net.client, "10.9.0.1", timeout=0.5) is None
+    assert udp_source(net.lan, net.client, "192.168.88.1") == "192.168.88.2"
     # No loop: the encrypted packets to the endpoint left by the underlay, so the server
     # saw our underlay address as the endpoint.
     _, peers = net.wg.dump()
@@ -257,8 +281,10 @@ def test_full_tunnel_keeps_the_lan_and_sends_the_rest_through(
         assert any(r.get("suppress_prefixlen") == 0 and r["table"] == "main" for r in got)
         assert ipj(net.client, family, "route", "show", "table", str(table))[0]["dst"] == "default"
     assert len(rules) == 4, rules
+    assert len(nft_tables(net.client)) == 2  # one per family
     assert c.down() == 0
     assert extra_rules(net.client) == []
+    assert nft_tables(net.client) == []
     assert c.name not in net.client.run("ip", "link")
 
 
@@ -286,12 +312,19 @@ def test_a_more_specific_main_route_beats_a_broader_allowed_ip(
 
 
 @pytest.mark.parametrize(
-    ("table", "where"), [("off", None), ("main", "main"), ("1234", "1234"), ("254", "main")]
+    ("table", "where", "kind"),
+    [
+        ("off", None, "wiretun"),
+        ("main", "main", "wiretun"),
+        ("1234", "1234", "wiretun"),
+        ("254", "main", "wiretun"),
+        pytest.param("1234", "1234", "wg-quick", marks=NEEDS_WG_QUICK),
+    ],
 )
-def test_table_forms(net: Net, make_client: Any, table: str, where: str | None) -> None:
+def test_table_forms(net: Net, make_client: Any, table: str, where: str | None, kind: str) -> None:
     # A default route of our own in main (wg-quick fails on the gateway's, as we do).
     net.client.run("ip", "route", "del", "default")
-    c = make_client()
+    c = make_client(kind)
     c.write(net.wg, ["10.200.0.0/16", "0.0.0.0/0"], extra=f"Table = {table}")
     c.up()
     assert extra_rules(net.client) == []  # an explicit table never gets a rule
@@ -307,8 +340,9 @@ def test_table_forms(net: Net, make_client: Any, table: str, where: str | None) 
     assert c.down() == 0
 
 
-def test_hooks_run_in_order_with_the_interface_name(net: Net, make_client: Any) -> None:
-    c = make_client()
+@pytest.mark.parametrize("kind", KINDS)
+def test_hooks_run_in_order_with_the_interface_name(net: Net, make_client: Any, kind: str) -> None:
+    c = make_client(kind)
     out = os.path.join(c.dir.name, "hooks")
     hooks = "\n".join(
         f"{key} = echo {key} %i $(ip -br link show dev %i 2>/dev/null | wc -l) >> {out}"
@@ -329,8 +363,9 @@ def test_hooks_run_in_order_with_the_interface_name(net: Net, make_client: Any) 
     ]
 
 
-def test_a_failing_post_up_stops_up_and_tears_down(net: Net, make_client: Any) -> None:
-    c = make_client()
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_failing_post_up_stops_up_and_tears_down(net: Net, make_client: Any, kind: str) -> None:
+    c = make_client(kind)
     out = os.path.join(c.dir.name, "hooks")
     c.write(
         net.wg,
@@ -339,27 +374,24 @@ def test_a_failing_post_up_stops_up_and_tears_down(net: Net, make_client: Any) -
     )
     code = c.up(expect_ok=False)
     assert code != 0
-    assert "PostUp `false` failed with exit status 1" in c.text()
+    if kind == "wiretun":
+        assert "PostUp `false` failed with exit status 1" in c.text()
+    else:  # wg-quick's own teardown, which asks wiretun-go for the mark over UAPI
+        assert "[#] false" in c.text()
+        c.wait_gone()
     assert c.name not in net.client.run("ip", "link")
     assert extra_rules(net.client) == []
     assert not os.path.exists(out)  # no PreDown/PostDown for an interface that never came up
 
 
-def test_dns_goes_to_resolvconf(net: Net, make_client: Any) -> None:
-    c = make_client()
-    record = os.path.join(c.dir.name, "resolvconf.log")
-    stub = os.path.join(c.dir.name, "bin")
-    os.mkdir(stub)
-    Path(stub, "resolvconf").write_text(
-        f'#!/bin/bash\necho "args: $*" >> {record}\n'
-        f'[[ $1 == -a ]] && sed "s/^/stdin: /" >> {record}\nexit 0\n'
-    )
-    os.chmod(os.path.join(stub, "resolvconf"), 0o755)
-    c.env["PATH"] = f"{stub}:{c.env['PATH']}"
+@pytest.mark.parametrize("kind", KINDS)
+def test_dns_goes_to_resolvconf(net: Net, make_client: Any, kind: str) -> None:
+    c = make_client(kind)
+    record = c.stub_resolvconf()
     c.write(net.wg, ["10.200.0.0/16"], extra="DNS = 10.9.0.53, fd00:9::53, corp.example")
     c.up()
     assert c.down() == 0
-    assert Path(record).read_text().splitlines() == [
+    assert record.read_text().splitlines() == [
         f"args: -a {c.name} -m 0 -x",
         "stdin: nameserver 10.9.0.53",
         "stdin: nameserver fd00:9::53",
@@ -383,8 +415,10 @@ def test_dns_without_resolvconf_or_resolvectl_is_one_clear_error(
     assert c.name not in net.client.run("ip", "link")
 
 
-def test_save_config_round_trip(net: Net, make_client: Any) -> None:
-    c = make_client()
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_config_round_trip(net: Net, make_client: Any, kind: str) -> None:
+    # With wg-quick, what is saved comes from `wg showconf` answered by wiretun-go.
+    c = make_client(kind)
     c.write(net.wg, ["10.200.0.0/16"], extra="SaveConfig = true\nPostUp = true")
     c.up()
     extra = KeyPair.generate()
@@ -421,15 +455,22 @@ def test_default_mtu_follows_the_underlay(net: Net, make_client: Any, kind: str)
 
 def test_nothing_left_after_sigkill_and_a_fresh_up(net: Net, make_client: Any) -> None:
     c = make_client()
-    c.write(net.wg, ["0.0.0.0/0", "::/0"])
+    record = c.stub_resolvconf()
+    c.write(net.wg, ["0.0.0.0/0", "::/0"], extra="DNS = 10.9.0.53")
     c.up()
-    before = extra_rules(net.client)
-    assert len(before) == 4
+    before, tables = extra_rules(net.client), nft_tables(net.client)
+    assert len(before) == 4 and len(tables) == 2
     assert c.down(signal.SIGKILL) == -signal.SIGKILL
     assert extra_rules(net.client) == before  # a crash leaves the rules (they name no device)
+    assert nft_tables(net.client) == tables  # and the nftables tables
     c.up()
     assert extra_rules(net.client) == before, "a fresh up piles rules on the leftovers"
+    assert nft_tables(net.client) == tables
     assert udp_source(net.client, net.server, REMOTE4) == "10.9.0.1"
     assert c.down() == 0
-    assert extra_rules(net.client) == []
+    assert extra_rules(net.client) == [] and nft_tables(net.client) == []
     assert not os.path.exists(f"/var/run/wireguard/{c.name}.installed")
+    # The killed run's DNS was removed by the fresh up before it set its own.
+    add, delete = f"args: -a {c.name} -m 0 -x", f"args: -d {c.name} -f"
+    calls = [line for line in record.read_text().splitlines() if line.startswith("args:")]
+    assert calls == [add, delete, add, delete]

@@ -1,4 +1,5 @@
-"""What a running `wiretun up` installed outside its device (policy rules, DNS), kept in a
+"""What a running `wiretun up` installed outside its device (policy rules, nftables tables,
+DNS), kept in a
 file so that the next `up` of the same interface removes what a crash left behind.
 
 Routes need no record: they name the device and the kernel drops them with it. Rules name
@@ -33,9 +34,14 @@ class Leftovers:
     path: str
     rules: list[RuleSpec] = field(default_factory=list)
     dns: str | None = None  # the resolvconf/resolvectl interface name DNS was set for
+    nft: list[str] = field(default_factory=list)  # nftables tables, "ip wiretun-wg0"
 
     def set_rules(self, rules: list[RuleSpec]) -> None:
         self.rules = list(rules)
+        self.save()
+
+    def set_nft(self, tables: list[str]) -> None:
+        self.nft = list(tables)
         self.save()
 
     def set_dns(self, dns: str | None) -> None:
@@ -43,7 +49,7 @@ class Leftovers:
         self.save()
 
     def save(self) -> None:
-        if not self.rules and self.dns is None:
+        if not self.rules and self.dns is None and not self.nft:
             self.remove()
             return
         data = {
@@ -51,6 +57,7 @@ class Leftovers:
             "netns": netns_id(),
             "rules": [rule.to_json() for rule in self.rules],
             "dns": self.dns,
+            "nft": self.nft,
         }
         tmp = f"{self.path}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -63,8 +70,15 @@ class Leftovers:
             os.unlink(self.path)
 
 
-def read_leftovers(path: str) -> tuple[list[RuleSpec], str | None] | None:
-    """The rules and DNS name a record lists, if it exists and was made in this namespace."""
+@dataclass(frozen=True)
+class Found:
+    rules: list[RuleSpec]
+    dns: str | None
+    nft: list[str]
+
+
+def read_leftovers(path: str) -> Found | None:
+    """What a record lists, if it exists and was made in this namespace."""
     try:
         with open(path) as f:
             data: dict[str, Any] = json.load(f)
@@ -77,11 +91,12 @@ def read_leftovers(path: str) -> tuple[list[RuleSpec], str | None] | None:
         return None
     try:
         rules = [RuleSpec.from_json(item) for item in data.get("rules", [])]
+        nft = [str(table) for table in data.get("nft", [])]
     except (KeyError, TypeError, ValueError) as e:
         log.warning("ignoring malformed %s: %s", path, e)
         return None
     dns = data.get("dns")
-    return rules, dns if isinstance(dns, str) else None
+    return Found(rules, dns if isinstance(dns, str) else None, nft)
 
 
 async def remove_rules(rules: list[RuleSpec]) -> None:

@@ -1,10 +1,11 @@
 """`wiretun up CONFIG` / `wiretun down NAME`: run a WireGuard interface from a wg-quick file.
 
-`up` does what `wg-quick up` does (routes and rules as wg-quick installs them, hooks, DNS,
-the default MTU, SaveConfig on the way down), with wiretun as the WireGuard device. It runs
-in the foreground until SIGINT/SIGTERM, until its UAPI socket is removed or until its TUN
-device disappears, then removes everything it made (device, routes, rules, DNS, socket, pid
-file); what a crash left behind is removed by the next `up` of the same interface.
+`up` does what `wg-quick up` does (routes, rules and nftables rules as wg-quick installs
+them, hooks, DNS, the default MTU, SaveConfig on the way down), with wiretun as the WireGuard
+device. It runs in the foreground until SIGINT/SIGTERM, until its UAPI socket is removed or
+until its TUN device disappears, then removes everything it made (device, routes, rules,
+nftables tables, DNS, socket, pid file); what a crash left behind is removed by the next
+`up` of the same interface.
 `--background` re-executes itself detached and returns once the interface is up.
 `wiretun down` (wiretun.tunnel.down) stops it through the pid file written here.
 """
@@ -34,6 +35,7 @@ from wiretun.tun.inline import InlineTun
 from wiretun.tunnel.backend import DeviceBackend
 from wiretun.tunnel.config import ConfigError, TunnelConfig, is_valid_ifname, load_config
 from wiretun.tunnel.dns import DnsError, set_dns, unset_dns
+from wiretun.tunnel.firewall import Firewall, FirewallError, delete_tables
 from wiretun.tunnel.hooks import HookError, run_hooks
 from wiretun.tunnel.leftovers import Leftovers, read_leftovers, remove_rules
 from wiretun.tunnel.loop import FramePath, TunnelLoop
@@ -255,9 +257,12 @@ async def _configure_device(manager: TunDeviceManager, config: TunnelConfig) -> 
         log.info("%s: keeping the default txqueuelen: %s", manager.name, e)
 
 
-async def _install_routes(policy: PolicyRouting, plan: RoutePlan, fwmark: int) -> int:
-    """wg-quick's add_route for each AllowedIP; returns the mark the sockets must carry
-    (the fwmark table's number when a default route needed one and FwMark was not set)."""
+async def _install_routes(
+    policy: PolicyRouting, firewall: Firewall, plan: RoutePlan, fwmark: int
+) -> int:
+    """wg-quick's add_route for each AllowedIP (add_default's nftables rules included);
+    returns the mark the sockets must carry (the fwmark table's number when a default
+    route needed one and FwMark was not set)."""
     for net, given in plan.routes:
         if given is None and await policy.covered_in_main(net):
             continue
@@ -265,8 +270,10 @@ async def _install_routes(policy: PolicyRouting, plan: RoutePlan, fwmark: int) -
     if plan.defaults:
         table = fwmark or await policy.free_table()
         fwmark = fwmark or table
+        addresses = await _current_addresses(policy.name)
         for net in plan.defaults:
             await policy.add_default(net, table, fwmark)
+            await firewall.add_default(net.version, fwmark, addresses)
     return fwmark
 
 
@@ -277,12 +284,15 @@ async def _remove_leftovers(name: str) -> None:
     found = read_leftovers(path)
     if found is None:
         return
-    rules, dns = found
-    log.warning("%s: removing what a previous run left behind (%d rule(s))", name, len(rules))
-    await remove_rules(rules)
-    if dns is not None:
+    log.warning(
+        "%s: removing what a previous run left behind (%d rule(s), %d nftables table(s))",
+        name, len(found.rules), len(found.nft),
+    )  # fmt: skip
+    await remove_rules(found.rules)
+    await delete_tables(found.nft)
+    if found.dns is not None:
         try:
-            await unset_dns(dns)
+            await unset_dns(found.dns)
         except DnsError as e:
             log.warning("%s: leftover DNS: %s", name, e)
     with contextlib.suppress(FileNotFoundError):
@@ -463,12 +473,14 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
             stack.push_async_callback(_unset_dns, handle, record)
 
         policy = PolicyRouting(name, on_rules=record.set_rules)
+        firewall = Firewall(name, on_tables=record.set_nft)
         try:
             await policy.start()
             stack.push_async_callback(policy.close)
             stack.push_async_callback(set_mark.settle)
-            mark = await _install_routes(policy, plan, fwmark)
-        except (NetdevError, ValueError) as e:
+            stack.push_async_callback(firewall.close)
+            mark = await _install_routes(policy, firewall, plan, fwmark)
+        except (NetdevError, ValueError, FirewallError, OSError) as e:
             print(f"wiretun up: cannot install the routes of {name}: {e}", file=sys.stderr)
             return 1
         if mark != socks.udp.fwmark:  # the mark of a table picked just now

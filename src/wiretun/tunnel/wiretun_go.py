@@ -16,10 +16,13 @@ import os
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
-from wiretun.tunnel import up
-from wiretun.tunnel.config import InterfaceConfig, TunnelConfig, is_valid_ifname
-from wiretun.tunnel.uapi_protocol import ZERO_KEY
+# Only this: the daemonizing parent imports nothing heavy (the child does, once).
+from wiretun.tunnel.config import is_valid_ifname
+
+if TYPE_CHECKING:
+    from wiretun.tunnel.config import TunnelConfig
 
 # wireguard-go's default until `ip link set mtu` (wg-quick does it right after).
 DEFAULT_MTU = 1420
@@ -47,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def bare_config(name: str) -> TunnelConfig:
     """An interface as wireguard-go starts one: no key (shown as none), no peers, no routes."""
+    from wiretun.tunnel.config import InterfaceConfig, TunnelConfig  # noqa: PLC0415
+    from wiretun.tunnel.uapi_protocol import ZERO_KEY  # noqa: PLC0415
+
     return TunnelConfig(
         InterfaceConfig(name=name, private_key=ZERO_KEY, mtu=DEFAULT_MTU, table="off"), ()
     )
@@ -85,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.foreground:
         return _daemonize(name)
+    from wiretun.tunnel import up  # noqa: PLC0415
+
     opts = up.UpOptions(config="", name=name, queues=1, offload=True, ready_fd=args.ready_fd)
     try:
         return asyncio.run(up.run_device(bare_config(name), opts))
