@@ -24,6 +24,7 @@ __all__ = [
     "OPEN_DROPS",
     "Coalescer",
     "group_sizes",
+    "gso_plan",
     "open_run",
     "padding_size",
     "seal",
@@ -54,25 +55,31 @@ def padding_size(length: int, mtu: int) -> int:
     return min((last_unit + 15) & ~15, mtu) - last_unit
 
 
-def group_sizes(sizes: Sequence[int], max_bytes: int) -> list[tuple[int, int]]:
-    """UDP_SEGMENT sends for datagrams of `sizes` (in order) as (segment size, bytes): equal
-    sizes, only the last smaller (it closes the group), at most 64 and `max_bytes` each."""
-    groups: list[tuple[int, int]] = []
+def gso_plan(sizes: Sequence[int], max_bytes: int) -> list[tuple[int, int, int]]:
+    """UDP_SEGMENT sends for datagrams of `sizes` (in order) as (segment size, count, bytes):
+    equal sizes, only the last smaller (it closes the group), at most 64 and `max_bytes` each.
+    The one statement of the rule in Python (wiretun.tunnel.udp cuts datagram lists by it)."""
+    groups: list[tuple[int, int, int]] = []
     size = total = count = 0
     is_open = False
     for n in sizes:
         if is_open and n <= size and count < UDP_GSO_MAX_SEGMENTS and total + n <= max_bytes:
             count += 1
             total += n
-            groups[-1] = (size, total)
+            groups[-1] = (size, count, total)
             if n < size:
                 is_open = False
             continue
-        groups.append((n, n))
+        groups.append((n, 1, n))
         size = total = n
         count = 1
         is_open = True
     return groups
+
+
+def group_sizes(sizes: Sequence[int], max_bytes: int) -> list[tuple[int, int]]:
+    """`gso_plan` as `seal` reports it: (segment size, bytes) per send."""
+    return [(size, nbytes) for size, _, nbytes in gso_plan(sizes, max_bytes)]
 
 
 def _segments_of(frame: Buffer, vnet: bool, drops: OffloadStats) -> list[bytes]:

@@ -12,6 +12,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from wiretun.datapath.pure import gso_plan
+
 log = logging.getLogger(__name__)
 
 SOL_UDP = 17
@@ -22,7 +24,6 @@ SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 SOCKET_BUFFER = 7 << 20  # wireguard-go's socketBufferSize
 
-GSO_MAX_SEGMENTS = 64  # kernel UDP_MAX_SEGMENTS
 GSO_MAX_BYTES = {socket.AF_INET: 65535 - 20 - 8, socket.AF_INET6: 65535 - 8}
 RECV_BUFFER = 65535
 # Datagrams kept for a socket that would block; beyond this we drop (and count) rather than
@@ -48,23 +49,10 @@ def gso_groups(datagrams: Sequence[Datagram], max_bytes: int) -> list[tuple[int,
     last datagram may be smaller, and that one closes it.
     """
     groups: list[tuple[int, list[Datagram]]] = []
-    size = 0
-    total = 0
-    current: list[Datagram] = []
-    for d in datagrams:
-        n = len(d)
-        if current and n <= size and len(current) < GSO_MAX_SEGMENTS and total + n <= max_bytes:
-            current.append(d)
-            total += n
-            if n < size:
-                groups.append((size, current))
-                current = []
-            continue
-        if current:
-            groups.append((size, current))
-        current, size, total = [d], n, n
-    if current:
-        groups.append((size, current))
+    at = 0
+    for size, count, _ in gso_plan([len(d) for d in datagrams], max_bytes):
+        groups.append((size, list(datagrams[at : at + count])))
+        at += count
     return groups
 
 
