@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from wiretun.tun import Tun, TunBroken, TunClosed
 from wiretun.tun.inline import InlineTun
 from wiretun.tunnel.backend import DeviceBackend
 from wiretun.tunnel.config import ConfigError, TunnelConfig, is_valid_ifname, load_config
+from wiretun.tunnel.detach import start_detached
 from wiretun.tunnel.dns import DnsError, set_dns, unset_dns
 from wiretun.tunnel.firewall import Firewall, FirewallError, delete_tables
 from wiretun.tunnel.hooks import HookError, run_hooks
@@ -161,26 +161,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _start_background(args: argparse.Namespace, name: str) -> int:
     """Re-execute in the foreground, detached, and wait for its 'ready' on a pipe."""
-    r, w = os.pipe()
     cmd = [sys.executable, "-m", "wiretun"]
     cmd += ["-v"] * int(getattr(args, "verbose", 0) or 0)
     cmd += ["up", args.config, "--interface", name, "--queues", str(args.queues)]
-    cmd += ["--offload" if args.offload else "--no-offload", "--ready-fd", str(w)]
+    cmd += ["--offload" if args.offload else "--no-offload"]
     cmd += ["--tun-threads" if args.tun_threads else "--no-tun-threads"]
-    try:
-        child = subprocess.Popen(
-            cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    finally:
-        os.close(w)
-    with os.fdopen(r, "rb") as pipe:
-        status = pipe.read()
-    if status.startswith(b"ready"):
+    up, child, code = start_detached(cmd)
+    if up:
         print(f"wiretun: {name} is up (pid {child.pid})")
-        return 0
-    # The child failed before it was up and has said why on our stderr.
-    code = child.wait()
-    return code or 1
+    return code
 
 
 def _signal_ready(fd: int | None) -> None:

@@ -13,13 +13,13 @@ import argparse
 import asyncio
 import logging
 import os
-import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 # Only this: the daemonizing parent imports nothing heavy (the child does, once).
 from wiretun.tunnel.config import is_valid_ifname
+from wiretun.tunnel.detach import start_detached
 
 if TYPE_CHECKING:
     from wiretun.tunnel.config import TunnelConfig
@@ -60,19 +60,8 @@ def bare_config(name: str) -> TunnelConfig:
 
 def _daemonize(name: str) -> int:
     """Run ourselves in the foreground, detached; return once the device is up."""
-    r, w = os.pipe()
-    cmd = [sys.executable, "-m", "wiretun.tunnel.wiretun_go", "-f", "--ready-fd", str(w), name]
-    try:
-        child = subprocess.Popen(
-            cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    finally:
-        os.close(w)
-    with os.fdopen(r, "rb") as pipe:
-        status = pipe.read()
-    if status.startswith(b"ready"):
-        return 0
-    return child.wait() or 1
+    cmd = [sys.executable, "-m", "wiretun.tunnel.wiretun_go", "-f", name]
+    return start_detached(cmd)[2]
 
 
 def main(argv: list[str] | None = None) -> int:
