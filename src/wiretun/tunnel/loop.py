@@ -115,6 +115,12 @@ class TunnelLoop:
         self.frames = frames
         # With a FramePath the core must offer the batch entry points.
         self._batch_core = cast(BatchCorePort, core) if frames is not None else None
+        # What a TUN batch goes to: the batch path's frames, or the per-packet path.
+        self._send: Callable[[Sequence[bytes], float], Any] = (
+            partial(self._batch_core.send_frames, vnet=frames.vnet)
+            if self._batch_core is not None and frames is not None
+            else core.send_packets
+        )
         self.batch = batch
         self._on_event = on_event
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -219,7 +225,8 @@ class TunnelLoop:
     # -- data path --------------------------------------------------------------------------
 
     async def _tun_to_udp(self) -> None:
-        tun, core, loop = self.tun, self.core, self._loop
+        tun, loop = self.tun, self._loop
+        what = "core_send_frames" if self._batch_core is not None else "core_send_packets"
         assert loop is not None
         while True:
             if self.udp.backlogged:
@@ -233,16 +240,7 @@ class TunnelLoop:
             self._n["packets_from_tun"] += len(packets)
             self._n["tun_batches"] += 1
             now = loop.time()
-            if self._batch_core is not None:
-                assert self.frames is not None
-                self._guard(
-                    "core_send_frames",
-                    partial(self._batch_core.send_frames, vnet=self.frames.vnet),
-                    packets,
-                    now,
-                )
-            else:
-                self._guard("core_send_packets", core.send_packets, packets, now)
+            self._guard(what, self._send, packets, now)
             self._flush_core()
             self._rearm_after_batch(now)
 
