@@ -531,15 +531,23 @@ class Device:
         open_run = self._batch_path().open_run
         source_table = self._allowed.source_table
         seen: dict[Peer, Seen] = {}
+        # Datagrams for the per-packet path, handed over together (a handshake flood is
+        # one call, not one per datagram) before the next run and at the end, so the
+        # order of everything stays that of the wire.
+        single: list[tuple[Buffer, Endpoint]] = []
         for data, segment, src in buffers:
             size = len(data)
             pos = 0
             if not size:  # an empty datagram: counted where every datagram is
-                self.receive_datagrams([(data, src)], now)
+                single.append((data, src))
                 continue
             while pos < size:
                 if size - pos >= TRANSPORT_MIN_SIZE and data[pos] == MSG_TRANSPORT:
                     kind, receiver, _ = _HEADER.unpack_from(data, pos)
+                    if single and kind == MSG_TRANSPORT and receiver in keypairs:
+                        # What waits may change this keypair (a handshake, a confirmation):
+                        # let it act before the run is judged.
+                        self._receive_singles(single, now, frames)
                     entry = keypairs.get(receiver) if kind == MSG_TRANSPORT else None
                     if entry is not None:
                         kp, peer = entry
@@ -564,11 +572,20 @@ class Device:
                                 pos = end
                                 continue
                 end = min(pos + segment, size)
-                for packet in self.receive_datagrams([(memoryview(data)[pos:end], src)], now):
-                    frames.add(packet)
+                single.append((memoryview(data)[pos:end], src))
                 pos = end
+        if single:
+            self._receive_singles(single, now, frames)
         for p, st in seen.items():
             self._after_receive(p, st.src, st.keypair, st.data, now)
+
+    def _receive_singles(
+        self, datagrams: list[tuple[Buffer, Endpoint]], now: float, frames: CoalescerLike
+    ) -> None:
+        """`receive_datagrams` for what receive_gro did not open in a run; empties the list."""
+        for packet in self.receive_datagrams(datagrams, now):
+            frames.add(packet)
+        datagrams.clear()
 
     def _batch_path(self) -> Backend:
         if self._datapath is None:
