@@ -249,6 +249,45 @@ def test_timer_is_rearmed_and_drives_the_core() -> None:
     asyncio.run(main())
 
 
+def test_a_deadline_a_batch_brings_forward_is_armed_at_once() -> None:
+    # No re-arm throttle: the second of two batches 10 ms apart moves the core's deadline
+    # from +100 s to +20 ms, and nothing else happens; the timer must still fire then.
+    class SoonAfterSecondBatch(ToyCore):
+        batches = 0
+
+        def send_packets(self, packets: Sequence[bytes], now: float) -> None:
+            super().send_packets(packets, now)
+            self.batches += 1
+            self._next = now + (0.02 if self.batches == 2 else 100.0)
+
+        def next_timer(self) -> float | None:
+            return self._next
+
+        def handle_timers(self, now: float) -> None:
+            if self._next is not None and now >= self._next:
+                self._next = None
+
+    async def main() -> None:
+        ta, tb, _, cb, ua, ub = _pair()
+        ca = SoonAfterSecondBatch(("127.0.0.1", ub.port))
+        la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
+        runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
+        try:
+            ta.inject([b"one"])
+            await _until(lambda: ca.batches == 1)
+            await asyncio.sleep(0.01)
+            ta.inject([b"two"])
+            await _until(lambda: la.stats().timer_runs >= 1, timeout=2.0)
+        finally:
+            la.stop()
+            lb.stop()
+            await asyncio.gather(*runs)
+            ua.close()
+            ub.close()
+
+    asyncio.run(main())
+
+
 def test_core_failure_is_counted_and_the_loop_goes_on() -> None:
     async def main() -> None:
         ta, tb, ca, cb, ua, ub = _pair()

@@ -641,3 +641,38 @@ def test_sealed_sizes_follow_padding_size_around_the_mtu() -> None:
     lengths = [len(p) for p in packets]
     assert lengths[-2] == mtu + 15  # the sizes above are what the Device sees
     assert [len(d) for d in sealed] == [32 + n + padding_size(n, mtu) for n in lengths]
+
+
+def test_next_timer_and_handle_timers_over_many_peers_match_the_scan() -> None:
+    # The Device answers from a heap (TimerQueue); the scan over every peer is the reference,
+    # and handle_timers visits the due peers in the order they were added, as the scan did.
+    rng = seeded_rng(9)
+    dev = Device(generate_private_key(rng), rng=rng)
+    keys = [public_key(generate_private_key(rng)) for _ in range(6)]
+    for i, key in enumerate(keys):
+        dev.add_peer(key, endpoint=(f"192.0.2.{i + 1}", 51820))
+    for key in reversed(keys):  # arm the later-added peers first
+        dev.set_persistent_keepalive(key, 25, 0.0)
+    dev.remove_peer(keys[2])
+
+    def scan() -> float | None:
+        deadlines = [d for p in dev.peers if (d := p.timers.next_deadline()) is not None]
+        return min(deadlines) if deadlines else None
+
+    first = [host for (host, _), _ in dev.datagrams_to_send()]
+    assert first == [f"192.0.2.{i}" for i in (6, 5, 4, 2, 1)]  # the initiations
+    now = 0.0
+    together = 0
+    for step in range(40):
+        assert dev.next_timer() == scan()
+        due = dev.next_timer()
+        assert due is not None
+        now = due + (1.0 if step % 4 == 0 else 0.0)  # late now and then: several are due
+        dev.handle_timers(now)
+        sent = [host for (host, _), _ in dev.datagrams_to_send()]
+        # Several peers due at once answer in the order they were added.
+        assert sent == sorted(sent, key=lambda h: int(h.rsplit(".", 1)[1]))
+        together = max(together, len(sent))
+    assert together >= 3 and now > 25  # retransmits and persistent keepalives came and went
+    dev.remove_all_peers()
+    assert dev.next_timer() is None

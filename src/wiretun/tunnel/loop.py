@@ -17,10 +17,6 @@ log = logging.getLogger(__name__)
 
 # Packets per TUN read and datagrams per UDP drain: wireguard-go's IdealBatchSize.
 BATCH = 128
-# Seconds between asking the core for its next deadline after data batches. Deadlines that
-# data sets are >= 5 s away (rekey, keepalive), so noticing them this late is harmless; asking
-# after every batch (a scan of every peer's timers) cost ~2% of the loop's time.
-REARM_INTERVAL = 0.05
 
 
 class TunPort(Protocol):
@@ -126,7 +122,6 @@ class TunnelLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._rearm_due = float("-inf")
         self._udp_drained = asyncio.Event()
         self._udp_drained.set()
         self._stopped: asyncio.Future[None] | None = None
@@ -242,7 +237,7 @@ class TunnelLoop:
             now = loop.time()
             self._guard(what, self._send, packets, now)
             self._flush_core()
-            self._rearm_after_batch(now)
+            self._rearm_timer()
 
     async def _udp_to_tun(self) -> None:
         tun, core, udp, loop = self.tun, self.core, self.udp, self._loop
@@ -287,7 +282,7 @@ class TunnelLoop:
                     await tun.send_ready()
             # Handshake replies, cookies and keepalives the datagrams asked for.
             self._flush_core()
-            self._rearm_after_batch(now)
+            self._rearm_timer()
             busy = True
 
     def _receive_frames(self, now: float) -> list[bytes] | None:
@@ -333,11 +328,16 @@ class TunnelLoop:
     # -- timers -----------------------------------------------------------------------------
 
     def _rearm_timer(self) -> None:
+        """Follow the core's next deadline (asked after every batch: the core answers from
+        a heap). A handle armed for an earlier time is kept: it fires, finds nothing due
+        and re-arms, which is cheaper than a new handle per batch while data keeps moving
+        the keepalive and handshake deadlines later."""
         loop = self._loop
         if loop is None:
             return
         at = self._guard("core_next_timer", self.core.next_timer)
-        if at == self._timer_at and self._timer is not None:
+        armed = self._timer_at
+        if self._timer is not None and armed is not None and (at is None or armed <= at):
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -345,11 +345,6 @@ class TunnelLoop:
         self._timer_at = at
         if at is not None:
             self._timer = loop.call_at(at, self._on_timer)
-
-    def _rearm_after_batch(self, now: float) -> None:
-        if self._timer is None or now >= self._rearm_due:
-            self._rearm_due = now + REARM_INTERVAL
-            self._rearm_timer()
 
     def _on_timer(self) -> None:
         assert self._loop is not None

@@ -74,6 +74,7 @@ from wiretun.wireguard.stats import DROP_REASONS, DeviceStats, PeerStats
 from wiretun.wireguard.timers import (
     REJECT_AFTER_TIME,
     TimerAction,
+    TimerQueue,
     needs_rekey_on_receive,
     needs_rekey_on_send,
 )
@@ -135,6 +136,7 @@ class Device:
         self._peers: dict[bytes, Peer] = {}
         self._allowed: AllowedIPs[Peer] = AllowedIPs()
         self._index = IndexTable(rng)
+        self._timers: TimerQueue[Peer] = TimerQueue()  # every peer's timers, by deadline
         self._out: dict[Endpoint, list[bytes]] = {}
         self._gso_out: list[Gso] = []
         # The batch data path (wiretun.datapath.load()): only send_frames/receive_gro use it.
@@ -219,6 +221,7 @@ class Device:
             persistent_keepalive=persistent_keepalive,
         )
         self._peers[public_key] = peer
+        self._timers.add(peer.timers, peer)
         self._allowed.update(nets, peer)
         return peer
 
@@ -227,6 +230,7 @@ class Device:
         self._forget_sessions(peer)
         self._drop_staged(peer, "peer_removed")
         peer.timers.stop_all()
+        self._timers.discard(peer.timers)
         self._allowed.remove_value(peer)
         del self._peers[public_key]
 
@@ -297,8 +301,8 @@ class Device:
         return self._events.popleft() if self._events else None
 
     def next_timer(self) -> float | None:
-        deadlines = [d for p in self._peers.values() if (d := p.timers.next_deadline()) is not None]
-        return min(deadlines) if deadlines else None
+        """The earliest deadline of any peer (from a heap: cheap enough to ask per batch)."""
+        return self._timers.next_deadline()
 
     def stats(self) -> DeviceStats:
         peers = tuple(
@@ -846,8 +850,8 @@ class Device:
     # ---------------------------------------------------------------- timers
 
     def handle_timers(self, now: float) -> None:
-        """Act on every per-peer deadline that has passed."""
-        for peer in list(self._peers.values()):
+        """Act on every per-peer deadline that has passed (peers in the order added)."""
+        for peer in self._timers.due(now):
             for action in peer.timers.expire(now):
                 if action is TimerAction.RETRANSMIT_HANDSHAKE:
                     send_initiation(self, peer, now, retry=True)
