@@ -28,6 +28,7 @@ from wiretun.wireguard.events import (
 )
 from wiretun.wireguard.handshake import InitiatorHandshake, StaticIdentity
 from wiretun.wireguard.messages import MSG_INITIATION, MSG_TRANSPORT
+from wiretun.wireguard.peer import MAX_STAGED_PACKETS
 
 
 def kinds(pair: WgPair, start: int = 0) -> list[tuple[str, int, int]]:
@@ -419,15 +420,31 @@ def test_simultaneous_initiation_resolves() -> None:
 
 
 def test_staged_queue_is_bounded() -> None:
+    # 128 per peer, as wireguard-go (QueueStagedSize) and the kernel (MAX_STAGED_PACKETS).
     pair = make_pair()
     pair.net.filter = lambda s, d, m: False
-    pkts = [pair.a_to_b(i.to_bytes(2, "big")) for i in range(1030)]
+    pkts = [pair.a_to_b(i.to_bytes(2, "big")) for i in range(MAX_STAGED_PACKETS + 6)]
+    assert MAX_STAGED_PACKETS == 128
     assert pair.a.stats().drops["queue_full"] == 6
-    assert len(pair.a.peer(pair.b.public_key).staged) == 1024
+    assert len(pair.a.peer(pair.b.public_key).staged) == 128
+    assert pair.a.stats().peers[0].staged_packets == 128
     pair.net.roundtrip()  # the first initiation is lost
     pair.net.filter = None
     pair.net.tick(6)
     assert pair.delivered_to(pair.b) == pkts[6:]
+
+
+def test_a_staged_keepalive_pushed_out_is_not_counted_as_a_lost_packet() -> None:
+    pair = make_pair()
+    pair.net.filter = lambda s, d, m: False
+    key = pair.b.public_key
+    pair.a.set_persistent_keepalive(key, 25, pair.clock.now)  # stages b"" (no session yet)
+    assert list(pair.a.peer(key).staged) == [b""]
+    for i in range(MAX_STAGED_PACKETS):
+        pair.a_to_b(i.to_bytes(2, "big"))
+    assert "queue_full" not in pair.a.stats().drops  # the keepalive made room
+    pair.a_to_b(b"one more")
+    assert pair.a.stats().drops["queue_full"] == 1
 
 
 def test_no_endpoint_counted() -> None:

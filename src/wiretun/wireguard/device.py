@@ -12,7 +12,7 @@ Inputs::
         #    and cookie messages are consumed here; their answers are queued.
     device.send_packets([ip_packet, ...], now)
         # routes each packet by destination (longest prefix), pads it to 16 (never past
-        # `mtu`) and seals it; packets for a peer without a session are staged (last 1024)
+        # `mtu`) and seals it; packets for a peer without a session are staged (last 128)
         # and a handshake is started.
     device.handle_timers(now)   # call at (or after) device.next_timer()
 
