@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 # Packets per TUN read and datagrams per UDP drain: wireguard-go's IdealBatchSize.
 BATCH = 128
+# Queued handshake messages the core handles per loop turn (Device.process_handshakes): at
+# worst ~16 cookie replies (~0.3 ms) or DH operations (~2-5 ms) between two data batches.
+HANDSHAKES_PER_TURN = 16
 
 
 class TunPort(Protocol):
@@ -38,6 +41,9 @@ class CorePort(Protocol):
     def handle_timers(self, now: float) -> Any: ...
     def next_timer(self) -> float | None: ...
     def next_event(self) -> Any | None: ...
+    @property
+    def handshakes_waiting(self) -> int: ...
+    def process_handshakes(self, now: float, limit: int | None = None) -> int: ...
 
 
 class BatchCorePort(CorePort, Protocol):
@@ -74,6 +80,7 @@ class LoopStats:
     tun_batches: int
     udp_batches: int
     timer_runs: int
+    handshake_turns: int  # loop turns that handled queued handshake messages
     tun_reads_paused: int  # times the TUN reader waited for a UDP backlog to drain
     udp_reads_paused: int  # times a decrypted batch waited for room in the TUN
     drops: dict[str, int] = field(default_factory=dict)
@@ -93,6 +100,9 @@ class TunnelLoop:
     Two tasks move batches: TUN -> core -> UDP and UDP -> core -> TUN. Each waits before
     reading for the side it writes to: the TUN reader while UDP has a backlog, the UDP
     reader until the TUN says `send_ready`. One timer handle follows `core.next_timer()`.
+    Handshake messages a UDP batch queued in the core are handled apart from the data, at
+    most HANDSHAKES_PER_TURN per event-loop turn (a callback that re-schedules itself while
+    any wait), so a handshake flood cannot hold back the data of either direction.
     """
 
     def __init__(
@@ -122,6 +132,7 @@ class TunnelLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._handshake_turn: asyncio.Handle | None = None
         self._udp_drained = asyncio.Event()
         self._udp_drained.set()
         self._stopped: asyncio.Future[None] | None = None
@@ -170,6 +181,9 @@ class TunnelLoop:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._handshake_turn is not None:
+            self._handshake_turn.cancel()
+            self._handshake_turn = None
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -280,9 +294,12 @@ class TunnelLoop:
                     packets = packets[taken:]
                     self._n["udp_reads_paused"] += 1
                     await tun.send_ready()
-            # Handshake replies, cookies and keepalives the datagrams asked for.
+            # Keepalives and staged packets the datagrams released; handshakes they queued
+            # are handled in turns of their own.
             self._flush_core()
             self._rearm_timer()
+            if core.handshakes_waiting:
+                self._schedule_handshakes()
             busy = True
 
     def _receive_frames(self, now: float) -> list[bytes] | None:
@@ -324,6 +341,25 @@ class TunnelLoop:
 
     def _on_udp_drained(self) -> None:
         self._udp_drained.set()
+
+    # -- handshakes -------------------------------------------------------------------------
+
+    def _schedule_handshakes(self) -> None:
+        if self._handshake_turn is None and self._loop is not None:
+            self._handshake_turn = self._loop.call_soon(self._handshakes_turn)
+
+    def _handshakes_turn(self) -> None:
+        """One turn's share of the queued handshake messages; again next turn if any wait."""
+        assert self._loop is not None
+        self._handshake_turn = None
+        self._n["handshake_turns"] += 1
+        left = self._guard(
+            "core_handshakes", self.core.process_handshakes, self._loop.time(), HANDSHAKES_PER_TURN
+        )
+        self._flush_core()  # responses and cookie replies, batched per turn
+        self._rearm_timer()
+        if left:
+            self._schedule_handshakes()
 
     # -- timers -----------------------------------------------------------------------------
 
@@ -376,6 +412,7 @@ class TunnelLoop:
             tun_batches=n["tun_batches"],
             udp_batches=n["udp_batches"],
             timer_runs=n["timer_runs"],
+            handshake_turns=n["handshake_turns"],
             tun_reads_paused=n["tun_reads_paused"],
             udp_reads_paused=n["udp_reads_paused"],
             drops=dict(self.drops),

@@ -34,7 +34,9 @@ from wiretun.wireguard.timers import HANDSHAKE_INITIATION_RATE, REKEY_TIMEOUT
 if TYPE_CHECKING:
     from wiretun.wireguard.device import Buffer, Device
 
-UNDER_LOAD_HANDSHAKES: Final = 128  # per second, before the Device calls itself under load
+# More handshake messages with a valid mac1 than this within one second put the Device
+# under load as well (besides the queue's backlog): a steady flood that never backs up.
+UNDER_LOAD_HANDSHAKES: Final = 128
 UNDER_LOAD_HOLD: Final = 1.0
 
 
@@ -55,31 +57,43 @@ def _note_handshake_load(dev: Device, now: float) -> None:
         dev._load_count = 0
     dev._load_count += 1
     if dev._load_count > UNDER_LOAD_HANDSHAKES:
-        dev._loaded_until = now + UNDER_LOAD_HOLD
+        dev._handshakes.hold_load(now)
 
 
-def receive_control(
-    dev: Device, datagram: Buffer, src: Endpoint, now: float, seen: dict[Peer, Seen]
-) -> None:
+_EXPECTED_SIZE: Final = {
+    MSG_INITIATION: INITIATION_SIZE,
+    MSG_RESPONSE: RESPONSE_SIZE,
+    MSG_COOKIE_REPLY: COOKIE_REPLY_SIZE,
+    MSG_TRANSPORT: TRANSPORT_MIN_SIZE,
+}
+
+
+def queue_control(dev: Device, datagram: Buffer, src: Endpoint) -> None:
+    """The cheap checks (type, size) at once; a message that passes waits (copied) in the
+    handshake queue for `process_control`, or is dropped if the queue is full."""
     drops = dev._drops
     n = len(datagram)
     if n < 4:
         drops["bad_size"] += 1
         return
-    data = bytes(datagram)
-    kind = int.from_bytes(data[:4], "little")
-    expected = {
-        MSG_INITIATION: INITIATION_SIZE,
-        MSG_RESPONSE: RESPONSE_SIZE,
-        MSG_COOKIE_REPLY: COOKIE_REPLY_SIZE,
-        MSG_TRANSPORT: TRANSPORT_MIN_SIZE,
-    }.get(kind)
+    kind = int.from_bytes(datagram[:4], "little")
+    expected = _EXPECTED_SIZE.get(kind)
     if expected is None:
         drops["bad_type"] += 1
         return
-    if n != expected:  # transport messages only get here when shorter than 32
+    if n != expected or kind == MSG_TRANSPORT:  # transport messages get here when < 32
         drops["bad_size"] += 1
         return
+    if not dev._handshakes.push(bytes(datagram), (src[0], src[1])):
+        drops["handshake_queue_full"] += 1
+
+
+def process_control(
+    dev: Device, data: bytes, src: Endpoint, now: float, seen: dict[Peer, Seen]
+) -> None:
+    """One queued handshake or cookie message (its type and size are known good)."""
+    drops = dev._drops
+    kind = data[0]
     if kind == MSG_COOKIE_REPLY:
         _receive_cookie_reply(dev, data, now)
         return
@@ -227,14 +241,36 @@ def handshake_complete(dev: Device, peer: Peer, kp: Keypair, now: float) -> None
 
 
 def send_initiation(dev: Device, peer: Peer, now: float, *, retry: bool) -> None:
+    """Start a handshake with `peer` unless one went out less than REKEY_TIMEOUT ago; when
+    the pacer has no token the peer waits its turn (`release_initiations`)."""
     if peer.endpoint is None:
         dev._drops["no_endpoint"] += 1
         return
-    timers = peer.timers
     if not retry:
-        timers.handshake_attempts = 0
+        peer.timers.handshake_attempts = 0
     if now - peer.handshake_sent_at < REKEY_TIMEOUT:
         return
+    if dev._pacer.admit(peer, now):
+        _create_initiation(dev, peer, now)
+
+
+def release_initiations(dev: Device, now: float) -> None:
+    """Create the initiations that waited for the pacer, first come first, while tokens
+    last. A peer that no longer needs one (it has no endpoint any more, or a handshake went
+    out meanwhile) leaves the queue without spending a token."""
+    pacer = dev._pacer
+    while (peer := pacer.first_waiting()) is not None:
+        if peer.endpoint is None or now - peer.handshake_sent_at < REKEY_TIMEOUT:
+            pacer.discard(peer)
+            continue
+        if not pacer.take_for_first(now):
+            return
+        _create_initiation(dev, peer, now)
+
+
+def _create_initiation(dev: Device, peer: Peer, now: float) -> None:
+    assert peer.endpoint is not None
+    timers = peer.timers
     dev._forget_pending(peer)
     index = dev._index.new_index()
     try:

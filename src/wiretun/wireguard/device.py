@@ -52,7 +52,9 @@ from wiretun.wireguard.control import (
     UNDER_LOAD_HOLD,
     Seen,
     handshake_complete,
-    receive_control,
+    process_control,
+    queue_control,
+    release_initiations,
     send_initiation,
 )
 from wiretun.wireguard.cookie import CookieChecker, RateLimiter
@@ -67,6 +69,7 @@ from wiretun.wireguard.events import (
 from wiretun.wireguard.handshake import StaticIdentity
 from wiretun.wireguard.index import IndexTable
 from wiretun.wireguard.messages import MSG_TRANSPORT, TRANSPORT_MIN_SIZE
+from wiretun.wireguard.pacing import HandshakeQueue, InitiationPacer
 from wiretun.wireguard.peer import Peer, check_endpoint, check_keepalive, check_key
 from wiretun.wireguard.replay import REJECT_AFTER_MESSAGES, RING_MASK, WINDOW_SIZE
 from wiretun.wireguard.session import NONCE, TRANSPORT_HEADER, Keypair, padding_size
@@ -137,6 +140,10 @@ class Device:
         self._allowed: AllowedIPs[Peer] = AllowedIPs()
         self._index = IndexTable(rng)
         self._timers: TimerQueue[Peer] = TimerQueue()  # every peer's timers, by deadline
+        # Received handshake messages wait here for process_handshakes (bounded, 1024).
+        self._handshakes = HandshakeQueue()
+        # Our initiations, over all peers, at a bounded rate (the rest wait their turn).
+        self._pacer: InitiationPacer[Peer] = InitiationPacer()
         self._out: dict[Endpoint, list[bytes]] = {}
         self._gso_out: list[Gso] = []
         # The batch data path (wiretun.datapath.load()): only send_frames/receive_gro use it.
@@ -153,7 +160,6 @@ class Device:
         self._forced_load = False
         self._load_window = float("-inf")
         self._load_count = 0
-        self._loaded_until = float("-inf")
 
     # ---------------------------------------------------------------- configuration
 
@@ -229,6 +235,7 @@ class Device:
         peer = self.peer(public_key)
         self._forget_sessions(peer)
         self._drop_staged(peer, "peer_removed")
+        self._pacer.discard(peer)
         peer.timers.stop_all()
         self._timers.discard(peer.timers)
         self._allowed.remove_value(peer)
@@ -280,8 +287,9 @@ class Device:
         self._forced_load = bool(value)
 
     def is_under_load(self, now: float) -> bool:
-        """Forced by the shell, or busy with handshakes in the last second."""
-        return self._forced_load or now < self._loaded_until
+        """Forced by the shell, or busy with handshakes in the last second (a backlog of
+        128 in the handshake queue, or more than 128 handshake messages in one second)."""
+        return self._forced_load or self._handshakes.under_load(now)
 
     # ---------------------------------------------------------------- outputs
 
@@ -301,8 +309,18 @@ class Device:
         return self._events.popleft() if self._events else None
 
     def next_timer(self) -> float | None:
-        """The earliest deadline of any peer (from a heap: cheap enough to ask per batch)."""
-        return self._timers.next_deadline()
+        """The earliest deadline of any peer (from a heap: cheap enough to ask per batch),
+        or when the next paced initiation is due."""
+        at = self._timers.next_deadline()
+        paced = self._pacer.next_due()
+        if paced is None:
+            return at
+        return paced if at is None or paced < at else at
+
+    @property
+    def handshakes_waiting(self) -> int:
+        """Received handshake and cookie messages that wait for `process_handshakes`."""
+        return len(self._handshakes)
 
     def stats(self) -> DeviceStats:
         peers = tuple(
@@ -324,6 +342,8 @@ class Device:
             packets_opened=self._opened,
             handshakes_completed=self._completed,
             frame_drops=dict(self._frame_drops),
+            handshakes_queued=len(self._handshakes),
+            initiations_waiting=len(self._pacer),
         )
 
     # ---------------------------------------------------------------- inbound
@@ -361,8 +381,7 @@ class Device:
                 if run_src is not None:
                     end_run(seen, peer, kp=kp, src=run_src, rx=run_rx, data=run_data)
                     run_src, run_rx, run_data = None, 0, False
-                last_receiver = -1  # a handshake may replace keypairs
-                receive_control(self, data, src, now, seen)
+                queue_control(self, data, src)  # for process_handshakes
                 continue
             kind, receiver, counter = header(data)
             if kind != MSG_TRANSPORT:
@@ -445,6 +464,25 @@ class Device:
         for p, st in seen.items():
             self._after_receive(p, st.src, st.keypair, st.data, now)
         return out
+
+    def process_handshakes(self, now: float, limit: int | None = None) -> int:
+        """Handle up to `limit` (None: all) of the handshake and cookie messages that
+        `receive_datagrams` / `receive_gro` queued, oldest first; returns how many still
+        wait. The shell calls it with a small limit once per loop turn, so a flood of
+        handshakes (each a cookie reply or a DH) takes a bounded share of each turn and
+        data never waits behind it; what overflows the queue (1024) is dropped and counted
+        as ``handshake_queue_full``."""
+        queue = self._handshakes
+        count = len(queue) if limit is None else min(limit, len(queue))
+        if count <= 0:
+            return len(queue)
+        seen: dict[Peer, Seen] = {}
+        for _ in range(count):
+            data, src = queue.pop()
+            process_control(self, data, src, now, seen)
+        for p, st in seen.items():
+            self._after_receive(p, st.src, st.keypair, st.data, now)
+        return len(queue)
 
     @staticmethod
     def _end_run(
@@ -850,7 +888,9 @@ class Device:
     # ---------------------------------------------------------------- timers
 
     def handle_timers(self, now: float) -> None:
-        """Act on every per-peer deadline that has passed (peers in the order added)."""
+        """Create the paced initiations whose turn came, then act on every per-peer
+        deadline that has passed (peers in the order added)."""
+        release_initiations(self, now)
         for peer in self._timers.due(now):
             for action in peer.timers.expire(now):
                 if action is TimerAction.RETRANSMIT_HANDSHAKE:

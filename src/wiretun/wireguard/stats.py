@@ -20,6 +20,7 @@ DROP_REASONS: Final = (
     "unknown_peer",  # initiation from a static key we do not know
     "handshake_replay",  # initiation timestamp not newer than the last one
     "handshake_flood",  # initiations from one peer less than 20 ms apart
+    "handshake_queue_full",  # handshake or cookie message while 1024 waited: not looked at
     "cookie_invalid",  # cookie reply did not decrypt
     "replay",  # transport counter already seen or outside the window
     "decrypt",  # transport message did not authenticate
@@ -54,3 +55,5 @@ class DeviceStats:
     handshakes_completed: int
     # TUN frames `send_frames` dropped by the offload decoder's reasons (wiretun.tun.gso).
     frame_drops: dict[str, int] = field(default_factory=dict)
+    handshakes_queued: int = 0  # received handshake messages waiting for process_handshakes
+    initiations_waiting: int = 0  # peers whose initiation waits for the pacer
