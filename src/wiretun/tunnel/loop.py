@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 # Packets per TUN read and datagrams per UDP drain: wireguard-go's IdealBatchSize.
 BATCH = 128
 # Queued handshake messages the core handles per loop turn (Device.process_handshakes): at
-# worst ~16 cookie replies (~0.3 ms) or DH operations (~2-5 ms) between two data batches.
-HANDSHAKES_PER_TURN = 16
+# worst 8 cookie replies (~0.15 ms) or DH operations (~1-2.5 ms) between two data batches.
+# Under a 40k/s valid-mac1 flood (scripts/flood_bench.py) 16 left TCP ~0.3 of quiet, 8 ~0.6.
+HANDSHAKES_PER_TURN = 8
 
 
 class TunPort(Protocol):
