@@ -40,8 +40,9 @@ UNDER_LOAD_AFTER: Final = 1.0
 INITIATION_RATE: Final = 1000
 """Initiations created per second over all peers, at most (one costs ~160 us of DH)."""
 
-INITIATION_BURST: Final = 32
-"""Initiations that may be created back to back (~5 ms of work) before the rate applies."""
+INITIATION_BURST: Final = 8
+"""Initiations that may be created back to back (~1.3 ms of work, several times that on a
+busy machine) before the rate applies: the longest stall a storm of them can cause."""
 
 _NS: Final = 1_000_000_000
 
