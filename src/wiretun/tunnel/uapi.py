@@ -23,7 +23,6 @@ from wiretun.tunnel.uapi_protocol import (
     UapiError,
     UapiProtocolError,
     UapiRequestReader,
-    apply_to_snapshot,
     format_get,
     format_set_reply,
     parse_set,
@@ -41,19 +40,6 @@ class UapiBackend(Protocol):
 
     def get_snapshot(self) -> DeviceSnapshot: ...
     def apply(self, ops: list[SetOperation]) -> None: ...
-
-
-class MemoryBackend:
-    """A device that is only state: applies operations with the reference semantics."""
-
-    def __init__(self, snapshot: DeviceSnapshot | None = None) -> None:
-        self.snapshot = snapshot if snapshot is not None else DeviceSnapshot()
-
-    def get_snapshot(self) -> DeviceSnapshot:
-        return self.snapshot
-
-    def apply(self, ops: list[SetOperation]) -> None:
-        self.snapshot = apply_to_snapshot(self.snapshot, ops)
 
 
 class UapiInUseError(OSError):
