@@ -94,6 +94,7 @@ class UpOptions:
     offload: bool
     ready_fd: int | None
     tun_threads: bool = False
+    keep_output: bool = False  # after 'ready', keep stdout/stderr (see --keep-output)
 
 
 # -- CLI -------------------------------------------------------------------------------------
@@ -128,6 +129,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     # Internal: the write end of the readiness pipe of a --background parent.
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    # Internal, with --ready-fd: keep writing the log to stdout/stderr after 'ready' instead of
+    # letting go of them, for a supervisor that keeps it (the lab's launcher).
+    parser.add_argument("--keep-output", action="store_true", help=argparse.SUPPRESS)
 
 
 def interface_name(config_path: str, override: str | None) -> str:
@@ -152,7 +156,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"wiretun up: warning: {warning}", file=sys.stderr)
     if args.background:
         return _start_background(args, name)
-    opts = UpOptions(args.config, name, args.queues, args.offload, args.ready_fd, args.tun_threads)
+    opts = UpOptions(
+        args.config, name, args.queues, args.offload, args.ready_fd, args.tun_threads,
+        args.keep_output,
+    )  # fmt: skip
     return asyncio.run(run_device(config, opts))
 
 
@@ -172,11 +179,13 @@ def _start_background(args: argparse.Namespace, name: str) -> int:
     return code
 
 
-def _signal_ready(fd: int | None) -> None:
+def _signal_ready(fd: int | None, keep_output: bool = False) -> None:
     if fd is None:
         return
     os.write(fd, b"ready\n")
     os.close(fd)
+    if keep_output:
+        return
     # Detached from the caller's terminal/pipes: a parent reading our stderr must see EOF.
     devnull = os.open(os.devnull, os.O_RDWR)
     for target in (0, 1, 2):
@@ -500,7 +509,7 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
             opts.offload,
             "native" if batched else "pure",
         )
-        _signal_ready(opts.ready_fd)
+        _signal_ready(opts.ready_fd, opts.keep_output)
 
         run_task = asyncio.create_task(tunnel.run(), name=f"tunnel-{name}")
         stop_task = asyncio.create_task(stop.event.wait())
