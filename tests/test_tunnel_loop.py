@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 from wiretun.testing.memorytun import MemoryTun
 from wiretun.tunnel.loop import TunnelLoop
-from wiretun.tunnel.udp import Datagram, Endpoint, UdpBind
+from wiretun.tunnel.udp import Datagram, UdpBind
+from wiretun.wireguard.events import Endpoint
 
 
 class ToyCore:

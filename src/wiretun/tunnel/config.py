@@ -15,6 +15,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from wiretun.wireguard.events import Endpoint
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -33,17 +35,6 @@ _DNS_SERVER_RE = re.compile(r"[0-9.]+|.*:.*")
 def is_valid_ifname(name: str) -> bool:
     """True if wg-quick would accept `name` as an interface name."""
     return _IFNAME_RE.fullmatch(name) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """A peer endpoint as written: `host` is an IP literal or a hostname (resolved later)."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +137,8 @@ def _parse_uint(value: str, maximum: int, what: str, minimum: int = 0) -> int:
 
 
 def parse_endpoint(value: str) -> Endpoint:
-    """`host:port`, `[v6]:port`; the host may be a name (not resolved here)."""
+    """`host:port`, `[v6]:port` as (host, port); the host may be a name (resolved later,
+    by resolve_endpoint)."""
     if value.startswith("["):
         host, sep, rest = value[1:].partition("]")
         if not sep or not rest.startswith(":"):
@@ -169,10 +161,10 @@ def parse_endpoint(value: str) -> Endpoint:
                 raise _FieldError(f"{host!r} in {value!r} is not an IPv4 address") from None
         elif _HOSTNAME_RE.fullmatch(host) is None:
             raise _FieldError(f"{host!r} in {value!r} is not an IP address or hostname")
-    return Endpoint(host, _parse_uint(port_text, 65535, "port", minimum=1))
+    return host, _parse_uint(port_text, 65535, "port", minimum=1)
 
 
-def resolve_endpoint(host: str, port: int) -> tuple[str, int]:
+def resolve_endpoint(host: str, port: int) -> Endpoint:
     """Resolve a hostname (or normalise an IP literal) to the first UDP address.
 
     Raises socket.gaierror (an OSError) when the name does not resolve.
