@@ -21,6 +21,7 @@ from typing import IO
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from wiretun.lab.netns import NetNS
+from wiretun.wireguard.crypto import KEY_LEN
 
 SOCKET_DIR = "/var/run/wireguard"
 WG_GO_ENV = "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"  # else wireguard-go refuses
@@ -48,7 +49,7 @@ class KeyPair:
 
 
 def generate_psk() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
+    return base64.b64encode(os.urandom(KEY_LEN)).decode()
 
 
 @dataclass(frozen=True)

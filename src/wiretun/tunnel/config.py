@@ -15,12 +15,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from wiretun.wireguard.crypto import KEY_LEN
 from wiretun.wireguard.events import Endpoint
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
-KEY_LEN = 32
 # wg-quick's rule for interface names (and thus for config file stems).
 _IFNAME_RE = re.compile(r"[a-zA-Z0-9_=+.-]{1,15}")
 _DIGITS_RE = re.compile(r"[0-9]+")

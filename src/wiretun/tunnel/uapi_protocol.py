@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, replace
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from wiretun.tunnel.config import IPNetwork, TunnelConfig, resolve_endpoint
+from wiretun.wireguard.crypto import KEY_LEN
 from wiretun.wireguard.events import Endpoint
 
-KEY_LEN = 32
 ZERO_KEY = bytes(KEY_LEN)
 # wireguard-go answers errors it cannot classify with -55 (ENOANO).
 ERRNO_UNKNOWN = errno_codes.ENOANO
