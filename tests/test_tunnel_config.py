@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from wiretun.tunnel.config import (
     ConfigError,
-    is_valid_ifname,
     load_config,
     parse_config,
     resolve_endpoint,
@@ -272,11 +271,12 @@ def test_bad_private_key_is_not_echoed() -> None:
 
 @pytest.mark.parametrize("name", ["wg0", "a", "x" * 15, "we_ird=+.-0"])
 def test_valid_interface_names(name: str) -> None:
-    assert is_valid_ifname(name)
     assert parse_config(HEAD, f"/etc/wireguard/{name}.conf").interface.name == name
 
 
-@pytest.mark.parametrize("filename", ["x" * 16 + ".conf", "bad name.conf", "wg:0.conf", ".conf"])
+@pytest.mark.parametrize(
+    "filename", ["x" * 16 + ".conf", "bad name.conf", "wg:0.conf", ".conf", "..conf"]
+)
 def test_invalid_interface_names(filename: str) -> None:
     with pytest.raises(ConfigError, match="is not a valid interface name"):
         parse_config(HEAD, filename)

@@ -15,14 +15,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from wiretun.ifname import is_wg_quick_ifname
 from wiretun.wireguard.crypto import KEY_LEN
 from wiretun.wireguard.events import Endpoint
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
-# wg-quick's rule for interface names (and thus for config file stems).
-_IFNAME_RE = re.compile(r"[a-zA-Z0-9_=+.-]{1,15}")
 _DIGITS_RE = re.compile(r"[0-9]+")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
 _TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -30,11 +29,6 @@ _TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _KEYLIKE_RE = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 # wg-quick's test for a DNS= item that is a server (else it is a search domain).
 _DNS_SERVER_RE = re.compile(r"[0-9.]+|.*:.*")
-
-
-def is_valid_ifname(name: str) -> bool:
-    """True if wg-quick would accept `name` as an interface name."""
-    return _IFNAME_RE.fullmatch(name) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,7 +466,7 @@ def parse_config(text: str, filename: str, *, name: str | None = None) -> Tunnel
     """Parse wg-quick config text. The interface name is `name`, or else the file name
     without `.conf` (as wg-quick does). Raises ConfigError."""
     ifname = _name_from_filename(filename) if name is None else name
-    if not is_valid_ifname(ifname):
+    if not is_wg_quick_ifname(ifname):
         raise ConfigError(
             filename,
             None,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from wiretun.tunnel.config import is_valid_ifname
+from wiretun.ifname import is_wg_quick_ifname
 from wiretun.tunnel.uapi_protocol import (
     ERRNO_UNKNOWN,
     DeviceSnapshot,
@@ -128,7 +128,7 @@ class UapiServer:
         poll_interval: float = 1.0,
         on_removed: Callable[[], None] | None = None,
     ) -> None:
-        if not is_valid_ifname(name):
+        if not is_wg_quick_ifname(name):
             raise ValueError(f"{name!r} is not a valid interface name")
         self.name = name
         self.path = socket_path(name, socket_dir)

@@ -26,13 +26,14 @@ from pathlib import Path
 from pyroute2 import AsyncIPRoute
 
 from wiretun import datapath
+from wiretun.ifname import is_wg_quick_ifname
 from wiretun.netdev.errors import NetdevError
 from wiretun.netdev.manager import TunDeviceManager
 from wiretun.netdev.policy import MAIN_TABLE, PolicyRouting
 from wiretun.tun import Tun, TunBroken, TunClosed
 from wiretun.tun.inline import InlineTun
 from wiretun.tunnel.backend import DeviceBackend
-from wiretun.tunnel.config import ConfigError, TunnelConfig, is_valid_ifname, load_config
+from wiretun.tunnel.config import ConfigError, TunnelConfig, load_config
 from wiretun.tunnel.detach import start_detached
 from wiretun.tunnel.dns import DnsError, set_dns, unset_dns
 from wiretun.tunnel.firewall import Firewall, FirewallError, delete_tables
@@ -81,7 +82,7 @@ def leftovers_path(name: str) -> str:
 def config_path(arg: str) -> str:
     """wg-quick's lookup: a bare interface name means /etc/wireguard/NAME.conf. (A name
     ending in .conf is taken as a file, so `wiretun up wg0.conf` keeps meaning ./wg0.conf.)"""
-    if "/" not in arg and not arg.endswith(".conf") and is_valid_ifname(arg):
+    if "/" not in arg and not arg.endswith(".conf") and is_wg_quick_ifname(arg):
         return os.path.join(CONFIG_DIR, f"{arg}.conf")
     return arg
 
@@ -141,7 +142,7 @@ def interface_name(config_path: str, override: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     args.config = config_path(args.config)
     name = interface_name(args.config, args.interface)
-    if not is_valid_ifname(name):
+    if not is_wg_quick_ifname(name):
         print(f"wiretun up: invalid interface name {name!r}", file=sys.stderr)
         return EXIT_CONFIG
     if not 1 <= args.queues <= 64:

@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 # Only this: the daemonizing parent imports nothing heavy (the child does, once).
-from wiretun.tunnel.config import is_valid_ifname
+from wiretun.ifname import is_wg_quick_ifname
 from wiretun.tunnel.detach import start_detached
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if name is None:
         print("Usage: wiretun-go [-f/--foreground] INTERFACE-NAME", file=sys.stderr)
         return 1
-    if not is_valid_ifname(name):
+    if not is_wg_quick_ifname(name):
         print(f"wiretun-go: invalid interface name {name!r}", file=sys.stderr)
         return 1
     level = LOG_LEVELS.get(os.environ.get("LOG_LEVEL", "error"), logging.ERROR)
