@@ -28,8 +28,9 @@ from wiretun.lab.procs import (
     write_secret,
 )
 from wiretun.lab.procs import wg_quick_config as _wg_quick_config
+from wiretun.wireguard.device import DEFAULT_MTU
 
-OVERLAY_MTU = 1420
+OVERLAY_MTU = DEFAULT_MTU  # WireGuard's, as wg-quick would leave it on a 1500-byte veth
 BASE_LISTEN_PORT = 51820
 UAPI_DIR = Path(SOCKET_DIR)
 START_TIMEOUT = 15.0  # seconds for a tunnel process to say it is up

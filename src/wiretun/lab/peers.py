@@ -26,6 +26,7 @@ from wiretun.lab.procs import (
     wiretun_command,
     write_secret,
 )
+from wiretun.wireguard.device import DEFAULT_MTU
 
 # Re-exported: callers import these from here.
 __all__ = ["SOCKET_DIR", "KeyPair", "PeerSpec", "generate_psk", "wiretun_command"]
@@ -155,7 +156,7 @@ class WireguardGoPeer:
         self.wg("set", self.name, "peer", public_key, "remove")
 
     def link_up(
-        self, addresses: Iterable[str], *, mtu: int = 1420, routes: Iterable[str] = ()
+        self, addresses: Iterable[str], *, mtu: int = DEFAULT_MTU, routes: Iterable[str] = ()
     ) -> None:
         """Give the interface its addresses (CIDR), set the MTU, bring it up, add routes."""
         for addr in addresses:
