@@ -32,19 +32,20 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from wiretun.bench.iperf import run_iperf
 from wiretun.bench.plan import WORKLOADS
-from wiretun.testing.hostile import stranger_initiation
-from wiretun.testing.netns import NetNS, Topology
-from wiretun.testing.procs import KeyPair, PeerSpec
-from wiretun.testing.traffic import core_drops
-from wiretun.testing.wgpeer import (
-    WireguardGoPeer,
-    WiretunPeer,
-    udp_ping,
-    wireguard_go_initiates_to,
-)
+from wiretun.lab.netns import NetNS, Topology
+from wiretun.lab.peers import WireguardGoPeer, WiretunPeer, udp_ping
+from wiretun.lab.procs import KeyPair, PeerSpec
+
+# The scenarios live with the tests (tests/scenarios), as for scripts/soak.py.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from scenarios.hostile import stranger_initiation
+from scenarios.interop import wireguard_go_initiates_to
+from scenarios.traffic import core_drops
 
 PORT = 51820
 _PING_TIME = re.compile(rb"icmp_seq=(\d+) .*time=([\d.]+) ms")

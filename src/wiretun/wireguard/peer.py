@@ -12,6 +12,7 @@ from typing import Final
 
 from wiretun.wireguard.allowedips import AllowedIPs, IPNetwork
 from wiretun.wireguard.cookie import CookieGenerator
+from wiretun.wireguard.crypto import KEY_LEN
 from wiretun.wireguard.events import Endpoint
 from wiretun.wireguard.handshake import InitiatorHandshake
 from wiretun.wireguard.session import Keypair
@@ -21,8 +22,6 @@ MAX_STAGED_PACKETS: Final = 128
 """Packets kept per peer while waiting for a session; older ones are dropped first (and
 counted as ``queue_full``). wireguard-go's QueueStagedSize and the kernel's
 MAX_STAGED_PACKETS are 128 too: more only holds memory for a handshake that may never come."""
-
-KEY_LEN: Final = 32
 
 
 def check_key(name: str, key: bytes) -> bytes:

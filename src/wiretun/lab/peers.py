@@ -1,4 +1,5 @@
-"""Real WireGuard peers for tests: Debian's wireguard-go configured with `wg`, and `wiretun up`."""
+"""Real WireGuard peers in a namespace: Debian's wireguard-go configured with `wg`, and
+`wiretun up` from a config file we write; each `stop()` removes everything it made."""
 
 from __future__ import annotations
 
@@ -8,27 +9,27 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from wiretun.netdev.spec import AUTO_TABLE_START
-from wiretun.testing.netns import NetNS, unique_name
-from wiretun.testing.procs import (
+from wiretun.lab.netns import NetNS, unique_name
+from wiretun.lab.procs import (
     SOCKET_DIR,
     KeyPair,
     PeerSpec,
     generate_psk,
     launch_wireguard_go,
+    launch_wiretun,
     stop_process,
     wg_quick_config,
+    wiretun_command,
     write_secret,
 )
+from wiretun.wireguard.device import DEFAULT_MTU
 
-# Re-exported: tests import these from here.
-__all__ = ["SOCKET_DIR", "KeyPair", "PeerSpec", "generate_psk"]
+# Re-exported: callers import these from here.
+__all__ = ["SOCKET_DIR", "KeyPair", "PeerSpec", "generate_psk", "wiretun_command"]
 
 
 def have_wireguard_go() -> bool:
@@ -155,7 +156,7 @@ class WireguardGoPeer:
         self.wg("set", self.name, "peer", public_key, "remove")
 
     def link_up(
-        self, addresses: Iterable[str], *, mtu: int = 1420, routes: Iterable[str] = ()
+        self, addresses: Iterable[str], *, mtu: int = DEFAULT_MTU, routes: Iterable[str] = ()
     ) -> None:
         """Give the interface its addresses (CIDR), set the MTU, bring it up, add routes."""
         for addr in addresses:
@@ -218,11 +219,6 @@ def udp_ping(
     return answered
 
 
-def wiretun_command(*args: str) -> list[str]:
-    """argv for the wiretun CLI of this interpreter (the venv's, under pytest)."""
-    return [sys.executable, "-m", "wiretun", *args]
-
-
 @dataclass
 class WiretunPeer:
     """`wiretun up` (the real CLI, in the foreground) inside `ns`, from a config we write.
@@ -271,25 +267,20 @@ class WiretunPeer:
         return wiretun_command(*args)
 
     def start(self, *args: str, timeout: float = 20.0, verbose: int = 1) -> WiretunPeer:
-        """Run `wiretun -v up CONFIG ARGS` (`verbose` times -v: 2 logs at DEBUG) and wait
-        until its interface is up (pid file written)."""
+        """Run `wiretun -v up CONFIG ARGS` (`verbose` times -v: 2 logs at DEBUG) and return
+        once it says it is up; procs.StartError (a RuntimeError, with the end of its log)
+        if it does not come up, and then everything it made is removed."""
         if not self.config_path:
             raise RuntimeError("write_config() first")
         self._log = tempfile.NamedTemporaryFile(prefix=f"{self.name}-", suffix=".log")  # noqa: SIM115
-        self.proc = self.ns.popen(
-            *self.command(*["-v"] * verbose, "up", self.config_path, *args),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while not (os.path.exists(self.pid_path) and os.path.exists(self.socket_path)):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"wiretun {self.name} exited early: {self.log_text()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"wiretun {self.name} not up after {timeout}s")
-            time.sleep(0.02)
+        argv = self.command(*["-v"] * verbose, "up", self.config_path, *args)
+        try:
+            self.proc = launch_wiretun(
+                self.ns, argv, self._log, timeout=timeout, what=f"wiretun {self.name}"
+            )
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def log_text(self) -> str:
@@ -328,56 +319,3 @@ class WiretunPeer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def wiretun_leftovers(
-    ns: NetNS,
-    name: str,
-    *,
-    listen_port: int | None = None,
-    fwmark: str | None = None,
-    table: str = str(AUTO_TABLE_START),
-) -> list[str]:
-    """What a stopped `wiretun up` for `name` in `ns` left behind (empty if nothing): its
-    device, policy rules, routes in its fwmark table, UDP socket, UAPI socket, pid file and
-    leftovers record. Rules: any besides the kernel's three (a test's namespace has no
-    others), or with `fwmark` (e.g. "0x1234") when given. The default table is the one the
-    first full-tunnel instance in a namespace gets."""
-    left: list[str] = []
-    if ns.run("ip", "link", "show", "dev", name, check=False).strip():
-        left.append(f"device {name}")
-    kernel = {"0", "32766", "32767"}
-    for family in ("-4", "-6"):
-        rules = [
-            ln
-            for ln in ns.run("ip", family, "rule").splitlines()
-            if ln.split(":")[0] not in kernel or (fwmark is not None and fwmark in ln)
-        ]
-        left += [f"rule {ln.strip()}" for ln in rules]
-        # A table without routes may not exist at all (an error for `ip -6`): empty either way.
-        routes = ns.run("ip", family, "route", "show", "table", table, check=False).strip()
-        left += [f"route {ln.strip()} (table {table})" for ln in routes.splitlines()]
-    if listen_port is not None:
-        udp = ns.run("ss", "-uanH", f"sport = :{listen_port}").strip()
-        left += [f"udp socket {ln.split()[3]}" for ln in udp.splitlines() if ln.strip()]
-    for path in (f"{SOCKET_DIR}/{name}.{s}" for s in ("sock", "pid", "installed")):
-        if os.path.exists(path):
-            left.append(path)
-    return left
-
-
-def wireguard_go_initiates_to(
-    wg: WireguardGoPeer, wt: WiretunPeer, wt_endpoint: str, *, wt_port: int, wg_port: int = 51821
-) -> None:
-    """Overlay 10.9.0.2 (wireguard-go) -> 10.9.0.1 (wiretun): start wiretun listening on
-    `wt_port` with no endpoint for its peer (it learns it), then point wireguard-go at
-    `wt_endpoint` (host:port on the underlay)."""
-    wt.write_config(
-        addresses=["10.9.0.1/24"],
-        listen_port=wt_port,
-        peers=[PeerSpec(wg.keys.public, ["10.9.0.2/32"])],
-    )
-    wt.start()
-    wg.configure(listen_port=wg_port)
-    wg.add_peer(wt.keys.public, allowed_ips=["10.9.0.1/32"], endpoint=wt_endpoint)
-    wg.link_up(["10.9.0.2/24"])
