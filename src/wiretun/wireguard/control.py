@@ -29,10 +29,12 @@ from wiretun.wireguard.messages import (
 )
 from wiretun.wireguard.peer import Peer
 from wiretun.wireguard.session import Keypair
+from wiretun.wireguard.stats import DropReason
 from wiretun.wireguard.timers import HANDSHAKE_INITIATION_RATE, REKEY_TIMEOUT
 
 if TYPE_CHECKING:
-    from wiretun.wireguard.device import Buffer, Device
+    from wiretun.wireguard.device import Device
+    from wiretun.wireguard.session import Buffer
 
 # More handshake messages with a valid mac1 than this within one second put the Device
 # under load as well (besides the queue's backlog): a steady flood that never backs up.
@@ -74,18 +76,18 @@ def queue_control(dev: Device, datagram: Buffer, src: Endpoint) -> None:
     drops = dev._drops
     n = len(datagram)
     if n < 4:
-        drops["bad_size"] += 1
+        drops.add(DropReason.BAD_SIZE)
         return
     kind = int.from_bytes(datagram[:4], "little")
     expected = _EXPECTED_SIZE.get(kind)
     if expected is None:
-        drops["bad_type"] += 1
+        drops.add(DropReason.BAD_TYPE)
         return
     if n != expected or kind == MSG_TRANSPORT:  # transport messages get here when < 32
-        drops["bad_size"] += 1
+        drops.add(DropReason.BAD_SIZE)
         return
     if not dev._handshakes.push(bytes(datagram), (src[0], src[1])):
-        drops["handshake_queue_full"] += 1
+        drops.add(DropReason.HANDSHAKE_QUEUE_FULL)
 
 
 def process_control(
@@ -98,23 +100,23 @@ def process_control(
         _receive_cookie_reply(dev, data, now)
         return
     if not dev._checker.check_mac1(data):
-        drops["mac1"] += 1
+        drops.add(DropReason.MAC1)
         return
     _note_handshake_load(dev, now)
     if dev.is_under_load(now):
         try:
             ip = ipaddress.ip_address(src[0]).packed
         except ValueError:
-            drops["bad_endpoint"] += 1
+            drops.add(DropReason.BAD_ENDPOINT)
             return
         if not dev._checker.check_mac2(data, source_bytes(ip, src[1]), now):
             sender = int.from_bytes(data[4:8], "little")
             reply = dev._checker.create_reply(data, sender, source_bytes(ip, src[1]), now)
             dev._queue((src[0], src[1]), reply)
-            drops["cookie_sent"] += 1
+            drops.add(DropReason.COOKIE_SENT)
             return
         if not dev._limiter.allow(ip, now):
-            drops["rate_limited"] += 1
+            drops.add(DropReason.RATE_LIMITED)
             return
     if kind == MSG_INITIATION:
         _receive_initiation(dev, data, src, now, seen)
@@ -128,11 +130,11 @@ def _receive_cookie_reply(dev: Device, data: bytes, now: float) -> None:
     if peer is None:
         entry = dev._index.keypairs.get(reply.receiver)
         if entry is None:
-            dev._drops["unknown_index"] += 1
+            dev._drops.add(DropReason.UNKNOWN_INDEX)
             return
         peer = entry[1]
     if not peer.cookie.consume_reply(reply, now):
-        dev._drops["cookie_invalid"] += 1
+        dev._drops.add(DropReason.COOKIE_INVALID)
 
 
 def _receive_initiation(
@@ -142,17 +144,17 @@ def _receive_initiation(
     try:
         hs = consume_initiation(dev._identity, Initiation.unpack(data))
     except WireGuardError:
-        drops["handshake_failed"] += 1
+        drops.add(DropReason.HANDSHAKE_FAILED)
         return
     peer = dev._peers.get(hs.remote_static)
     if peer is None:
-        drops["unknown_peer"] += 1
+        drops.add(DropReason.UNKNOWN_PEER)
         return
     if hs.timestamp <= peer.last_timestamp:
-        drops["handshake_replay"] += 1
+        drops.add(DropReason.HANDSHAKE_REPLAY)
         return
     if now - peer.last_initiation_at < HANDSHAKE_INITIATION_RATE:
-        drops["handshake_flood"] += 1
+        drops.add(DropReason.HANDSHAKE_FLOOD)
         return
     peer.last_timestamp = hs.timestamp
     peer.last_initiation_at = now
@@ -162,7 +164,7 @@ def _receive_initiation(
     try:
         message, keys = hs.create_response(peer.preshared_key, index, rng=dev._rng)
     except WireGuardError:
-        drops["handshake_failed"] += 1
+        drops.add(DropReason.HANDSHAKE_FAILED)
         return
     kp = Keypair(
         keys.send_key,
@@ -193,12 +195,12 @@ def _receive_response(
     peer = dev._index.pending.get(response.receiver)
     hs = None if peer is None else peer.handshake
     if peer is None or hs is None:
-        dev._drops["unknown_index"] += 1
+        dev._drops.add(DropReason.UNKNOWN_INDEX)
         return
     try:
         keys = hs.consume_response(response)
     except WireGuardError:
-        dev._drops["handshake_failed"] += 1
+        dev._drops.add(DropReason.HANDSHAKE_FAILED)
         return
     del dev._index.pending[response.receiver]
     peer.handshake = None
@@ -244,7 +246,7 @@ def send_initiation(dev: Device, peer: Peer, now: float, *, retry: bool) -> None
     """Start a handshake with `peer` unless one went out less than REKEY_TIMEOUT ago; when
     the pacer has no token the peer waits its turn (`release_initiations`)."""
     if peer.endpoint is None:
-        dev._drops["no_endpoint"] += 1
+        dev._drops.add(DropReason.NO_ENDPOINT)
         return
     if not retry:
         peer.timers.handshake_attempts = 0
@@ -283,7 +285,7 @@ def _create_initiation(dev: Device, peer: Peer, now: float) -> None:
             rng=dev._rng,
         )
     except WireGuardError:
-        dev._drops["handshake_failed"] += 1
+        dev._drops.add(DropReason.HANDSHAKE_FAILED)
         return
     peer.handshake_sent_at = now
     peer.handshake = hs
