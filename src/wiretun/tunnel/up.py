@@ -520,7 +520,8 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
             log.info("%s down: %s", name, stop.reason)
             log.info("loop %s", tunnel.stats())
             log.info("udp %s", socks.udp.stats())
-            log.info("core drops %s", device.stats().drops)
+            core = device.stats()
+            log.info("core drops %s, TUN frame drops %s", core.drops, core.frame_drops)
             log.info("tun %s", tun.stats().total)
         try:
             await run_hooks("PreDown", iface.pre_down, name)
