@@ -10,7 +10,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -31,7 +31,7 @@ class StartError(RuntimeError):
 class KeyPair:
     """A Curve25519 key pair in wg's base64 form."""
 
-    private: str
+    private: str = field(repr=False)
     public: str
 
     @classmethod
@@ -53,7 +53,7 @@ class PeerSpec:
     public_key: str
     allowed_ips: Sequence[str]
     endpoint: str | None = None
-    preshared_key: str | None = None
+    preshared_key: str | None = field(default=None, repr=False)
     persistent_keepalive: int | None = None
 
 

@@ -191,7 +191,7 @@ def _split_list(value: str) -> list[str]:
 @dataclass
 class _InterfaceDraft:
     line: int
-    private_key: bytes | None = None
+    private_key: bytes | None = field(default=None, repr=False)
     listen_port: int | None = None
     addresses: list[IPInterface] = field(default_factory=list)
     mtu: int | None = None
@@ -210,7 +210,7 @@ class _PeerDraft:
     line: int
     public_key: bytes | None = None
     public_key_line: int = 0
-    preshared_key: bytes | None = None
+    preshared_key: bytes | None = field(default=None, repr=False)
     allowed_ips: list[IPNetwork] = field(default_factory=list)
     endpoint: Endpoint | None = None
     persistent_keepalive: int | None = None

@@ -270,7 +270,7 @@ class _PeerDraft:
     public_key: bytes
     remove: bool = False
     update_only: bool = False
-    preshared_key: bytes | None = None
+    preshared_key: bytes | None = field(default=None, repr=False)
     endpoint: Endpoint | None = None
     persistent_keepalive: int | None = None
     replace_allowed_ips: bool = False
