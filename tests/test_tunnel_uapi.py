@@ -473,6 +473,45 @@ async def exchange(path: str, data: bytes, replies: int) -> bytes:
         await writer.wait_closed()
 
 
+def test_socket_is_created_0600_without_a_chmod_by_path(
+    sock_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (#15): os.chmod(path) after bind followed a symlink swapped into the
+    socket's place. The umask now gives 0600 at bind, and nothing chmods by path."""
+
+    def no_chmod(*args: object, **kwargs: object) -> None:
+        raise AssertionError("os.chmod by path follows symlinks")
+
+    monkeypatch.setattr(os, "chmod", no_chmod)
+    old = os.umask(0)  # whatever the caller's umask, the socket is 0600
+
+    async def main() -> None:
+        async with UapiServer("wt0", MemoryBackend(), socket_dir=sock_dir) as server:
+            mode = os.lstat(server.path).st_mode
+            assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+
+    try:
+        asyncio.run(main())
+    finally:
+        os.umask(old)
+    assert os.umask(old) == old  # the process umask was restored
+
+
+def test_server_refuses_a_socket_directory_others_may_write(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+
+    async def main() -> None:
+        server = UapiServer("wt0", MemoryBackend(), socket_dir=str(shared))
+        with pytest.raises(OSError, match="writable by others"):
+            await server.start()
+        await server.close()
+
+    asyncio.run(main())
+    assert not (shared / "wt0.sock").exists()
+
+
 def test_server_get_set_on_one_connection(sock_dir: str) -> None:
     async def main() -> None:
         backend = MemoryBackend(DeviceSnapshot(private_key=PRIV1, listen_port=51820))

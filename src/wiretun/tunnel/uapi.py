@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from wiretun.tunnel.config import is_valid_ifname
+from wiretun.tunnel.runfiles import ensure_dir
 from wiretun.tunnel.uapi_protocol import (
     ERRNO_UNKNOWN,
     DeviceSnapshot,
@@ -93,8 +94,9 @@ def _bind(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # umask is process-wide, but it is the only way to create the file 0600 from the
-        # start; wireguard-go does the same.
-        old_umask = os.umask(0o077)
+        # start (wireguard-go uses 077 and gets 0700). No chmod afterwards: by path it would
+        # follow a symlink put in the socket's place, and fchmod does not reach the file.
+        old_umask = os.umask(0o177)
         try:
             try:
                 sock.bind(path)
@@ -116,8 +118,6 @@ def _bind(path: str) -> socket.socket:
                 sock.bind(path)
         finally:
             os.umask(old_umask)
-        # umask 077 leaves 0700 (as wireguard-go's socket); nobody needs execute on it.
-        os.chmod(path, 0o600)
         sock.listen(16)
         sock.setblocking(False)
     except BaseException:
@@ -165,7 +165,7 @@ class UapiServer:
         Raises UapiInUseError if another process serves this name."""
         if self._listener is not None or self._closed:
             raise RuntimeError("UapiServer.start() called twice or after close()")
-        os.makedirs(self._socket_dir, mode=0o755, exist_ok=True)
+        ensure_dir(self._socket_dir)  # others must not be able to swap our socket
         self._listener = _bind(self.path)
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)

@@ -48,6 +48,7 @@ from wiretun.tunnel.routing import (
     plan_routes,
     routing_table,
 )
+from wiretun.tunnel.runfiles import ensure_dir
 from wiretun.tunnel.saveconfig import render_config, write_config
 from wiretun.tunnel.uapi import UapiInUseError, UapiServer
 from wiretun.tunnel.uapi_protocol import (
@@ -212,7 +213,7 @@ class _Stop:
 
 
 def _write_pid_file(name: str) -> str:
-    os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+    ensure_dir(RUN_DIR)  # UapiServer.start checked it already; this is its own guard
     path = pid_path(name)
     write_pid_file(path)  # pid and start time: `down` checks both before signalling
     return path
@@ -399,6 +400,9 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
             await uapi.start()
         except UapiInUseError as e:
             print(f"wiretun up: {name} is already running: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:  # e.g. an untrusted socket directory
+            print(f"wiretun up: {name}: cannot create the UAPI socket: {e}", file=sys.stderr)
             return 1
         stack.push_async_callback(uapi.close)
         await _remove_leftovers(name)
