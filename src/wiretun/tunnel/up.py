@@ -33,9 +33,10 @@ from wiretun.tun import Tun, TunBroken, TunClosed
 from wiretun.tun.inline import InlineTun
 from wiretun.tunnel.backend import DeviceBackend
 from wiretun.tunnel.config import ConfigError, TunnelConfig, is_valid_ifname, load_config
-from wiretun.tunnel.detach import start_detached
+from wiretun.tunnel.detach import module_command, start_detached
 from wiretun.tunnel.dns import DnsError, set_dns, unset_dns
 from wiretun.tunnel.firewall import Firewall, FirewallError, delete_tables
+from wiretun.tunnel.hardening import harden_process
 from wiretun.tunnel.hooks import HookError, run_hooks
 from wiretun.tunnel.leftovers import Leftovers, read_leftovers, remove_rules
 from wiretun.tunnel.loop import FramePath, TunnelLoop
@@ -144,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.queues <= 64:
         print(f"wiretun up: --queues must be 1..64, not {args.queues}", file=sys.stderr)
         return EXIT_CONFIG
+    harden_process()  # before the private key is read
     try:
         config = load_config(args.config, name=name)
     except ConfigError as e:
@@ -161,13 +163,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start_background(args: argparse.Namespace, name: str) -> int:
-    """Re-execute in the foreground, detached, and wait for its 'ready' on a pipe."""
-    cmd = [sys.executable, "-m", "wiretun"]
-    cmd += ["-v"] * int(getattr(args, "verbose", 0) or 0)
-    cmd += ["up", args.config, "--interface", name, "--queues", str(args.queues)]
-    cmd += ["--offload" if args.offload else "--no-offload"]
-    cmd += ["--tun-threads" if args.tun_threads else "--no-tun-threads"]
-    up, child, code = start_detached(cmd)
+    """Re-execute in the foreground, detached, and wait for its 'ready' on a pipe (safely:
+    wiretun.tunnel.detach.module_command; the child runs in `/`, so the config path is made
+    absolute here, SaveConfig writes back to the same file)."""
+    argv = ["-v"] * int(getattr(args, "verbose", 0) or 0)
+    argv += ["up", os.path.abspath(args.config), "--interface", name]
+    argv += ["--queues", str(args.queues), "--offload" if args.offload else "--no-offload"]
+    argv += ["--tun-threads" if args.tun_threads else "--no-tun-threads"]
+    up, child, code = start_detached(module_command("wiretun", argv))
     if up:
         print(f"wiretun: {name} is up (pid {child.pid})")
     return code
@@ -324,6 +327,7 @@ def _endpoint_hosts(ops: list[SetOperation]) -> list[str]:
 
 async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
     """Bring the interface up as wg-quick would, serve it until told to stop, tear down."""
+    harden_process()  # wiretun-go comes here directly; keys arrive over UAPI
     loop = asyncio.get_running_loop()
     stop = _Stop()
     for sig, label in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
