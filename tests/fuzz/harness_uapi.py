@@ -56,18 +56,30 @@ def _same(a: list[object], b: list[object]) -> bool:
 
 
 def _requests(data: bytes, cuts: list[int]) -> list[object]:
-    """What a reader makes of `data` fed in pieces split at `cuts`."""
-    reader = UapiRequestReader(max_line=512, max_set_bytes=4096)
+    """What a reader makes of `data` fed in pieces split at `cuts` (a set's pieces joined:
+    how they are cut depends on the reads, the lines do not)."""
+    reader = UapiRequestReader(max_line=512)
     out: list[object] = []
+    lines: list[str] = []
     start = 0
     try:
         for end in [*cuts, len(data)]:
             reader.feed(data[start:end])
             start = end
             while (request := reader.next_request()) is not None:
-                out.append(request)
+                if isinstance(request, SetRequest):
+                    lines += request.lines
+                    if request.final:
+                        out.append(SetRequest(tuple(lines)))
+                        lines = []
+                else:
+                    out.append(request)
     except UapiProtocolError:
-        out.append("closed")
+        # Lines of the set before the one that closed it may have gone out in pieces (and
+        # been applied, as wireguard-go applies each line it reads): not compared.
+        return [*out, "closed"]
+    if lines:
+        out.append(("unfinished set", tuple(lines)))
     return out
 
 
