@@ -3,7 +3,8 @@
 `up` does what `wg-quick up` does (routes, rules and nftables rules as wg-quick installs
 them, hooks, DNS, the default MTU, SaveConfig on the way down), with wiretun as the WireGuard
 device. It runs in the foreground until SIGINT/SIGTERM, until its UAPI socket is removed or
-until its TUN device disappears, then removes everything it made (device, routes, rules,
+until its TUN device disappears (SIGHUP too, unless ignored at start), then removes
+everything it made (device, routes, rules,
 nftables tables, DNS, socket, pid file); what a crash left behind is removed by the next
 `up` of the same interface.
 `--background` re-executes itself detached and returns once the interface is up.
@@ -215,6 +216,16 @@ class _Stop:
         self.event.set()
 
 
+def _stop_signals() -> list[signal.Signals]:
+    """SIGINT, SIGTERM and SIGHUP stop the tunnel, with its teardown. SIGHUP is what ends
+    wireguard-go too (a Go program exits on it: device gone, socket left behind); like it, a
+    SIGHUP ignored when we were started (`nohup`) stays ignored."""
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        sigs.append(signal.SIGHUP)
+    return sigs
+
+
 def _write_pid_file(name: str) -> str:
     ensure_dir(RUN_DIR)  # UapiServer.start checked it already; this is its own guard
     path = pid_path(name)
@@ -330,8 +341,8 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
     harden_process()  # wiretun-go comes here directly; keys arrive over UAPI
     loop = asyncio.get_running_loop()
     stop = _Stop()
-    for sig, label in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
-        loop.add_signal_handler(sig, stop, label)
+    for sig in _stop_signals():
+        loop.add_signal_handler(sig, stop, sig.name)
     iface = config.interface
     name = opts.name
     try:
