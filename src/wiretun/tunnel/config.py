@@ -223,6 +223,7 @@ class _Parser:
         self.lineno = 0
         self.interface: _InterfaceDraft | None = None
         self.peers: list[_PeerDraft] = []
+        self.peer_lines: dict[bytes, int] = {}  # public key -> its peer's line (10k peers)
         self.section: str | None = None
         self.warnings: list[ConfigWarning] = []
         # lower-case key -> (spelling in messages, handler, may repeat)
@@ -382,11 +383,9 @@ class _Parser:
 
     def _public_key(self, value: str) -> None:
         key = parse_key(value)
-        for other in self.peers[:-1]:
-            if other.public_key == key:
-                raise _FieldError(
-                    f"duplicate peer: the peer at line {other.line} has the same public key"
-                )
+        other = self.peer_lines.setdefault(key, self.peers[-1].line)
+        if other != self.peers[-1].line:
+            raise _FieldError(f"duplicate peer: the peer at line {other} has the same public key")
         self.peers[-1].public_key = key
         self.peers[-1].public_key_line = self.lineno
 
