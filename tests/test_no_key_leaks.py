@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 import wiretun
+from wiretun.testing.uapi import MemoryBackend
 from wiretun.testing.wgpair import make_pair
 from wiretun.tunnel import config as config_module
 from wiretun.tunnel import uapi_protocol
 from wiretun.tunnel.config import ConfigError, parse_config, parse_key
-from wiretun.tunnel.uapi import MemoryBackend, UapiServer
+from wiretun.tunnel.uapi import UapiServer
 from wiretun.tunnel.uapi_protocol import (
     DeviceSnapshot,
     PeerSnapshot,

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -84,3 +87,28 @@ def test_configure_device_raises_netdev_errors(monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises(NetdevError):
         asyncio.run(up._configure_device(manager, parse_config(CONFIG, "wt0.conf")))
     assert steps.calls[-1] == fail and "set_routes" not in steps.calls
+
+
+@pytest.mark.parametrize("keep_output", [False, True])
+def test_ready_lets_go_of_stdio_unless_told_to_keep_it(keep_output: bool) -> None:
+    """A --background parent reads our stderr until EOF: after 'ready' we let go of stdio.
+    A supervisor that keeps our log (--keep-output) gets what comes after 'ready' too."""
+    code = (
+        "import os, sys\n"
+        "from wiretun.tunnel import up\n"
+        "print('before', flush=True)\n"
+        f"up._signal_ready(int(sys.argv[1]), {keep_output})\n"
+        "print('after', flush=True)\n"
+    )
+    r, w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(w)], pass_fds=(w,), stdout=subprocess.PIPE
+        )
+    finally:
+        os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        assert pipe.read() == b"ready\n"  # and EOF: the write end is closed
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert out.split() == ([b"before", b"after"] if keep_output else [b"before"])

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, cast
 
-from wiretun.tunnel.udp import Datagram, Endpoint, UdpBind
+from wiretun.tunnel.udp import Datagram, UdpBind
+from wiretun.wireguard.events import Endpoint
 
 log = logging.getLogger(__name__)
 

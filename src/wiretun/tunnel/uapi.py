@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from wiretun.tunnel.config import is_valid_ifname
+from wiretun.ifname import is_wg_quick_ifname
 from wiretun.tunnel.runfiles import ensure_dir
 from wiretun.tunnel.uapi_protocol import (
     ERRNO_UNKNOWN,
@@ -26,8 +26,6 @@ from wiretun.tunnel.uapi_protocol import (
     UapiError,
     UapiProtocolError,
     UapiRequestReader,
-    apply_to_snapshot,
-    format_get_pieces,
     format_set_reply,
 )
 
@@ -56,22 +54,6 @@ class UapiBackend(Protocol):
     def get_snapshot(self) -> DeviceSnapshot: ...
     def get_pieces(self) -> Iterable[str]: ...
     def apply(self, ops: list[SetOperation]) -> None: ...
-
-
-class MemoryBackend:
-    """A device that is only state: applies operations with the reference semantics."""
-
-    def __init__(self, snapshot: DeviceSnapshot | None = None) -> None:
-        self.snapshot = snapshot if snapshot is not None else DeviceSnapshot()
-
-    def get_snapshot(self) -> DeviceSnapshot:
-        return self.snapshot
-
-    def get_pieces(self) -> Iterable[str]:
-        return format_get_pieces(self.snapshot)
-
-    def apply(self, ops: list[SetOperation]) -> None:
-        self.snapshot = apply_to_snapshot(self.snapshot, ops)
 
 
 class UapiInUseError(OSError):
@@ -163,7 +145,7 @@ class UapiServer:
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
-        if not is_valid_ifname(name):
+        if not is_wg_quick_ifname(name):
             raise ValueError(f"{name!r} is not a valid interface name")
         self.name = name
         self.path = socket_path(name, socket_dir)

@@ -27,13 +27,14 @@ from pathlib import Path
 from pyroute2 import AsyncIPRoute
 
 from wiretun import datapath
+from wiretun.ifname import is_wg_quick_ifname
 from wiretun.netdev.errors import NetdevError
 from wiretun.netdev.manager import TunDeviceManager
 from wiretun.netdev.policy import MAIN_TABLE, PolicyRouting
 from wiretun.tun import Tun, TunBroken, TunClosed
 from wiretun.tun.inline import InlineTun
 from wiretun.tunnel.backend import DeviceBackend
-from wiretun.tunnel.config import ConfigError, TunnelConfig, is_valid_ifname, load_config
+from wiretun.tunnel.config import ConfigError, TunnelConfig, load_config
 from wiretun.tunnel.detach import module_command, start_detached
 from wiretun.tunnel.dns import DnsError, set_dns, unset_dns
 from wiretun.tunnel.firewall import Firewall, FirewallError, delete_tables
@@ -84,7 +85,7 @@ def leftovers_path(name: str) -> str:
 def config_path(arg: str) -> str:
     """wg-quick's lookup: a bare interface name means /etc/wireguard/NAME.conf. (A name
     ending in .conf is taken as a file, so `wiretun up wg0.conf` keeps meaning ./wg0.conf.)"""
-    if "/" not in arg and not arg.endswith(".conf") and is_valid_ifname(arg):
+    if "/" not in arg and not arg.endswith(".conf") and is_wg_quick_ifname(arg):
         return os.path.join(CONFIG_DIR, f"{arg}.conf")
     return arg
 
@@ -97,6 +98,7 @@ class UpOptions:
     offload: bool
     ready_fd: int | None
     tun_threads: bool = False
+    keep_output: bool = False  # after 'ready', keep stdout/stderr (see --keep-output)
 
 
 # -- CLI -------------------------------------------------------------------------------------
@@ -131,6 +133,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     # Internal: the write end of the readiness pipe of a --background parent.
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    # Internal, with --ready-fd: keep writing the log to stdout/stderr after 'ready' instead of
+    # letting go of them, for a supervisor that keeps it (the lab's launcher).
+    parser.add_argument("--keep-output", action="store_true", help=argparse.SUPPRESS)
 
 
 def interface_name(config_path: str, override: str | None) -> str:
@@ -140,7 +145,7 @@ def interface_name(config_path: str, override: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     args.config = config_path(args.config)
     name = interface_name(args.config, args.interface)
-    if not is_valid_ifname(name):
+    if not is_wg_quick_ifname(name):
         print(f"wiretun up: invalid interface name {name!r}", file=sys.stderr)
         return EXIT_CONFIG
     if not 1 <= args.queues <= 64:
@@ -156,7 +161,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"wiretun up: warning: {warning}", file=sys.stderr)
     if args.background:
         return _start_background(args, name)
-    opts = UpOptions(args.config, name, args.queues, args.offload, args.ready_fd, args.tun_threads)
+    opts = UpOptions(
+        args.config, name, args.queues, args.offload, args.ready_fd, args.tun_threads,
+        args.keep_output,
+    )  # fmt: skip
     return asyncio.run(run_device(config, opts))
 
 
@@ -177,11 +185,13 @@ def _start_background(args: argparse.Namespace, name: str) -> int:
     return code
 
 
-def _signal_ready(fd: int | None) -> None:
+def _signal_ready(fd: int | None, keep_output: bool = False) -> None:
     if fd is None:
         return
     os.write(fd, b"ready\n")
     os.close(fd)
+    if keep_output:
+        return
     # Detached from the caller's terminal/pipes: a parent reading our stderr must see EOF.
     devnull = os.open(os.devnull, os.O_RDWR)
     for target in (0, 1, 2):
@@ -519,7 +529,7 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
             opts.offload,
             "native" if batched else "pure",
         )
-        _signal_ready(opts.ready_fd)
+        _signal_ready(opts.ready_fd, opts.keep_output)
 
         run_task = asyncio.create_task(tunnel.run(), name=f"tunnel-{name}")
         stop_task = asyncio.create_task(stop.event.wait())

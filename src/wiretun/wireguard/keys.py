@@ -6,7 +6,8 @@ import base64
 import binascii
 import string
 
-KEY_LEN = 32
+from wiretun.wireguard.crypto import KEY_LEN
+
 _HEX_DIGITS = frozenset(string.hexdigits)
 
 
