@@ -23,7 +23,7 @@ from wiretun.tunnel.uapi_protocol import (
     format_peer,
 )
 from wiretun.wireguard.device import Device
-from wiretun.wireguard.peer import Peer
+from wiretun.wireguard.peer import Peer, check_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,13 @@ class DeviceBackend:
             if exists:
                 d.remove_peer(key)
             return
+        if not exists and op.update_only:
+            return
+        # What the Device would refuse, refused before anything changes: an operation
+        # applies whole or not at all (found by the uapi fuzzer: an endpoint with port 0
+        # failed after the peer had been created and its preshared key set).
+        _device_call(check_endpoint, op.endpoint)
         if not exists:
-            if op.update_only:
-                return
             _device_call(d.add_peer, key)
         if op.preshared_key is not None:
             psk = None if op.preshared_key == ZERO_KEY else op.preshared_key
