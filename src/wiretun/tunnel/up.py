@@ -3,7 +3,8 @@
 `up` does what `wg-quick up` does (routes, rules and nftables rules as wg-quick installs
 them, hooks, DNS, the default MTU, SaveConfig on the way down), with wiretun as the WireGuard
 device. It runs in the foreground until SIGINT/SIGTERM, until its UAPI socket is removed or
-until its TUN device disappears, then removes everything it made (device, routes, rules,
+until its TUN device disappears (SIGHUP too, unless ignored at start), then removes
+everything it made (device, routes, rules,
 nftables tables, DNS, socket, pid file); what a crash left behind is removed by the next
 `up` of the same interface.
 `--background` re-executes itself detached and returns once the interface is up.
@@ -34,9 +35,10 @@ from wiretun.tun import Tun, TunBroken, TunClosed
 from wiretun.tun.inline import InlineTun
 from wiretun.tunnel.backend import DeviceBackend
 from wiretun.tunnel.config import ConfigError, TunnelConfig, load_config
-from wiretun.tunnel.detach import start_detached
+from wiretun.tunnel.detach import module_command, start_detached
 from wiretun.tunnel.dns import DnsError, set_dns, unset_dns
 from wiretun.tunnel.firewall import Firewall, FirewallError, delete_tables
+from wiretun.tunnel.hardening import harden_process
 from wiretun.tunnel.hooks import HookError, run_hooks
 from wiretun.tunnel.leftovers import Leftovers, read_leftovers, remove_rules
 from wiretun.tunnel.loop import FramePath, TunnelLoop
@@ -49,6 +51,7 @@ from wiretun.tunnel.routing import (
     plan_routes,
     routing_table,
 )
+from wiretun.tunnel.runfiles import ensure_dir
 from wiretun.tunnel.saveconfig import render_config, write_config
 from wiretun.tunnel.uapi import UapiInUseError, UapiServer
 from wiretun.tunnel.uapi_protocol import (
@@ -148,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.queues <= 64:
         print(f"wiretun up: --queues must be 1..64, not {args.queues}", file=sys.stderr)
         return EXIT_CONFIG
+    harden_process()  # before the private key is read
     try:
         config = load_config(args.config, name=name)
     except ConfigError as e:
@@ -168,13 +172,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start_background(args: argparse.Namespace, name: str) -> int:
-    """Re-execute in the foreground, detached, and wait for its 'ready' on a pipe."""
-    cmd = [sys.executable, "-m", "wiretun"]
-    cmd += ["-v"] * int(getattr(args, "verbose", 0) or 0)
-    cmd += ["up", args.config, "--interface", name, "--queues", str(args.queues)]
-    cmd += ["--offload" if args.offload else "--no-offload"]
-    cmd += ["--tun-threads" if args.tun_threads else "--no-tun-threads"]
-    up, child, code = start_detached(cmd)
+    """Re-execute in the foreground, detached, and wait for its 'ready' on a pipe (safely:
+    wiretun.tunnel.detach.module_command; the child runs in `/`, so the config path is made
+    absolute here, SaveConfig writes back to the same file)."""
+    argv = ["-v"] * int(getattr(args, "verbose", 0) or 0)
+    argv += ["up", os.path.abspath(args.config), "--interface", name]
+    argv += ["--queues", str(args.queues), "--offload" if args.offload else "--no-offload"]
+    argv += ["--tun-threads" if args.tun_threads else "--no-tun-threads"]
+    up, child, code = start_detached(module_command("wiretun", argv))
     if up:
         print(f"wiretun: {name} is up (pid {child.pid})")
     return code
@@ -221,8 +226,18 @@ class _Stop:
         self.event.set()
 
 
+def _stop_signals() -> list[signal.Signals]:
+    """SIGINT, SIGTERM and SIGHUP stop the tunnel, with its teardown. SIGHUP is what ends
+    wireguard-go too (a Go program exits on it: device gone, socket left behind); like it, a
+    SIGHUP ignored when we were started (`nohup`) stays ignored."""
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        sigs.append(signal.SIGHUP)
+    return sigs
+
+
 def _write_pid_file(name: str) -> str:
-    os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+    ensure_dir(RUN_DIR)  # UapiServer.start checked it already; this is its own guard
     path = pid_path(name)
     write_pid_file(path)  # pid and start time: `down` checks both before signalling
     return path
@@ -333,10 +348,11 @@ def _endpoint_hosts(ops: list[SetOperation]) -> list[str]:
 
 async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
     """Bring the interface up as wg-quick would, serve it until told to stop, tear down."""
+    harden_process()  # wiretun-go comes here directly; keys arrive over UAPI
     loop = asyncio.get_running_loop()
     stop = _Stop()
-    for sig, label in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
-        loop.add_signal_handler(sig, stop, label)
+    for sig in _stop_signals():
+        loop.add_signal_handler(sig, stop, sig.name)
     iface = config.interface
     name = opts.name
     try:
@@ -409,6 +425,9 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
             await uapi.start()
         except UapiInUseError as e:
             print(f"wiretun up: {name} is already running: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:  # e.g. an untrusted socket directory
+            print(f"wiretun up: {name}: cannot create the UAPI socket: {e}", file=sys.stderr)
             return 1
         stack.push_async_callback(uapi.close)
         await _remove_leftovers(name)
@@ -530,7 +549,8 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
             log.info("%s down: %s", name, stop.reason)
             log.info("loop %s", tunnel.stats())
             log.info("udp %s", socks.udp.stats())
-            log.info("core drops %s", device.stats().drops)
+            core = device.stats()
+            log.info("core drops %s, TUN frame drops %s", core.drops, core.frame_drops)
             log.info("tun %s", tun.stats().total)
         try:
             await run_hooks("PreDown", iface.pre_down, name)
