@@ -188,6 +188,7 @@ class DeviceHarness(Harness):
         receiver.under_load = load
         try:
             delivered = receiver.receive_datagrams([(datagram, src)], pair.clock.now)
+            receiver.process_handshakes(pair.clock.now)  # what the datagram queued
         finally:
             receiver.under_load = False
             receiver.datagrams_to_send()  # cookie replies, responses: not needed here
