@@ -10,10 +10,60 @@ from typing import Protocol, Self
 
 from wiretun.tun.codec import Codec, packet_offset
 from wiretun.tun.device import LinkInfo, LinkProbe
-from wiretun.tun.errors import TunClosed
+from wiretun.tun.errors import InvalidPacket, TunClosed
 from wiretun.tun.stats import QueueCounters, TunStats
 
 log = logging.getLogger("wiretun.tun.tun")
+
+# The largest IP packet: 64 KiB of IPv4 total length, or an IPv6 header and 64 KiB of payload.
+MAX_PACKET = 40 + 65535
+
+
+def check_packets(packets: Sequence[object], offset: int = 0) -> None:
+    """Raise InvalidPacket (a ValueError) unless every item is an IPv4/IPv6 packet (after
+    `offset` bytes of virtio_net_hdr) whose IP length is its length; the kernel would take
+    anything and drop garbage silently, so misuse is refused here, before any is queued."""
+    o = offset
+    for p in packets:
+        # The common case in one expression (a call per packet would double the cost).
+        if (
+            type(p) is bytes
+            and len(p) >= o + 20
+            and (
+                (p[o] >> 4 == 4 and (p[o + 2] << 8 | p[o + 3]) == len(p) - o)
+                or (
+                    p[o] >> 4 == 6
+                    and len(p) >= o + 40
+                    and 40 + (p[o + 4] << 8 | p[o + 5]) == len(p) - o
+                )
+            )
+        ):
+            continue
+        problem = _not_a_packet(p, o)
+        if problem is not None:
+            raise InvalidPacket(problem)
+
+
+def _not_a_packet(p: object, o: int) -> str | None:
+    """Why `p` is not an IP packet; None for a good bytes-like other than bytes."""
+    if isinstance(p, str):
+        return "a packet is bytes, not str (encode it, or build an IP packet)"
+    if not isinstance(p, bytes | bytearray | memoryview):
+        return f"a packet is bytes, not {type(p).__name__}"
+    data = memoryview(p).cast("B")
+    n = len(data) - o
+    if n > MAX_PACKET:
+        return f"{n}-byte packet: over the IP maximum ({MAX_PACKET} bytes)"
+    version = data[o] >> 4 if n > 0 else 0
+    if version == 4 and n >= 20:
+        length = data[o + 2] << 8 | data[o + 3]
+    elif version == 6 and n >= 40:
+        length = 40 + (data[o + 4] << 8 | data[o + 5])
+    else:
+        return f"{n}-byte packet is not IPv4 or IPv6 (version {version}, too short or garbage)"
+    if length != n:
+        return f"IPv{version} packet of {n} bytes says its length is {length}"
+    return None
 
 
 class CountedQueue(Protocol):
