@@ -6,8 +6,11 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 
+import pytest
+
 from wiretun.tunnel.loop import TunnelLoop
 from wiretun.tunnel.udp import Datagram, Endpoint, UdpBind
+from wiretun.wireguard.events import Event, KeysZeroed
 
 
 class MemoryTun:
@@ -64,7 +67,7 @@ class ToyCore:
         self.period = period
         self._next: float | None = None
         self.raise_on: bytes | None = None
-        self.events: list[str] = []
+        self.events: list[Event] = []
 
     def send_packets(self, packets: Sequence[bytes], now: float) -> None:
         self.out.extend(b"T" + p for p in packets)
@@ -79,7 +82,7 @@ class ToyCore:
                 raise RuntimeError("core bug")
             if d == b"K":
                 self.received_keepalives += 1
-                self.events.append("keepalive")
+                self.events.append(KeysZeroed(b"k" * 32))  # any event: the loop counts kinds
             elif d.startswith(b"T"):
                 packets.append(d[1:])
             else:
@@ -96,7 +99,7 @@ class ToyCore:
             self.out.append(b"K")
             self._next = None
 
-    def next_event(self) -> str | None:
+    def next_event(self) -> Event | None:
         return self.events.pop(0) if self.events else None
 
     def next_timer(self) -> float | None:
@@ -235,7 +238,7 @@ def test_timer_is_rearmed_and_drives_the_core() -> None:
             await _until(lambda: cb.received_keepalives == 3)
             assert la.stats().timer_runs == 3
             # The receiving loop pulled the core's events as they came.
-            await _until(lambda: lb.stats().events == {"str": 3})
+            await _until(lambda: lb.stats().events == {"KeysZeroed": 3})
             assert cb.events == []
             await asyncio.sleep(0.1)
             assert cb.received_keepalives == 3  # no timer once the core has none
@@ -249,28 +252,42 @@ def test_timer_is_rearmed_and_drives_the_core() -> None:
     asyncio.run(main())
 
 
-def test_core_failure_is_counted_and_the_loop_goes_on() -> None:
+def test_a_core_bug_is_logged_and_ends_the_loop_with_its_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def main() -> None:
         ta, tb, ca, cb, ua, ub = _pair()
         cb.raise_on = b"Tboom"
         la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
-        runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
+        run_a = asyncio.create_task(la.run())
         try:
             ta.inject([b"boom"])
-            await _until(lambda: lb.stats().drops.get("core_receive_error") == 1)
-            ta.inject([b"fine"])
-
-            def arrived() -> bool:
-                tb.drain()
-                return tb.delivered == [b"fine"]
-
-            await _until(arrived)
+            with pytest.raises(RuntimeError, match="core bug"):
+                await asyncio.wait_for(lb.run(), 5)
+            assert lb.stats().drops == {"core_receive_error": 1}
         finally:
             la.stop()
-            lb.stop()
-            await asyncio.gather(*runs)
+            await run_a
             ua.close()
             ub.close()
+
+    asyncio.run(main())
+    assert "bug in the WireGuard core (core_receive): the tunnel stops" in caplog.text
+
+
+def test_a_core_bug_in_a_timer_ends_the_loop_too() -> None:
+    class TimerBug(ToyCore):
+        def handle_timers(self, now: float) -> None:
+            raise KeyError("timer bug")
+
+    async def main() -> None:
+        ua = UdpBind.open(host4="127.0.0.1", host6=None)
+        try:
+            loop = TunnelLoop(MemoryTun(), TimerBug(("127.0.0.1", 9), keepalives=1), ua)
+            with pytest.raises(KeyError, match="timer bug"):
+                await asyncio.wait_for(loop.run(), 5)
+        finally:
+            ua.close()
 
     asyncio.run(main())
 
