@@ -6,12 +6,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 from wiretun.tun.codec import Codec, packet_offset
 from wiretun.tun.device import LinkInfo, LinkProbe
 from wiretun.tun.errors import InvalidPacket, TunClosed
 from wiretun.tun.stats import QueueCounters, TunStats
+
+if TYPE_CHECKING:  # not at run time: wiretun.tun.gso pulls in numpy, plain TUNs need none
+    from wiretun.tun.gso import OffloadStats
 
 log = logging.getLogger("wiretun.tun.tun")
 
@@ -82,6 +85,7 @@ class TunBase:
         self, name: str, probe: LinkProbe | None, codecs: Sequence[Codec] | None = None
     ) -> None:
         self._name = name
+        self._codecs: tuple[Codec, ...] = tuple(codecs or ())
         # Where the IP packet starts in what we send and receive (a frames codec: 10).
         self._offset = packet_offset(codecs[0]) if codecs else 0
         # Whether the kernel took UDP segmentation offload (USO) for this device.
@@ -154,6 +158,11 @@ class TunBase:
             kernel_dropped=self._kernel_dropped,
         )
 
+    def codec_stats(self) -> list[OffloadStats]:
+        """A copy of each queue codec's offload counters (splits, merges and the frames it
+        dropped, by reason); empty without offload."""
+        return [_copy(stats) for c in self._codecs if (stats := getattr(c, "stats", None))]
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -172,3 +181,14 @@ class TunBase:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _copy(stats: OffloadStats) -> OffloadStats:
+    # A Tun's codec counts in its reader/writer threads: a copy racing an insert of a new
+    # drop reason is retried (the only thing that can go wrong under the GIL).
+    for _ in range(3):
+        try:
+            return stats.snapshot()
+        except RuntimeError:
+            continue
+    return stats.snapshot()

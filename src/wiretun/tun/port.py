@@ -9,15 +9,19 @@ The contract beyond the signatures:
   `send_ready()` would wait; `send_many` takes what fits and returns how many. What is not an
   IP packet (not bytes, not IPv4/IPv6, wrong IP length, over 64 KiB) is an InvalidPacket (a
   ValueError) before anything is sent.
-- `stats()` is an immutable snapshot; `close()` is idempotent and wakes every waiter.
+- `stats()` is an immutable snapshot, `codec_stats()` copies of the offload codecs'
+  counters; `close()` is idempotent and wakes every waiter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from wiretun.tun.stats import TunStats
+
+if TYPE_CHECKING:
+    from wiretun.tun.gso import OffloadStats
 
 
 class TunDevice(Protocol):
@@ -35,4 +39,5 @@ class TunDevice(Protocol):
     def send(self, packet: bytes, /) -> None: ...
     def send_many(self, packets: Sequence[bytes], /) -> int: ...
     def stats(self) -> TunStats: ...
+    def codec_stats(self) -> list[OffloadStats]: ...
     def close(self) -> None: ...

@@ -21,6 +21,7 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 KEY_LEN = 32
 # wg-quick's rule for interface names (and thus for config file stems).
 _IFNAME_RE = re.compile(r"[a-zA-Z0-9_=+.-]{1,15}")
+_IFNAME_BAD_RE = re.compile(r"[^a-zA-Z0-9_=+.-]")
 _DIGITS_RE = re.compile(r"[0-9]+")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
 _TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -33,6 +34,18 @@ _DNS_SERVER_RE = re.compile(r"[0-9.]+|.*:.*")
 def is_valid_ifname(name: str) -> bool:
     """True if wg-quick would accept `name` as an interface name."""
     return _IFNAME_RE.fullmatch(name) is not None
+
+
+def ifname_problem(name: str) -> str | None:
+    """Why `name` is not an interface name wg-quick accepts, in words (None if it is)."""
+    if _IFNAME_RE.fullmatch(name) is not None:
+        return None
+    if not name:
+        return "it is empty"
+    if len(name) > 15:
+        return f"{len(name)} characters, and Linux allows at most 15 (IFNAMSIZ)"
+    bad = sorted(set(_IFNAME_BAD_RE.findall(name)))
+    return f"{''.join(bad)!r} not allowed (only a-z A-Z 0-9 _ = + . -)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,13 +493,13 @@ def parse_config(text: str, filename: str, *, name: str | None = None) -> Tunnel
     """Parse wg-quick config text. The interface name is `name`, or else the file name
     without `.conf` (as wg-quick does). Raises ConfigError."""
     ifname = _name_from_filename(filename) if name is None else name
-    if not is_valid_ifname(ifname):
+    problem = ifname_problem(ifname)
+    if problem is not None:
         raise ConfigError(
-            filename,
-            None,
-            None,
-            f"{ifname!r} is not a valid interface name (1-15 of a-z A-Z 0-9 _ = + . -)",
+            filename, None, None, f"{ifname!r} is not a valid interface name: {problem}"
         )
+    # A UTF-8 byte order mark (Windows editors write one) is not part of the first line.
+    text = text.removeprefix("\ufeff")
     parser = _Parser(filename)
     for lineno, raw in enumerate(text.splitlines(), start=1):
         parser.lineno = lineno

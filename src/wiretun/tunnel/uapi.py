@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import socket
@@ -20,12 +21,14 @@ from wiretun.tunnel.uapi_protocol import (
     GetRequest,
     SetOperation,
     SetRequest,
+    StatsRequest,
     UapiError,
     UapiProtocolError,
     UapiRequestReader,
     apply_to_snapshot,
     format_get,
     format_set_reply,
+    format_stats,
     parse_set,
 )
 
@@ -141,6 +144,7 @@ class UapiServer:
         socket_dir: str = SOCKET_DIR,
         poll_interval: float = 1.0,
         on_removed: Callable[[], None] | None = None,
+        stats: Callable[[], object] | None = None,
     ) -> None:
         if not is_valid_ifname(name):
             raise ValueError(f"{name!r} is not a valid interface name")
@@ -151,6 +155,7 @@ class UapiServer:
         self._socket_dir = socket_dir
         self._poll_interval = poll_interval
         self._on_removed = on_removed
+        self._stats_source = stats  # JSON-able counters for `wiretun-stats=1`, if any
         self._listener: socket.socket | None = None
         self._identity: tuple[int, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -259,7 +264,9 @@ class UapiServer:
         finally:
             conn.close()
 
-    def _handle(self, request: GetRequest | SetRequest) -> str:
+    def _handle(self, request: GetRequest | SetRequest | StatsRequest) -> str:
+        if isinstance(request, StatsRequest):
+            return self._stats_reply(request)
         if isinstance(request, GetRequest):
             self._stats = replace(self._stats, gets=self._stats.gets + 1)
             if request.error is not None:
@@ -280,6 +287,18 @@ class UapiServer:
             logger.exception("UAPI %s: set failed in the backend", self.name)
             return self._failed("set", UapiError(ERRNO_UNKNOWN, "backend error"))
         return format_set_reply(None)
+
+    def _stats_reply(self, request: StatsRequest) -> str:
+        self._stats = replace(self._stats, gets=self._stats.gets + 1)
+        if request.error is not None:
+            return self._failed("stats", request.error)
+        if self._stats_source is None:
+            return self._failed("stats", UapiError(errno.EOPNOTSUPP, "no stats here"))
+        try:
+            return format_stats(json.dumps(self._stats_source(), separators=(",", ":")))
+        except Exception:
+            logger.exception("UAPI %s: stats failed", self.name)
+            return self._failed("stats", UapiError(ERRNO_UNKNOWN, "stats error"))
 
     def _failed(self, what: str, error: UapiError) -> str:
         self._stats = replace(self._stats, failed=self._stats.failed + 1)

@@ -19,6 +19,7 @@ ERRNO_UNKNOWN = errno_codes.ENOANO
 # Same as Go's bufio.Scanner default token limit, which bounds wireguard-go's lines.
 MAX_LINE = 64 * 1024
 MAX_SET_BYTES = 32 * 1024 * 1024
+STATS_OP = b"wiretun-stats=1"
 
 _HEX_KEY_RE = re.compile(r"[0-9a-fA-F]{64}")
 _UINT_RE = re.compile(r"[0-9]+")
@@ -125,6 +126,15 @@ class GetRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class StatsRequest:
+    """`wiretun-stats=1`: wiretun's own request (wireguard-go closes the connection on it),
+    answered with `stats=<one line of JSON>` (wiretun.tunnel.stats.TunnelStats) before the
+    errno; `error` as for GetRequest."""
+
+    error: UapiError | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SetRequest:
     """`set=1` and its lines, without the terminating blank line."""
 
@@ -165,7 +175,7 @@ class UapiRequestReader:
         self._pos = nl + 1
         return line
 
-    def next_request(self) -> GetRequest | SetRequest | None:
+    def next_request(self) -> GetRequest | SetRequest | StatsRequest | None:
         """The next complete request, or None until more bytes arrive.
         Raises UapiProtocolError when the connection should be closed."""
         while True:
@@ -174,15 +184,16 @@ class UapiRequestReader:
                 op = self._line()
                 if op is None:
                     return None
-                if op == b"get=1":
+                if op in (b"get=1", STATS_OP):
                     if self._pos >= len(self._buf):
                         self._pos = start  # wait for the byte after the newline
                         return None
                     after = self._buf[self._pos]
                     self._pos += 1
+                    kind = GetRequest if op == b"get=1" else StatsRequest
                     if after == ord("\n"):
-                        return GetRequest()
-                    return GetRequest(
+                        return kind()
+                    return kind(
                         UapiError(errno_codes.EINVAL, f"trailing character in get: {after!r}")
                     )
                 if op == b"set=1":
@@ -394,6 +405,13 @@ def format_get(snapshot: DeviceSnapshot) -> str:
         out.extend(f"allowed_ip={network}" for network in peer.allowed_ips)
     out.append("errno=0")
     return "\n".join(out) + "\n\n"
+
+
+def format_stats(stats_json: str) -> str:
+    """The reply to `wiretun-stats=1`: the JSON (one line) and `errno=0`."""
+    if "\n" in stats_json:
+        raise ValueError("stats JSON must be one line")
+    return f"stats={stats_json}\nerrno=0\n\n"
 
 
 def format_set_reply(error: UapiError | None) -> str:

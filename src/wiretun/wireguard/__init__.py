@@ -15,6 +15,7 @@ from wiretun.wireguard.keys import key_from_base64, key_from_hex, key_to_base64,
 from wiretun.wireguard.peer import Peer
 from wiretun.wireguard.replay import ReplayWindow
 from wiretun.wireguard.session import Keypair
+from wiretun.wireguard.stats import DropReason
 
 __all__ = [
     "DROP_REASONS",
@@ -22,6 +23,7 @@ __all__ = [
     "CryptoError",
     "Device",
     "DeviceStats",
+    "DropReason",
     "Event",
     "HandshakeCompleted",
     "HandshakeError",

@@ -3,35 +3,44 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Final
 
 from wiretun.wireguard.events import Endpoint
 
-DROP_REASONS: Final = (
-    "bad_size",  # wrong length for its type
-    "bad_type",  # unknown message type
-    "bad_endpoint",  # source address the core cannot parse
-    "unknown_index",  # receiver index matches no session or handshake
-    "expired",  # keypair too old to receive with
-    "mac1",  # mac1 wrong
-    "cookie_sent",  # under load without a valid mac2: answered with a cookie reply
-    "rate_limited",  # handshake message over the per-source limit
-    "handshake_failed",  # handshake message did not authenticate
-    "unknown_peer",  # initiation from a static key we do not know
-    "handshake_replay",  # initiation timestamp not newer than the last one
-    "handshake_flood",  # initiations from one peer less than 20 ms apart
-    "cookie_invalid",  # cookie reply did not decrypt
-    "replay",  # transport counter already seen or outside the window
-    "decrypt",  # transport message did not authenticate
-    "bad_packet",  # inner packet is not IPv4/IPv6 or its length is wrong
-    "allowed_ips",  # inner source not in the sending peer's allowed-ips
-    "no_route",  # no peer for an outgoing packet's destination
-    "no_endpoint",  # peer has no endpoint to send to
-    "queue_full",  # staged queue overflow: the oldest packet was dropped
-    "handshake_timeout",  # staged packets dropped when handshake attempts gave up
-    "keys_zeroed",  # staged packets dropped with all key material (540 s without a session)
-    "peer_removed",  # staged packets dropped with their peer
-)
+
+class DropReason(StrEnum):
+    """Why the core dropped something: the keys of `DeviceStats.drops` (a StrEnum member
+    equals and hashes as its string, so either indexes the counts)."""
+
+    BAD_SIZE = "bad_size"  # wrong length for its type
+    BAD_TYPE = "bad_type"  # unknown message type
+    BAD_ENDPOINT = "bad_endpoint"  # source address the core cannot parse
+    UNKNOWN_INDEX = "unknown_index"  # receiver index matches no session or handshake
+    EXPIRED = "expired"  # keypair too old to receive with
+    MAC1 = "mac1"  # mac1 wrong
+    COOKIE_SENT = "cookie_sent"  # under load without a valid mac2: answered with a cookie reply
+    RATE_LIMITED = "rate_limited"  # handshake message over the per-source limit
+    HANDSHAKE_FAILED = "handshake_failed"  # handshake message did not authenticate
+    UNKNOWN_PEER = "unknown_peer"  # initiation from a static key we do not know
+    HANDSHAKE_REPLAY = "handshake_replay"  # initiation timestamp not newer than the last one
+    HANDSHAKE_FLOOD = "handshake_flood"  # initiations from one peer less than 20 ms apart
+    COOKIE_INVALID = "cookie_invalid"  # cookie reply did not decrypt
+    REPLAY = "replay"  # transport counter already seen or outside the window
+    DECRYPT = "decrypt"  # transport message did not authenticate
+    BAD_PACKET = "bad_packet"  # inner packet is not IPv4/IPv6 or its length is wrong
+    ALLOWED_IPS = "allowed_ips"  # inner source not in the sending peer's allowed-ips
+    NO_ROUTE = "no_route"  # no peer for an outgoing packet's destination
+    NO_ENDPOINT = "no_endpoint"  # peer has no endpoint to send to
+    QUEUE_FULL = "queue_full"  # staged queue overflow: the oldest packet was dropped
+    # staged packets dropped when handshake attempts gave up
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
+    # staged packets dropped with all key material (540 s without a session)
+    KEYS_ZEROED = "keys_zeroed"
+    PEER_REMOVED = "peer_removed"  # staged packets dropped with their peer
+
+
+DROP_REASONS: Final = tuple(reason.value for reason in DropReason)
 
 
 @dataclass(frozen=True, slots=True)

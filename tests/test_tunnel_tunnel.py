@@ -1,5 +1,6 @@
-"""`wiretun up`'s device helpers: a NetdevError (not an OSError) from the manager is logged
-or turned into one line, never a traceback that skips the teardown."""
+"""wiretun.tunnel.tunnel without root: the device helpers (a NetdevError from the manager is
+logged or raised for one line, never a traceback that skips the teardown), the Tunnel's
+construction and argument checks."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from wiretun.netdev.errors import NetdevError
 from wiretun.netdev.manager import AddressResult, IpStack, TunDeviceManager
-from wiretun.tunnel import up
+from wiretun.tunnel import tunnel
 from wiretun.tunnel.config import parse_config
 
 CONFIG = """[Interface]
@@ -37,7 +38,7 @@ def test_close_manager_logs_a_netdev_error(
         raise _failing("delete rule")
 
     monkeypatch.setattr(manager, "close", close)
-    asyncio.run(up._close_manager(manager))  # does not raise: the rest of teardown runs
+    asyncio.run(tunnel.close_manager(manager))  # does not raise: the rest of teardown runs
     assert "teardown of wt0: delete rule wt0: [Errno 19]" in caplog.text
 
 
@@ -71,7 +72,7 @@ def test_configure_device_keeps_going_without_txqueuelen(
     caplog.set_level(logging.INFO)
     manager = TunDeviceManager("wt0", table=77)
     steps = _Recorder(manager, monkeypatch, fail="set_txqueuelen")
-    asyncio.run(up._configure_device(manager, parse_config(CONFIG, "wt0.conf")))
+    asyncio.run(tunnel.configure_device(manager, parse_config(CONFIG, "wt0.conf")))
     # Routes are not the manager's any more (netdev.policy installs them as wg-quick does).
     assert steps.calls == ["start", "set_addresses", "set_txqueuelen"]
     assert "keeping the default txqueuelen" in caplog.text
@@ -82,5 +83,5 @@ def test_configure_device_raises_netdev_errors(monkeypatch: pytest.MonkeyPatch, 
     manager = TunDeviceManager("wt0", table=77)
     steps = _Recorder(manager, monkeypatch, fail=fail)
     with pytest.raises(NetdevError):
-        asyncio.run(up._configure_device(manager, parse_config(CONFIG, "wt0.conf")))
+        asyncio.run(tunnel.configure_device(manager, parse_config(CONFIG, "wt0.conf")))
     assert steps.calls[-1] == fail and "set_routes" not in steps.calls
