@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wiretun.testing.netns import NetNS, Topology
-from wiretun.testing.wgpeer import PeerSpec, WireguardGoPeer, WiretunPeer, udp_ping
+from wiretun.lab.netns import NetNS, Topology
+from wiretun.lab.peers import PeerSpec, WireguardGoPeer, WiretunPeer, udp_ping
 
 A_UNDER, B_UNDER = "192.168.243.1", "192.168.243.2"
 A_OVER, B_OVER = "10.11.0.1", "10.11.0.2"

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from wiretun.testing.soak import Sample, run_soak
+# The scenarios live with the tests (tests/scenarios), as the fuzz harnesses do.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from scenarios.soak import Sample, run_soak
 
 
 def main() -> int:

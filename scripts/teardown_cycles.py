@@ -13,9 +13,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from pathlib import Path
 
-from wiretun.testing.cycles import run_cycles
-from wiretun.testing.netns import Topology
+# The scenarios live with the tests (tests/scenarios), as the fuzz harnesses do.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from scenarios.cycles import run_cycles
+from wiretun.lab.netns import Topology
 
 
 def main() -> int:

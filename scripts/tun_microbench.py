@@ -18,8 +18,8 @@ import subprocess
 import sys
 import time
 
+from wiretun.lab.netns import NetNS, unique_name
 from wiretun.packet import internet_checksum
-from wiretun.testing.netns import NetNS, unique_name
 from wiretun.tun import Tun
 
 LOCAL, REMOTE = "10.93.0.1", "10.93.0.2"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from wiretun.testing.netns import Topology
+from wiretun.lab.netns import Topology
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -30,6 +30,13 @@ def test_command_line_round_trip() -> None:
     assert command_line(args) == "wiretun bench --quick --only veth --out 'd x'"
 
 
+def test_ping_interval_is_parsed_and_reported() -> None:
+    args = build_parser().parse_args(["bench", "--ping-interval", "0.01", "--out", "o"])
+    assert args.ping_interval == 0.01
+    assert command_line(args) == "wiretun bench --ping-interval 0.01 --out o"
+    assert build_parser().parse_args(["bench"]).ping_interval == 0.2
+
+
 def test_wireguard_go_option_is_parsed_and_reported() -> None:
     args = build_parser().parse_args(["bench", "--quick", "--wireguard-go", "/opt/wg go/wg"])
     assert args.wireguard_go == "/opt/wg go/wg"

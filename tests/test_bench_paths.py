@@ -22,7 +22,7 @@ from wiretun.bench.paths import (
     wg_quick_config,
 )
 from wiretun.bench.plan import DEFAULT_PATHS
-from wiretun.testing.netns import NetNS
+from wiretun.lab.netns import NetNS
 
 
 def test_every_default_path_has_a_kind() -> None:

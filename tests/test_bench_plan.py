@@ -16,6 +16,8 @@ def test_full_defaults() -> None:
     )  # fmt: skip
     assert [w.name for w in plan.workloads] == ["tcp", "tcp-rev", "tcp-p4", "udp", "ping"]
     assert (plan.repeats, plan.duration) == (3, 8.0)
+    assert plan.ping_interval == 0.2
+    assert make_plan(quick=False, ping_interval=0.01).ping_interval == 0.01
 
 
 def test_quick_defaults_and_overrides() -> None:
@@ -44,6 +46,8 @@ def test_steps_interleave_paths() -> None:
         ({"workloads": "tcp,nope"}, "unknown workload nope"),
         ({"repeats": 0}, "--repeats"),
         ({"duration": 0.5}, "--duration"),
+        ({"ping_interval": 0.0}, "--ping-interval"),
+        ({"ping_interval": 11.0}, "--ping-interval"),
     ],
 )
 def test_bad_options(kwargs: dict[str, object], message: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wiretun.testing.netns import Topology
+from wiretun.lab.netns import Topology
 from wiretun.wireguard.cookie import CookieChecker, CookieGenerator
 from wiretun.wireguard.crypto import aead_open, aead_seal, blake2s_hash, tai64n
 from wiretun.wireguard.errors import HandshakeError
@@ -279,7 +279,7 @@ def _icmp_echo(src: bytes, dst: bytes, ident: int, seq: int, data: bytes) -> byt
 )
 @pytest.mark.parametrize("with_psk", [False, True])
 def test_interop_with_wireguard_go(topology: Topology, with_psk: bool) -> None:
-    from wiretun.testing.wgpeer import WireguardGoPeer, generate_psk
+    from wiretun.lab.peers import WireguardGoPeer, generate_psk
 
     ns = topology.netns()
     me = StaticIdentity.generate()

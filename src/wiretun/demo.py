@@ -11,8 +11,8 @@ import signal
 import subprocess
 import time
 
-from wiretun.testing.netns import NetNS, Topology
-from wiretun.testing.wgpeer import PeerSpec, WireguardGoPeer, WiretunPeer, generate_psk, udp_ping
+from wiretun.lab.netns import NetNS, Topology
+from wiretun.lab.peers import PeerSpec, WireguardGoPeer, WiretunPeer, generate_psk, udp_ping
 
 LEFT_UNDER, RIGHT_UNDER = "192.168.241.1", "192.168.241.2"
 LEFT_OVER, RIGHT_OVER = "10.9.0.1", "10.9.0.2"

@@ -20,7 +20,7 @@ from wiretun.bench.plan import make_plan
 from wiretun.bench.results import ALL_WORKLOADS, aggregate
 from wiretun.bench.runner import run_bench
 from wiretun.bench.topology import bench_topology
-from wiretun.testing.netns import NetNS
+from wiretun.lab.netns import NetNS
 
 pytestmark = pytest.mark.root
 

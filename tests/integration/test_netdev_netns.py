@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from wiretun.lab.netns import NetNS, Topology, unique_name
 from wiretun.netdev import (
     DEFAULT_FWMARK,
     DEFAULT_TABLE,
@@ -28,7 +29,6 @@ from wiretun.netdev import (
     mark_socket,
 )
 from wiretun.packet import dst_addr
-from wiretun.testing.netns import NetNS, Topology, unique_name
 
 pytestmark = pytest.mark.root
 

@@ -14,16 +14,16 @@ from collections.abc import Callable
 
 import pytest
 
-from wiretun.testing.netns import NetNS, Topology
-from wiretun.testing.traffic import core_drops
-from wiretun.testing.wgpeer import (
+from scenarios.leftovers import wiretun_leftovers
+from scenarios.traffic import core_drops
+from wiretun.lab.netns import NetNS, Topology
+from wiretun.lab.peers import (
     KeyPair,
     PeerSpec,
     WireguardGoPeer,
     WiretunPeer,
     have_wireguard_go,
     udp_ping,
-    wiretun_leftovers,
 )
 
 pytestmark = [

@@ -12,17 +12,17 @@ import statistics
 
 import pytest
 
+from scenarios.hostile import FloodStats, HandshakeFlood, udp_sockets
+from scenarios.interop import wireguard_go_initiates_to
+from scenarios.traffic import core_drops
 from wiretun.bench.iperf import run_iperf
 from wiretun.bench.plan import WORKLOADS
-from wiretun.testing.hostile import FloodStats, HandshakeFlood, udp_sockets
-from wiretun.testing.netns import NetNS, Topology
-from wiretun.testing.traffic import core_drops
-from wiretun.testing.wgpeer import (
+from wiretun.lab.netns import NetNS, Topology
+from wiretun.lab.peers import (
     WireguardGoPeer,
     WiretunPeer,
     have_wireguard_go,
     udp_ping,
-    wireguard_go_initiates_to,
 )
 from wiretun.tunnel.config import parse_key
 

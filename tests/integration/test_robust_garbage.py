@@ -8,9 +8,7 @@ import random
 
 import pytest
 
-from wiretun.bench.iperf import run_iperf
-from wiretun.bench.plan import WORKLOADS
-from wiretun.testing.hostile import (
+from scenarios.hostile import (
     GarbageMaker,
     Sprayer,
     packet_socket,
@@ -18,14 +16,16 @@ from wiretun.testing.hostile import (
     stranger_initiation,
     udp_sockets,
 )
-from wiretun.testing.netns import Topology
-from wiretun.testing.traffic import core_drops, loop_drops
-from wiretun.testing.wgpeer import (
+from scenarios.interop import wireguard_go_initiates_to
+from scenarios.traffic import core_drops, loop_drops
+from wiretun.bench.iperf import run_iperf
+from wiretun.bench.plan import WORKLOADS
+from wiretun.lab.netns import Topology
+from wiretun.lab.peers import (
     WireguardGoPeer,
     WiretunPeer,
     have_wireguard_go,
     udp_ping,
-    wireguard_go_initiates_to,
 )
 from wiretun.tunnel.config import parse_key
 

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from wiretun.testing.hostile import GarbageMaker, stranger_initiation
-from wiretun.testing.traffic import core_drops, loop_drops
+from scenarios.hostile import GarbageMaker, stranger_initiation
+from scenarios.traffic import core_drops, loop_drops
 from wiretun.testing.wgpair import make_pair
 from wiretun.wireguard.messages import MSG_TRANSPORT
 

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from wiretun.testing.netns import Topology
-from wiretun.testing.traffic import SeqReceiver, core_drops, send_sequence
-from wiretun.testing.udprelay import UdpRelay
-from wiretun.testing.wgpeer import PeerSpec, WireguardGoPeer, WiretunPeer, have_wireguard_go
+from scenarios.traffic import SeqReceiver, core_drops, send_sequence
+from scenarios.udprelay import UdpRelay
+from wiretun.lab.netns import Topology
+from wiretun.lab.peers import PeerSpec, WireguardGoPeer, WiretunPeer, have_wireguard_go
 from wiretun.wireguard.messages import MSG_INITIATION, MSG_TRANSPORT
 
 pytestmark = [

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import wiretun.wireguard
-from wiretun.testing.netns import Topology
-from wiretun.testing.wgpeer import (
+from wiretun.lab.netns import Topology
+from wiretun.lab.peers import (
     SOCKET_DIR,
     KeyPair,
     PeerSpec,

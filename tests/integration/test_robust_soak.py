@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from wiretun.testing.soak import run_soak
+from scenarios.soak import run_soak
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

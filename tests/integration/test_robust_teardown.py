@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from wiretun.testing.cycles import run_cycles
-from wiretun.testing.netns import Topology, run
-from wiretun.testing.wgpeer import KeyPair, PeerSpec, WiretunPeer, wiretun_leftovers
+from scenarios.cycles import run_cycles
+from scenarios.leftovers import wiretun_leftovers
+from wiretun.lab.netns import Topology, run
+from wiretun.lab.peers import KeyPair, PeerSpec, WiretunPeer
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from wiretun.testing.netns import NetNS, Topology, unique_name
+from wiretun.lab.netns import NetNS, Topology, unique_name
 from wiretun.tun import InlineTun, Tun
 
 FLOWS = 8

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from wiretun.testing.netns import NetNS, Topology, unique_name
+from wiretun.lab.netns import NetNS, Topology, unique_name
 from wiretun.tun import Tun, TunBroken, TunClosed, TunExists
 from wiretun.tun.inline import InlineTun
 

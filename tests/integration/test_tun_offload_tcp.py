@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from wiretun.testing.netns import Topology, unique_name
+from wiretun.lab.netns import Topology, unique_name
 from wiretun.tun import Tun, offload
 from wiretun.tun.codec import OffloadFeatures
 from wiretun.tun.offload import GSO_NONE, OffloadCodec

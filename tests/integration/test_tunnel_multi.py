@@ -12,13 +12,13 @@ from contextlib import ExitStack
 
 import pytest
 
-from wiretun.testing.netns import NetNS, Topology
-from wiretun.testing.wgpeer import (
+from scenarios.leftovers import wiretun_leftovers
+from wiretun.lab.netns import NetNS, Topology
+from wiretun.lab.peers import (
     PeerSpec,
     WiretunPeer,
     have_wireguard_go,
     udp_ping,
-    wiretun_leftovers,
 )
 
 pytestmark = [

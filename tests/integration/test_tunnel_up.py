@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from wiretun.testing.netns import NetNS, Topology
-from wiretun.testing.wgpeer import (
+from wiretun.lab.netns import NetNS, Topology
+from wiretun.lab.peers import (
     KeyPair,
     PeerSpec,
     WireguardGoPeer,

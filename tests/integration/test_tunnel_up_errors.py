@@ -9,9 +9,9 @@ import os
 
 import pytest
 
+from wiretun.lab.netns import Topology, unique_name
 from wiretun.netdev.errors import NetdevError
 from wiretun.netdev.manager import AddressResult, TunDeviceManager
-from wiretun.testing.netns import Topology, unique_name
 from wiretun.tunnel import up
 from wiretun.tunnel.config import parse_config
 from wiretun.tunnel.uapi import socket_path

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from wiretun.testing.netns import Topology
-from wiretun.testing.wgpeer import WireguardGoPeer, generate_psk, have_wireguard_go, udp_ping
+from wiretun.lab.netns import Topology
+from wiretun.lab.peers import WireguardGoPeer, generate_psk, have_wireguard_go, udp_ping
 
 pytestmark = [
     pytest.mark.root,

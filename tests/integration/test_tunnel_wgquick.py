@@ -23,14 +23,14 @@ from typing import Any
 
 import pytest
 
-from wiretun.testing.netns import NetNS, Topology, unique_name
-from wiretun.testing.procs import wg_quick_config, write_secret
-from wiretun.testing.wgpeer import (
+from wiretun.lab.netns import NetNS, Topology, unique_name
+from wiretun.lab.peers import (
     KeyPair,
     PeerSpec,
     WireguardGoPeer,
     have_wireguard_go,
 )
+from wiretun.lab.procs import wg_quick_config, write_secret
 
 pytestmark = [
     pytest.mark.root,

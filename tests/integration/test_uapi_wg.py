@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from wiretun.testing.netns import unique_name
+from wiretun.lab.netns import unique_name
 from wiretun.tunnel.uapi import SOCKET_DIR, MemoryBackend, UapiInUseError, UapiServer
 from wiretun.tunnel.uapi_protocol import (
     DeviceSnapshot,

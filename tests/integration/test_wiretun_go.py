@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from wiretun.testing.netns import NetNS, Topology, unique_name
-from wiretun.testing.wgpeer import KeyPair, have_wireguard_go
+from wiretun.lab.netns import NetNS, Topology, unique_name
+from wiretun.lab.peers import KeyPair, have_wireguard_go
 
 pytestmark = [
     pytest.mark.root,

@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offload", action=argparse.BooleanOptionalAction, default=True,
                         help="TUN/UDP offloads for the wiretun-qN paths (default on)")  # fmt: skip
     parser.add_argument(
+        "--ping-interval", type=float, default=0.2, metavar="S",
+        help="seconds between echo requests of the ping workload (default 0.2: an idle link;"
+        " a short interval shows the RTT of a warm one)",
+    )  # fmt: skip
+    parser.add_argument(
         "--wireguard-go",
         metavar="PATH",
         help="the wireguard-go binary for the wireguard-go path (default: Debian's, from PATH)",
@@ -69,6 +74,8 @@ def command_line(args: argparse.Namespace) -> str:
             words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     if args.udp_rate != 500:
         words += ["--udp-rate", str(args.udp_rate)]
+    if args.ping_interval != 0.2:
+        words += ["--ping-interval", f"{args.ping_interval:g}"]
     if not args.offload:
         words.append("--no-offload")
     words += ["--out", str(args.out)]
@@ -89,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         plan = make_plan(
             quick=args.quick, only=args.only, workloads=args.workloads, repeats=args.repeats,
             duration=args.duration, udp_rate_mbps=args.udp_rate, offload=args.offload,
-            wireguard_go=args.wireguard_go,
+            wireguard_go=args.wireguard_go, ping_interval=args.ping_interval,
         )  # fmt: skip
     except ValueError as e:
         # soft_wrap: a path in the message stays whole, to copy.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wiretun.bench.plan import Workload
-from wiretun.testing.netns import NetNS
+from wiretun.lab.netns import NetNS
 
 
 class IperfError(RuntimeError):

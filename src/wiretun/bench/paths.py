@@ -15,8 +15,8 @@ from pathlib import Path
 
 from wiretun.bench.ping import wait_reachable
 from wiretun.bench.topology import BenchTopology
-from wiretun.testing.netns import NetNS, unique_name
-from wiretun.testing.procs import (
+from wiretun.lab.netns import NetNS, unique_name
+from wiretun.lab.procs import (
     SOCKET_DIR,
     WG_GO_ENV,
     KeyPair,
@@ -25,7 +25,7 @@ from wiretun.testing.procs import (
     stop_process,
     write_secret,
 )
-from wiretun.testing.procs import wg_quick_config as _wg_quick_config
+from wiretun.lab.procs import wg_quick_config as _wg_quick_config
 
 OVERLAY_MTU = 1420
 BASE_LISTEN_PORT = 51820

@@ -10,8 +10,8 @@ import struct
 import time
 from dataclasses import dataclass
 
+from wiretun.lab.netns import NetNS
 from wiretun.packet import internet_checksum
-from wiretun.testing.netns import NetNS
 
 _ECHO_REQUEST = 8
 _ECHO_REPLY = 0

@@ -96,6 +96,7 @@ def make_plan(
     udp_rate_mbps: int = 500,
     offload: bool = True,
     wireguard_go: str | None = None,
+    ping_interval: float = 0.2,
 ) -> Plan:
     paths = (
         parse_names(only, DEFAULT_PATHS, "path", WIRETUN_VARIANT)
@@ -111,6 +112,8 @@ def make_plan(
         raise ValueError("--repeats must be at least 1")
     if duration is not None and duration < 1:
         raise ValueError("--duration must be at least 1 second")
+    if not 0.001 <= ping_interval <= 10:
+        raise ValueError("--ping-interval must be between 0.001 and 10 seconds")
     if wireguard_go is not None and "wireguard-go" not in paths:
         raise ValueError("--wireguard-go is for the wireguard-go path, which --only leaves out")
     return Plan(
@@ -120,7 +123,7 @@ def make_plan(
         duration=duration if duration is not None else (3.0 if quick else 8.0),
         udp_rate_mbps=udp_rate_mbps,
         ping_count=10 if quick else 20,
-        ping_interval=0.2,
+        ping_interval=ping_interval,
         offload=offload,
         quick=quick,
         wireguard_go=wireguard_go,

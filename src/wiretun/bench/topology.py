@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from wiretun.testing.netns import NetNS, Topology, unique_name
+from wiretun.lab.netns import NetNS, Topology, unique_name
 
 UNDERLAY_A = "10.77.0.1"
 UNDERLAY_B = "10.77.0.2"

@@ -16,7 +16,7 @@ from typing import IO
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from wiretun.testing.netns import NetNS
+from wiretun.lab.netns import NetNS
 
 SOCKET_DIR = "/var/run/wireguard"
 WG_GO_ENV = "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"  # else wireguard-go refuses

@@ -7,8 +7,9 @@ import signal
 import time
 from dataclasses import dataclass
 
-from wiretun.testing.netns import NetNS, unique_name
-from wiretun.testing.wgpeer import KeyPair, PeerSpec, WiretunPeer, wiretun_leftovers
+from scenarios.leftovers import wiretun_leftovers
+from wiretun.lab.netns import NetNS, unique_name
+from wiretun.lab.peers import KeyPair, PeerSpec, WiretunPeer
 
 LISTEN_PORT = 51820
 

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from wiretun.testing.netns import NetNS, Topology
-from wiretun.testing.traffic import core_drops, rss_kib
-from wiretun.testing.wgpeer import PeerSpec, WiretunPeer, udp_ping
+from scenarios.traffic import core_drops, rss_kib
+from wiretun.lab.netns import NetNS, Topology
+from wiretun.lab.peers import PeerSpec, WiretunPeer, udp_ping
 
 PORT_A, PORT_B = 51820, 51821
 PAYLOAD = 1300  # bytes per UDP datagram: fits the tunnel's 1420 MTU

@@ -1,4 +1,5 @@
-"""Real WireGuard peers for tests: Debian's wireguard-go configured with `wg`, and `wiretun up`."""
+"""Real WireGuard peers in a namespace: Debian's wireguard-go configured with `wg`, and
+`wiretun up` from a config file we write; each `stop()` removes everything it made."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from wiretun.netdev.spec import AUTO_TABLE_START
-from wiretun.testing.netns import NetNS, unique_name
-from wiretun.testing.procs import (
+from wiretun.lab.netns import NetNS, unique_name
+from wiretun.lab.procs import (
     SOCKET_DIR,
     KeyPair,
     PeerSpec,
@@ -27,7 +27,7 @@ from wiretun.testing.procs import (
     write_secret,
 )
 
-# Re-exported: tests import these from here.
+# Re-exported: callers import these from here.
 __all__ = ["SOCKET_DIR", "KeyPair", "PeerSpec", "generate_psk"]
 
 
@@ -328,56 +328,3 @@ class WiretunPeer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def wiretun_leftovers(
-    ns: NetNS,
-    name: str,
-    *,
-    listen_port: int | None = None,
-    fwmark: str | None = None,
-    table: str = str(AUTO_TABLE_START),
-) -> list[str]:
-    """What a stopped `wiretun up` for `name` in `ns` left behind (empty if nothing): its
-    device, policy rules, routes in its fwmark table, UDP socket, UAPI socket, pid file and
-    leftovers record. Rules: any besides the kernel's three (a test's namespace has no
-    others), or with `fwmark` (e.g. "0x1234") when given. The default table is the one the
-    first full-tunnel instance in a namespace gets."""
-    left: list[str] = []
-    if ns.run("ip", "link", "show", "dev", name, check=False).strip():
-        left.append(f"device {name}")
-    kernel = {"0", "32766", "32767"}
-    for family in ("-4", "-6"):
-        rules = [
-            ln
-            for ln in ns.run("ip", family, "rule").splitlines()
-            if ln.split(":")[0] not in kernel or (fwmark is not None and fwmark in ln)
-        ]
-        left += [f"rule {ln.strip()}" for ln in rules]
-        # A table without routes may not exist at all (an error for `ip -6`): empty either way.
-        routes = ns.run("ip", family, "route", "show", "table", table, check=False).strip()
-        left += [f"route {ln.strip()} (table {table})" for ln in routes.splitlines()]
-    if listen_port is not None:
-        udp = ns.run("ss", "-uanH", f"sport = :{listen_port}").strip()
-        left += [f"udp socket {ln.split()[3]}" for ln in udp.splitlines() if ln.strip()]
-    for path in (f"{SOCKET_DIR}/{name}.{s}" for s in ("sock", "pid", "installed")):
-        if os.path.exists(path):
-            left.append(path)
-    return left
-
-
-def wireguard_go_initiates_to(
-    wg: WireguardGoPeer, wt: WiretunPeer, wt_endpoint: str, *, wt_port: int, wg_port: int = 51821
-) -> None:
-    """Overlay 10.9.0.2 (wireguard-go) -> 10.9.0.1 (wiretun): start wiretun listening on
-    `wt_port` with no endpoint for its peer (it learns it), then point wireguard-go at
-    `wt_endpoint` (host:port on the underlay)."""
-    wt.write_config(
-        addresses=["10.9.0.1/24"],
-        listen_port=wt_port,
-        peers=[PeerSpec(wg.keys.public, ["10.9.0.2/32"])],
-    )
-    wt.start()
-    wg.configure(listen_port=wg_port)
-    wg.add_peer(wt.keys.public, allowed_ips=["10.9.0.1/32"], endpoint=wt_endpoint)
-    wg.link_up(["10.9.0.2/24"])

@@ -1,4 +1,4 @@
-"""The shared peer helpers (wiretun.testing.procs) used by the tests and the benchmark:
+"""The shared peer helpers (wiretun.lab.procs) used by the tests and the benchmark:
 keys, wg-quick files, secret files, stopping a process."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from wiretun.testing.procs import (
+from wiretun.lab.procs import (
     KeyPair,
     PeerSpec,
     generate_psk,
