@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("wiretun.demo", "show wiretun at work inside throwaway network namespaces"),
     "up": ("wiretun.tunnel.up", "run a WireGuard interface from a wg-quick config file"),
     "down": ("wiretun.tunnel.down", "stop the `wiretun up` serving an interface"),
+    "show": (
+        "wiretun.tunnel.show",
+        "show interfaces as `wg show` does, with wiretun's counters (--json for scripts)",
+    ),
     "bench": (
         "wiretun.bench.cli",
         "measure throughput/latency of wiretun vs wireguard-go vs bare veth",
