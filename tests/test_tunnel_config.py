@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from wiretun.tunnel.config import (
     ConfigError,
     Endpoint,
+    ifname_problem,
     is_valid_ifname,
     load_config,
     parse_config,
@@ -282,6 +283,30 @@ def test_valid_interface_names(name: str) -> None:
 def test_invalid_interface_names(filename: str) -> None:
     with pytest.raises(ConfigError, match="is not a valid interface name"):
         parse_config(HEAD, filename)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("x" * 16, "16 characters, and Linux allows at most 15 (IFNAMSIZ)"),
+        ("bad name", "' ' not allowed (only a-z A-Z 0-9 _ = + . -)"),
+        ("wg:0/", "'/:' not allowed (only a-z A-Z 0-9 _ = + . -)"),
+        ("", "it is empty"),
+        ("wg0", None),
+    ],
+)
+def test_ifname_problem_says_why(name: str, why: str | None) -> None:
+    assert ifname_problem(name) == why
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "wt0.conf"
+    path.write_bytes(b"\xef\xbb\xbf" + HEAD.encode())
+    path.chmod(0o600)
+    config = load_config(path)
+    assert config.interface.name == "wt0"
+    assert config.warnings == ()
+    assert parse_config("\ufeff" + HEAD, "wt0.conf") == parse_config(HEAD, "wt0.conf")
 
 
 def test_name_override() -> None:

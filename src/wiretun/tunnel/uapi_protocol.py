@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from wiretun.tunnel.config import IPNetwork, TunnelConfig, resolve_endpoint
+from wiretun.wireguard.keys import keyed_repr
 
 KEY_LEN = 32
 ZERO_KEY = bytes(KEY_LEN)
@@ -72,12 +73,13 @@ class ReplacePeers:
     """Remove every peer (later operations in the same set may add some back)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class PeerUpdate:
     """Everything one `public_key=` block asks for. None means "leave unchanged";
     a zero preshared key removes it; keepalive 0 turns it off. Allowed-ips are removed
     first, then added (an IP added elsewhere is taken from its previous peer)."""
 
+    __repr__ = keyed_repr
     public_key: bytes
     remove: bool = False
     update_only: bool = False
@@ -95,8 +97,9 @@ SetOperation = SetPrivateKey | SetListenPort | SetFwmark | ReplacePeers | PeerUp
 # ---- device state for `get=1` ----
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class PeerSnapshot:
+    __repr__ = keyed_repr
     public_key: bytes
     preshared_key: bytes | None = field(default=None, repr=False)
     endpoint: Endpoint | None = None
@@ -278,6 +281,7 @@ def parse_prefix(value: str) -> IPNetwork:
 
 @dataclass
 class _PeerDraft:
+    __repr__ = keyed_repr
     public_key: bytes
     remove: bool = False
     update_only: bool = False

@@ -14,6 +14,7 @@ from wiretun.wireguard.allowedips import AllowedIPs, IPNetwork
 from wiretun.wireguard.cookie import CookieGenerator
 from wiretun.wireguard.events import Endpoint
 from wiretun.wireguard.handshake import InitiatorHandshake
+from wiretun.wireguard.keys import key_to_base64
 from wiretun.wireguard.session import Keypair
 from wiretun.wireguard.timers import PeerTimers
 
@@ -100,7 +101,7 @@ class Peer:
         self.last_handshake: float | None = None  # wall-clock seconds
 
     def __repr__(self) -> str:
-        return f"Peer({self.public_key.hex()[:16]}…, endpoint={self.endpoint})"
+        return f"Peer({key_to_base64(self.public_key)}, endpoint={self.endpoint})"
 
     @property
     def persistent_keepalive(self) -> int:

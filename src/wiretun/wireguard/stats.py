@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Final
 
 from wiretun.wireguard.events import Endpoint
+from wiretun.wireguard.keys import keyed_repr
 
 
 class DropReason(StrEnum):
@@ -43,8 +44,9 @@ class DropReason(StrEnum):
 DROP_REASONS: Final = tuple(reason.value for reason in DropReason)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class PeerStats:
+    __repr__ = keyed_repr
     public_key: bytes
     endpoint: Endpoint | None
     tx_bytes: int
