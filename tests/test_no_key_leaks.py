@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from wiretun.testing.uapi import MemoryBackend
 from wiretun.testing.wgpair import make_pair
 from wiretun.tunnel.config import ConfigError, parse_config, parse_key
-from wiretun.tunnel.uapi import MemoryBackend, UapiServer
+from wiretun.tunnel.uapi import UapiServer
 from wiretun.tunnel.uapi_protocol import (
     DeviceSnapshot,
     PeerSnapshot,

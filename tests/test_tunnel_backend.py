@@ -9,8 +9,8 @@ import os
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from wiretun.testing.uapi import MemoryBackend
 from wiretun.tunnel.backend import DeviceBackend
-from wiretun.tunnel.uapi import MemoryBackend
 from wiretun.tunnel.uapi_protocol import (
     DeviceSnapshot,
     PeerUpdate,

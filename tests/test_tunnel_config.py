@@ -14,9 +14,6 @@ from hypothesis import strategies as st
 
 from wiretun.tunnel.config import (
     ConfigError,
-    Endpoint,
-    ifname_problem,
-    is_valid_ifname,
     load_config,
     parse_config,
     resolve_endpoint,
@@ -60,7 +57,7 @@ def test_full_sample() -> None:
         ipaddress.ip_network("10.0.0.2/32"),
         ipaddress.ip_network("fd00:10::2/128"),
     )
-    assert laptop.endpoint == Endpoint("192.0.2.10", 51820)
+    assert laptop.endpoint == ("192.0.2.10", 51820)
     assert laptop.persistent_keepalive == 25
 
     assert site.preshared_key is None
@@ -69,15 +66,14 @@ def test_full_sample() -> None:
         ipaddress.ip_network("10.1.0.0/16"),
         ipaddress.ip_network("10.2.0.0/16"),
     )
-    assert site.endpoint == Endpoint("2001:db8::1", 4500)
-    assert str(site.endpoint) == "[2001:db8::1]:4500"
+    assert site.endpoint == ("2001:db8::1", 4500)
     assert site.persistent_keepalive is None
 
     assert default.allowed_ips == (
         ipaddress.ip_network("0.0.0.0/0"),
         ipaddress.ip_network("::/0"),
     )
-    assert default.endpoint == Endpoint("vpn.example.com", 51820)
+    assert default.endpoint == ("vpn.example.com", 51820)
     assert default.persistent_keepalive is None
 
     assert [str(w) for w in cfg.warnings if "host bits" in w.message] == [
@@ -110,7 +106,7 @@ def test_wg_quick_keys_are_parsed_not_warned_about() -> None:
     assert iface.post_down == ("iptables -D FORWARD -i %i -j ACCEPT",)
     assert iface.save_config is False and iface.table_given
     assert cfg.interface.table == 1234
-    assert cfg.peers[0].endpoint == Endpoint("198.51.100.7", 51820)
+    assert cfg.peers[0].endpoint == ("198.51.100.7", 51820)
 
 
 def test_private_keys_never_in_repr() -> None:
@@ -275,28 +271,15 @@ def test_bad_private_key_is_not_echoed() -> None:
 
 @pytest.mark.parametrize("name", ["wg0", "a", "x" * 15, "we_ird=+.-0"])
 def test_valid_interface_names(name: str) -> None:
-    assert is_valid_ifname(name)
     assert parse_config(HEAD, f"/etc/wireguard/{name}.conf").interface.name == name
 
 
-@pytest.mark.parametrize("filename", ["x" * 16 + ".conf", "bad name.conf", "wg:0.conf", ".conf"])
+@pytest.mark.parametrize(
+    "filename", ["x" * 16 + ".conf", "bad name.conf", "wg:0.conf", ".conf", "..conf"]
+)
 def test_invalid_interface_names(filename: str) -> None:
     with pytest.raises(ConfigError, match="is not a valid interface name"):
         parse_config(HEAD, filename)
-
-
-@pytest.mark.parametrize(
-    ("name", "why"),
-    [
-        ("x" * 16, "16 characters, and Linux allows at most 15 (IFNAMSIZ)"),
-        ("bad name", "' ' not allowed (only a-z A-Z 0-9 _ = + . -)"),
-        ("wg:0/", "'/:' not allowed (only a-z A-Z 0-9 _ = + . -)"),
-        ("", "it is empty"),
-        ("wg0", None),
-    ],
-)
-def test_ifname_problem_says_why(name: str, why: str | None) -> None:
-    assert ifname_problem(name) == why
 
 
 def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
@@ -332,7 +315,7 @@ def test_empty_allowed_ips_and_scoped_endpoint() -> None:
         "wg0.conf",
     )
     assert cfg.peers[0].allowed_ips == ()
-    assert cfg.peers[0].endpoint == Endpoint("fe80::1%eth0", 7)
+    assert cfg.peers[0].endpoint == ("fe80::1%eth0", 7)
 
 
 def test_network_claimed_by_two_peers_warns() -> None:

@@ -1,57 +1,17 @@
-"""Tests for wiretun.tunnel.loop with in-memory TUNs and a toy core over real loopback UDP."""
+"""Tests for wiretun.tunnel.loop with in-memory TUNs (wiretun.testing.memorytun) and a toy
+core over real loopback UDP."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Sequence
 
 import pytest
 
+from wiretun.testing.memorytun import MemoryTun
 from wiretun.tunnel.loop import TunnelLoop
-from wiretun.tunnel.udp import Datagram, Endpoint, UdpBind
-from wiretun.wireguard.events import Event, KeysZeroed
-
-
-class MemoryTun:
-    """A TUN stand-in: `inject` is the kernel writing packets to us, `delivered` what we
-    wrote back. The write side holds `capacity` packets until `drain()`, like a full queue."""
-
-    def __init__(self, capacity: int = 10_000) -> None:
-        self._inbound: asyncio.Queue[list[bytes]] = asyncio.Queue()
-        self.capacity = capacity
-        self.delivered: list[bytes] = []
-        self.held: deque[bytes] = deque()
-        self._room = asyncio.Event()
-        self._room.set()
-        self.waited_for_room = 0
-
-    def inject(self, packets: list[bytes]) -> None:
-        self._inbound.put_nowait(packets)
-
-    async def recv_many(self, max_packets: int) -> list[bytes]:
-        batch = await self._inbound.get()
-        if len(batch) > max_packets:
-            self._inbound.put_nowait(batch[max_packets:])
-        return batch[:max_packets]
-
-    async def send_ready(self) -> None:
-        if not self._room.is_set():
-            self.waited_for_room += 1
-        await self._room.wait()
-
-    def send_many(self, packets: Sequence[bytes]) -> int:
-        """Takes what fits, like Tun.send_many; the caller keeps the rest."""
-        taken = list(packets[: max(0, self.capacity - len(self.held))])
-        self.held.extend(taken)
-        if len(self.held) >= self.capacity:
-            self._room.clear()
-        return len(taken)
-
-    def drain(self) -> None:
-        self.delivered.extend(self.held)
-        self.held.clear()
-        self._room.set()
+from wiretun.tunnel.udp import Datagram, UdpBind
+from wiretun.wireguard.events import Endpoint, Event, KeysZeroed
 
 
 class ToyCore:
@@ -122,7 +82,7 @@ def _pair(
     ub = UdpBind.open(host4="127.0.0.1", host6=None)
     ca = ToyCore(("127.0.0.1", ub.port), keepalives=keepalives)
     cb = ToyCore(("127.0.0.1", ua.port))
-    return MemoryTun(), MemoryTun(cap_b), ca, cb, ua, ub
+    return MemoryTun("ta"), MemoryTun("tb", capacity=cap_b), ca, cb, ua, ub
 
 
 def test_packets_cross_both_ways_in_order() -> None:
@@ -294,7 +254,7 @@ def test_a_core_bug_in_a_timer_ends_the_loop_too() -> None:
 
 def test_failing_tun_ends_run_with_its_error() -> None:
     class BrokenTun(MemoryTun):
-        async def recv_many(self, max_packets: int) -> list[bytes]:
+        async def recv_many(self, max: int = 100) -> list[bytes]:
             raise OSError(19, "No such device")
 
     async def main() -> None:

@@ -20,8 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wiretun.testing.uapi import MemoryBackend
 from wiretun.tunnel.config import parse_config
-from wiretun.tunnel.uapi import MemoryBackend, UapiInUseError, UapiServer
+from wiretun.tunnel.uapi import UapiInUseError, UapiServer
 from wiretun.tunnel.uapi_protocol import (
     DeviceSnapshot,
     GetRequest,

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from wiretun.testing.uapi import MemoryBackend
 from wiretun.tunnel import uapi_client
-from wiretun.tunnel.uapi import MemoryBackend, UapiServer
+from wiretun.tunnel.uapi import UapiServer
 from wiretun.tunnel.uapi_protocol import DeviceSnapshot, PeerSnapshot, format_get
 
 PEER = PeerSnapshot(

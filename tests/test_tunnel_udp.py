@@ -13,10 +13,11 @@ import pytest
 
 from wiretun.tunnel import udp
 from wiretun.tunnel.udp import UdpBind, gso_groups, split_coalesced
+from wiretun.wireguard.events import Endpoint
 
 
-def _recv_all(bind: UdpBind, want: int, timeout: float = 5.0) -> list[tuple[bytes, udp.Endpoint]]:
-    got: list[tuple[bytes, udp.Endpoint]] = []
+def _recv_all(bind: UdpBind, want: int, timeout: float = 5.0) -> list[tuple[bytes, Endpoint]]:
+    got: list[tuple[bytes, Endpoint]] = []
     deadline = time.monotonic() + timeout
     while len(got) < want and time.monotonic() < deadline:
         batch = bind.recv_batch(1024)

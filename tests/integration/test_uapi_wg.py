@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from wiretun.lab.netns import unique_name
-from wiretun.tunnel.uapi import SOCKET_DIR, MemoryBackend, UapiInUseError, UapiServer
+from wiretun.testing.uapi import MemoryBackend
+from wiretun.tunnel.uapi import SOCKET_DIR, UapiInUseError, UapiServer
 from wiretun.tunnel.uapi_protocol import (
     DeviceSnapshot,
     PeerSnapshot,

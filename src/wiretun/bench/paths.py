@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,19 +17,23 @@ from wiretun.bench.topology import BenchTopology
 from wiretun.lab.netns import NetNS, unique_name
 from wiretun.lab.procs import (
     SOCKET_DIR,
-    WG_GO_ENV,
     KeyPair,
     PeerSpec,
+    StartError,
+    launch_wireguard_go,
+    launch_wiretun,
     output_tail,
     stop_process,
+    wireguard_go_command,
     write_secret,
 )
 from wiretun.lab.procs import wg_quick_config as _wg_quick_config
+from wiretun.wireguard.device import DEFAULT_MTU
 
-OVERLAY_MTU = 1420
+OVERLAY_MTU = DEFAULT_MTU  # WireGuard's, as wg-quick would leave it on a 1500-byte veth
 BASE_LISTEN_PORT = 51820
 UAPI_DIR = Path(SOCKET_DIR)
-START_TIMEOUT = 15.0  # seconds for a tunnel process to bring its interface up
+START_TIMEOUT = 15.0  # seconds for a tunnel process to say it is up
 REACH_TIMEOUT = 10.0  # seconds for the first ping across a new tunnel (handshake included)
 VERSION_TIMEOUT = 10.0  # seconds for `wireguard-go --version`
 DEBIAN_WIREGUARD_GO = "wireguard-go"  # looked up on PATH unless --wireguard-go names another
@@ -131,47 +134,6 @@ def wg_quick_config(local: TunnelEnd, peer: TunnelEnd, mtu: int = OVERLAY_MTU) -
     )
 
 
-def _launch(ns: NetNS, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    # `ip netns exec` and `env` exec in place, so the pid is the tunnel process itself; its own
-    # session keeps a terminal Ctrl-C away from it so teardown decides when it stops.
-    with open(log, "wb") as out:
-        return ns.popen(
-            *argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-
-
-def _link_flags(ns: NetNS, ifname: str) -> set[str] | None:
-    out = ns.run("ip", "-o", "link", "show", "dev", ifname, check=False)
-    if "<" not in out:
-        return None
-    return set(out[out.index("<") + 1 : out.index(">")].split(","))
-
-
-def wait_for_interface(
-    ns: NetNS,
-    ifname: str,
-    proc: subprocess.Popen[bytes],
-    log: Path,
-    *,
-    what: str,
-    up: bool,
-    timeout: float = START_TIMEOUT,
-) -> None:
-    """Poll `ip link show` in `ns` until `ifname` exists (and is UP if `up`)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        flags = _link_flags(ns, ifname)
-        if flags is not None and (not up or "UP" in flags):
-            return
-        if proc.poll() is not None:
-            raise PathError(
-                f"{what} exited with {proc.returncode} before {ifname} was up: {output_tail(log)}"
-            )
-        time.sleep(0.1)
-    raise PathError(f"{what}: {ifname} not up after {timeout:g} s: {output_tail(log)}")
-
-
 def _check_reachable(topo: BenchTopology, target: str, name: str) -> None:
     if not wait_reachable(topo.a, target, REACH_TIMEOUT):
         raise PathError(f"no ping reply from {target} across {name} within {REACH_TIMEOUT:g} s")
@@ -264,40 +226,25 @@ class WireguardGoPath(_TunnelPath):
         return program_version(binary) if binary is not None else None
 
     def command(self, ifname: str) -> list[str]:
-        # Debian's build refuses to start without the variable; upstream's only warns.
-        binary = self.binary() or DEBIAN_WIREGUARD_GO
-        return ["env", f"{WG_GO_ENV}=1", "LOG_LEVEL=error", binary, "-f", ifname]
+        return wireguard_go_command(ifname, binary=self.binary() or DEBIAN_WIREGUARD_GO)
 
     def start_end(
         self, local: TunnelEnd, peer: TunnelEnd, workdir: Path
     ) -> subprocess.Popen[bytes]:
-        log = workdir / f"{local.ifname}.log"
-        proc = _launch(local.ns, self.command(local.ifname), log)
+        binary = self.binary() or DEBIAN_WIREGUARD_GO
+        with open(workdir / f"{local.ifname}.log", "wb") as log:
+            try:
+                proc = launch_wireguard_go(
+                    local.ns, local.ifname, log, binary=binary, timeout=START_TIMEOUT
+                )
+            except StartError as e:
+                raise PathError(str(e)) from e
         try:
-            wait_for_socket(UAPI_DIR / f"{local.ifname}.sock", proc, log, what="wireguard-go")
             configure_wg(local, peer, workdir)
         except BaseException:
             stop_process(proc)
             raise
         return proc
-
-
-def wait_for_socket(
-    sock: Path,
-    proc: subprocess.Popen[bytes],
-    log: Path,
-    *,
-    what: str,
-    timeout: float = START_TIMEOUT,
-) -> None:
-    """Poll until the UAPI socket `sock` exists (the interface is then ready for `wg set`)."""
-    deadline = time.monotonic() + timeout
-    while not sock.exists():
-        if proc.poll() is not None:
-            raise PathError(f"{what} exited with {proc.returncode}: {output_tail(log)}")
-        if time.monotonic() > deadline:
-            raise PathError(f"{what}: no {sock} after {timeout:g} s: {output_tail(log)}")
-        time.sleep(0.02)
 
 
 def kernel_wireguard_problem() -> str | None:
@@ -405,14 +352,13 @@ class WiretunPath(_TunnelPath):
     ) -> subprocess.Popen[bytes]:
         config = workdir / f"{local.ifname}.conf"
         write_secret(config, wg_quick_config(local, peer))
-        log = workdir / f"{local.ifname}.log"
-        proc = _launch(local.ns, self.command(config, local.ifname), log)
-        try:
-            wait_for_interface(local.ns, local.ifname, proc, log, what="wiretun up", up=True)
-        except BaseException:
-            stop_process(proc)
-            raise
-        return proc
+        with open(workdir / f"{local.ifname}.log", "wb") as log:
+            try:
+                return launch_wiretun(
+                    local.ns, self.command(config, local.ifname), log, timeout=START_TIMEOUT
+                )
+            except StartError as e:
+                raise PathError(str(e)) from e
 
 
 def path_kind(name: str, offload: bool = True, wireguard_go: str | None = None) -> PathKind:

@@ -9,9 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -22,13 +20,16 @@ from wiretun.lab.procs import (
     PeerSpec,
     generate_psk,
     launch_wireguard_go,
+    launch_wiretun,
     stop_process,
     wg_quick_config,
+    wiretun_command,
     write_secret,
 )
+from wiretun.wireguard.device import DEFAULT_MTU
 
 # Re-exported: callers import these from here.
-__all__ = ["SOCKET_DIR", "KeyPair", "PeerSpec", "generate_psk"]
+__all__ = ["SOCKET_DIR", "KeyPair", "PeerSpec", "generate_psk", "wiretun_command"]
 
 
 def have_wireguard_go() -> bool:
@@ -155,7 +156,7 @@ class WireguardGoPeer:
         self.wg("set", self.name, "peer", public_key, "remove")
 
     def link_up(
-        self, addresses: Iterable[str], *, mtu: int = 1420, routes: Iterable[str] = ()
+        self, addresses: Iterable[str], *, mtu: int = DEFAULT_MTU, routes: Iterable[str] = ()
     ) -> None:
         """Give the interface its addresses (CIDR), set the MTU, bring it up, add routes."""
         for addr in addresses:
@@ -218,11 +219,6 @@ def udp_ping(
     return answered
 
 
-def wiretun_command(*args: str) -> list[str]:
-    """argv for the wiretun CLI of this interpreter (the venv's, under pytest)."""
-    return [sys.executable, "-m", "wiretun", *args]
-
-
 @dataclass
 class WiretunPeer:
     """`wiretun up` (the real CLI, in the foreground) inside `ns`, from a config we write.
@@ -271,25 +267,20 @@ class WiretunPeer:
         return wiretun_command(*args)
 
     def start(self, *args: str, timeout: float = 20.0, verbose: int = 1) -> WiretunPeer:
-        """Run `wiretun -v up CONFIG ARGS` (`verbose` times -v: 2 logs at DEBUG) and wait
-        until its interface is up (pid file written)."""
+        """Run `wiretun -v up CONFIG ARGS` (`verbose` times -v: 2 logs at DEBUG) and return
+        once it says it is up; procs.StartError (a RuntimeError, with the end of its log)
+        if it does not come up, and then everything it made is removed."""
         if not self.config_path:
             raise RuntimeError("write_config() first")
         self._log = tempfile.NamedTemporaryFile(prefix=f"{self.name}-", suffix=".log")  # noqa: SIM115
-        self.proc = self.ns.popen(
-            *self.command(*["-v"] * verbose, "up", self.config_path, *args),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while not (os.path.exists(self.pid_path) and os.path.exists(self.socket_path)):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"wiretun {self.name} exited early: {self.log_text()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"wiretun {self.name} not up after {timeout}s")
-            time.sleep(0.02)
+        argv = self.command(*["-v"] * verbose, "up", self.config_path, *args)
+        try:
+            self.proc = launch_wiretun(
+                self.ns, argv, self._log, timeout=timeout, what=f"wiretun {self.name}"
+            )
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def log_text(self) -> str:

@@ -14,6 +14,7 @@ from types import TracebackType
 
 from pyroute2 import AsyncIPRoute
 
+from wiretun.ifname import check_ifname
 from wiretun.netdev.errors import NetdevError
 from wiretun.netdev.mark import mark_socket
 from wiretun.netdev.ops import FAMILIES, LinkOps, collect, family_of, lookup_link, used_tables
@@ -29,7 +30,6 @@ from wiretun.netdev.spec import (
     Interface,
     Network,
     TableSpec,
-    check_ifname,
     check_mtu,
     check_rule_priority,
     check_table,

@@ -27,7 +27,6 @@ DEFAULT_MTU = 1280
 # Firezone measured 10000 better than the kernel default of 500 for a TUN.
 DEFAULT_TXQUEUELEN = 10000
 
-IFNAMSIZ = 16
 IPV4_MIN_MTU = 68
 IPV6_MIN_MTU = 1280
 MAX_MTU = 65535
@@ -42,14 +41,6 @@ Interface = IPv4Interface | IPv6Interface
 Network = IPv4Network | IPv6Network
 
 _N = TypeVar("_N", IPv4Network, IPv6Network)
-
-
-def check_ifname(name: str) -> str:
-    if not isinstance(name, str) or not 0 < len(name) < IFNAMSIZ:
-        raise ValueError(f"interface name must be 1..{IFNAMSIZ - 1} characters, got {name!r}")
-    if name in {".", ".."} or any(c in name for c in "/: \t\n") or not name.isprintable():
-        raise ValueError(f"invalid interface name {name!r}")
-    return name
 
 
 def check_mtu(mtu: int) -> int:

@@ -10,11 +10,11 @@ import stat
 import struct
 from dataclasses import dataclass
 
+from wiretun.ifname import ifname_problem
 from wiretun.tun.errors import InvalidTunName, TunError, TunExists
 
 TUN_PATH = "/dev/net/tun"
 TUN_MAJOR, TUN_MINOR = 10, 200
-IFNAMSIZ = 16
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
@@ -34,27 +34,15 @@ TUN_F_USO6 = 0x40
 
 _IFREQ_FLAGS = struct.Struct("16sH22x")
 _IFREQ_INT = struct.Struct("16si20x")
-# Besides '/', ':' and whitespace (the kernel's dev_valid_name), '%' would make the kernel
-# pick the name from a template, so the device we get would not be the one asked for.
-_FORBIDDEN = frozenset("/:%")
 
 
 def validate_name(name: str) -> bytes:
-    """The name as bytes for an ifreq, or InvalidTunName; no syscall is made."""
-    if not isinstance(name, str):
-        raise InvalidTunName(f"interface name must be str, not {type(name).__name__}")
-    if name in ("", ".", ".."):
-        raise InvalidTunName(f"invalid interface name {name!r}")
-    try:
-        raw = name.encode("ascii")
-    except UnicodeEncodeError:
-        raise InvalidTunName(f"interface name {name!r} is not ASCII") from None
-    if len(raw) >= IFNAMSIZ:
-        raise InvalidTunName(f"interface name {name!r} is longer than {IFNAMSIZ - 1} bytes")
-    bad = sorted({c for c in name if c in _FORBIDDEN or not c.isprintable() or c.isspace()})
-    if bad:
-        raise InvalidTunName(f"interface name {name!r} contains {''.join(bad)!r}")
-    return raw
+    """The name as bytes for an ifreq, or InvalidTunName (the kernel's rule, see
+    wiretun.ifname); no syscall is made."""
+    problem = ifname_problem(name)
+    if problem is not None:
+        raise InvalidTunName(problem)
+    return name.encode("ascii")
 
 
 def ensure_tun_node(path: str = TUN_PATH) -> None:

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from wiretun.ifname import wg_quick_ifname_problem
+from wiretun.wireguard.crypto import KEY_LEN
+from wiretun.wireguard.events import Endpoint
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
-KEY_LEN = 32
-# wg-quick's rule for interface names (and thus for config file stems).
-_IFNAME_RE = re.compile(r"[a-zA-Z0-9_=+.-]{1,15}")
-_IFNAME_BAD_RE = re.compile(r"[^a-zA-Z0-9_=+.-]")
 _DIGITS_RE = re.compile(r"[0-9]+")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
 _TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -29,34 +29,6 @@ _TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _KEYLIKE_RE = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 # wg-quick's test for a DNS= item that is a server (else it is a search domain).
 _DNS_SERVER_RE = re.compile(r"[0-9.]+|.*:.*")
-
-
-def is_valid_ifname(name: str) -> bool:
-    """True if wg-quick would accept `name` as an interface name."""
-    return _IFNAME_RE.fullmatch(name) is not None
-
-
-def ifname_problem(name: str) -> str | None:
-    """Why `name` is not an interface name wg-quick accepts, in words (None if it is)."""
-    if _IFNAME_RE.fullmatch(name) is not None:
-        return None
-    if not name:
-        return "it is empty"
-    if len(name) > 15:
-        return f"{len(name)} characters, and Linux allows at most 15 (IFNAMSIZ)"
-    bad = sorted(set(_IFNAME_BAD_RE.findall(name)))
-    return f"{''.join(bad)!r} not allowed (only a-z A-Z 0-9 _ = + . -)"
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """A peer endpoint as written: `host` is an IP literal or a hostname (resolved later)."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +131,8 @@ def _parse_uint(value: str, maximum: int, what: str, minimum: int = 0) -> int:
 
 
 def parse_endpoint(value: str) -> Endpoint:
-    """`host:port`, `[v6]:port`; the host may be a name (not resolved here)."""
+    """`host:port`, `[v6]:port` as (host, port); the host may be a name (resolved later,
+    by resolve_endpoint)."""
     if value.startswith("["):
         host, sep, rest = value[1:].partition("]")
         if not sep or not rest.startswith(":"):
@@ -182,10 +155,10 @@ def parse_endpoint(value: str) -> Endpoint:
                 raise _FieldError(f"{host!r} in {value!r} is not an IPv4 address") from None
         elif _HOSTNAME_RE.fullmatch(host) is None:
             raise _FieldError(f"{host!r} in {value!r} is not an IP address or hostname")
-    return Endpoint(host, _parse_uint(port_text, 65535, "port", minimum=1))
+    return host, _parse_uint(port_text, 65535, "port", minimum=1)
 
 
-def resolve_endpoint(host: str, port: int) -> tuple[str, int]:
+def resolve_endpoint(host: str, port: int) -> Endpoint:
     """Resolve a hostname (or normalise an IP literal) to the first UDP address.
 
     Raises socket.gaierror (an OSError) when the name does not resolve.
@@ -493,7 +466,7 @@ def parse_config(text: str, filename: str, *, name: str | None = None) -> Tunnel
     """Parse wg-quick config text. The interface name is `name`, or else the file name
     without `.conf` (as wg-quick does). Raises ConfigError."""
     ifname = _name_from_filename(filename) if name is None else name
-    problem = ifname_problem(ifname)
+    problem = wg_quick_ifname_problem(ifname)
     if problem is not None:
         raise ConfigError(
             filename, None, None, f"{ifname!r} is not a valid interface name: {problem}"

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from wiretun.tunnel.config import is_valid_ifname
+from wiretun.ifname import is_wg_quick_ifname
 from wiretun.tunnel.pidfile import is_alive, read_pid_file
 from wiretun.tunnel.up import EXIT_CONFIG, pid_path
 
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     name = args.interface
-    if not is_valid_ifname(name):
+    if not is_wg_quick_ifname(name):
         print(f"wiretun down: invalid interface name {name!r}", file=sys.stderr)
         return EXIT_CONFIG
     try:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
-from wiretun.tunnel.udp import Datagram, Endpoint, UdpBind
+from wiretun.tunnel.udp import Datagram, UdpBind
+from wiretun.wireguard.events import Endpoint
 
 if TYPE_CHECKING:
     from wiretun.datapath import CoalescerLike

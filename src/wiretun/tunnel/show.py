@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from wiretun.tunnel.config import ifname_problem
+from wiretun.ifname import wg_quick_ifname_problem
 from wiretun.tunnel.uapi import SOCKET_DIR
 from wiretun.tunnel.uapi_protocol import DeviceSnapshot, UapiError, format_endpoint
 
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
 
     names: list[str]
     if args.interface is not None:
-        problem = ifname_problem(args.interface)
+        problem = wg_quick_ifname_problem(args.interface)
         if problem is not None:
             print(f"wiretun show: invalid interface name {args.interface!r}: {problem}",
                   file=sys.stderr)  # fmt: skip

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from wiretun.tunnel.config import is_valid_ifname
+from wiretun.ifname import is_wg_quick_ifname
 from wiretun.tunnel.uapi_protocol import (
     ERRNO_UNKNOWN,
     DeviceSnapshot,
@@ -25,7 +25,6 @@ from wiretun.tunnel.uapi_protocol import (
     UapiError,
     UapiProtocolError,
     UapiRequestReader,
-    apply_to_snapshot,
     format_get,
     format_set_reply,
     format_stats,
@@ -44,19 +43,6 @@ class UapiBackend(Protocol):
 
     def get_snapshot(self) -> DeviceSnapshot: ...
     def apply(self, ops: list[SetOperation]) -> None: ...
-
-
-class MemoryBackend:
-    """A device that is only state: applies operations with the reference semantics."""
-
-    def __init__(self, snapshot: DeviceSnapshot | None = None) -> None:
-        self.snapshot = snapshot if snapshot is not None else DeviceSnapshot()
-
-    def get_snapshot(self) -> DeviceSnapshot:
-        return self.snapshot
-
-    def apply(self, ops: list[SetOperation]) -> None:
-        self.snapshot = apply_to_snapshot(self.snapshot, ops)
 
 
 class UapiInUseError(OSError):
@@ -146,7 +132,7 @@ class UapiServer:
         on_removed: Callable[[], None] | None = None,
         stats: Callable[[], object] | None = None,
     ) -> None:
-        if not is_valid_ifname(name):
+        if not is_wg_quick_ifname(name):
             raise ValueError(f"{name!r} is not a valid interface name")
         self.name = name
         self.path = socket_path(name, socket_dir)

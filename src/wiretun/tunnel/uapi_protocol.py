@@ -11,9 +11,10 @@ from dataclasses import dataclass, field, replace
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from wiretun.tunnel.config import IPNetwork, TunnelConfig, resolve_endpoint
+from wiretun.wireguard.crypto import KEY_LEN
+from wiretun.wireguard.events import Endpoint
 from wiretun.wireguard.keys import keyed_repr
 
-KEY_LEN = 32
 ZERO_KEY = bytes(KEY_LEN)
 # wireguard-go answers errors it cannot classify with -55 (ENOANO).
 ERRNO_UNKNOWN = errno_codes.ENOANO
@@ -28,8 +29,6 @@ _UINT_RE = re.compile(r"[0-9]+")
 # endpoint or prefix does).
 _MAX_SHOWN = 48
 _PREFIX_RE = re.compile(r"([0-9a-fA-F:.]+)/(0|[1-9][0-9]{0,2})")
-
-Endpoint = tuple[str, int]
 
 
 class UapiError(Exception):
@@ -497,7 +496,8 @@ def set_operations_from_config(
     for peer in config.peers:
         endpoint = None
         if peer.endpoint is not None:
-            endpoint = resolve(peer.endpoint.host, peer.endpoint.port)
+            host, port = peer.endpoint
+            endpoint = resolve(host, port)
         ops.append(
             PeerUpdate(
                 public_key=peer.public_key,

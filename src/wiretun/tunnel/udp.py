@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from wiretun.datapath.pure import gso_plan
+from wiretun.wireguard.events import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ RECV_BUFFER = 65535
 # grow without bound. The loop stops feeding us long before this when it honours backpressure.
 MAX_PENDING = 8192
 
-Endpoint = tuple[str, int]
 Datagram = bytes | bytearray | memoryview
 
 _U16 = struct.Struct("=H")

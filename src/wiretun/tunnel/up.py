@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wiretun.tunnel.config import ConfigError, ifname_problem, is_valid_ifname, load_config
+from wiretun.ifname import is_wg_quick_ifname, wg_quick_ifname_problem
+from wiretun.tunnel.config import ConfigError, load_config
 
 if TYPE_CHECKING:
     from wiretun.tunnel.config import TunnelConfig
@@ -46,7 +47,7 @@ def leftovers_path(name: str) -> str:
 def config_path(arg: str) -> str:
     """wg-quick's lookup: a bare interface name means /etc/wireguard/NAME.conf. (A name
     ending in .conf is taken as a file, so `wiretun up wg0.conf` keeps meaning ./wg0.conf.)"""
-    if "/" not in arg and not arg.endswith(".conf") and is_valid_ifname(arg):
+    if "/" not in arg and not arg.endswith(".conf") and is_wg_quick_ifname(arg):
         return os.path.join(CONFIG_DIR, f"{arg}.conf")
     return arg
 
@@ -61,6 +62,7 @@ class UpOptions:
     tun_threads: bool = False
     metrics: tuple[str, int] | None = None  # HOST, PORT of the Prometheus endpoint
     print_steps: bool = True  # "[#] ..." lines as wg-quick prints (not for wiretun-go)
+    keep_output: bool = False  # after 'ready', keep stdout/stderr (see --keep-output)
 
 
 # -- CLI -------------------------------------------------------------------------------------
@@ -102,6 +104,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     # Internal: the write end of the readiness pipe of a --background parent.
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    # Internal, with --ready-fd: keep writing the log to stdout/stderr after 'ready' instead of
+    # letting go of them, for a supervisor that keeps it (the lab's launcher).
+    parser.add_argument("--keep-output", action="store_true", help=argparse.SUPPRESS)
+    # Internal: a --background parent has printed the config's warnings already.
+    parser.add_argument("--warned", action="store_true", help=argparse.SUPPRESS)
 
 
 def metrics_address(text: str) -> tuple[str, int]:
@@ -134,7 +141,7 @@ def missing_privilege() -> str | None:
 def run(args: argparse.Namespace) -> int:
     args.config = config_path(args.config)
     name = interface_name(args.config, args.interface)
-    problem = ifname_problem(name)
+    problem = wg_quick_ifname_problem(name)
     if problem is not None:
         print(f"wiretun up: invalid interface name {name!r}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
@@ -150,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     if lacking is not None:
         print(f"wiretun up: {lacking}", file=sys.stderr)
         return 1
-    if args.ready_fd is None:  # a --background child: its parent has said them already
+    if not args.warned:  # a --background child: its parent has said them already
         for warning in config.warnings:
             print(f"wiretun up: warning: {warning}", file=sys.stderr)
     if args.background:
@@ -163,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         args.ready_fd,
         args.tun_threads,
         metrics=args.metrics,
+        keep_output=args.keep_output,
     )
     import asyncio  # noqa: PLC0415
 
@@ -178,7 +186,7 @@ def _start_background(args: argparse.Namespace, name: str) -> int:
 
     cmd = [sys.executable, "-m", "wiretun"]
     cmd += ["-v"] * int(getattr(args, "verbose", 0) or 0)
-    cmd += ["up", args.config, "--interface", name, "--queues", str(args.queues)]
+    cmd += ["up", args.config, "--interface", name, "--queues", str(args.queues), "--warned"]
     cmd += ["--offload" if args.offload else "--no-offload"]
     cmd += ["--tun-threads" if args.tun_threads else "--no-tun-threads"]
     if args.metrics is not None:
@@ -190,11 +198,13 @@ def _start_background(args: argparse.Namespace, name: str) -> int:
     return code
 
 
-def _signal_ready(fd: int | None) -> None:
+def _signal_ready(fd: int | None, keep_output: bool = False) -> None:
     if fd is None:
         return
     os.write(fd, b"ready\n")
     os.close(fd)
+    if keep_output:
+        return
     # Detached from the caller's terminal/pipes: a parent reading our stderr must see EOF.
     devnull = os.open(os.devnull, os.O_RDWR)
     for target in (0, 1, 2):
@@ -393,7 +403,7 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
         hooks.step(f"metrics http://{server.address}/metrics")
     _write_pid_file(opts.name)
     tunnel.on_teardown(lambda: _remove_pid_file(opts.name))
-    _signal_ready(opts.ready_fd)
+    _signal_ready(opts.ready_fd, opts.keep_output)
     await tunnel.wait_closed()
     post_down_failed = bool(getattr(hooks, "post_down_failed", False))
     return 1 if tunnel.failure is not None or post_down_failed else 0

@@ -18,14 +18,12 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 # Only this: the daemonizing parent imports nothing heavy (the child does, once).
-from wiretun.tunnel.config import is_valid_ifname
+from wiretun.ifname import is_wg_quick_ifname
 from wiretun.tunnel.detach import start_detached
 
 if TYPE_CHECKING:
     from wiretun.tunnel.config import TunnelConfig
 
-# wireguard-go's default until `ip link set mtu` (wg-quick does it right after).
-DEFAULT_MTU = 1420
 LOG_LEVELS = {"verbose": logging.INFO, "debug": logging.DEBUG, "error": logging.ERROR}
 
 
@@ -49,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def bare_config(name: str) -> TunnelConfig:
-    """An interface as wireguard-go starts one: no key (shown as none), no peers, no routes."""
+    """An interface as wireguard-go starts one: no key (shown as none), no peers, no routes,
+    the default MTU until `ip link set mtu` (wg-quick does it right after)."""
     from wiretun.tunnel.config import InterfaceConfig, TunnelConfig  # noqa: PLC0415
     from wiretun.tunnel.uapi_protocol import ZERO_KEY  # noqa: PLC0415
+    from wiretun.wireguard.device import DEFAULT_MTU  # noqa: PLC0415
 
     return TunnelConfig(
         InterfaceConfig(name=name, private_key=ZERO_KEY, mtu=DEFAULT_MTU, table="off"), ()
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if name is None:
         print("Usage: wiretun-go [-f/--foreground] INTERFACE-NAME", file=sys.stderr)
         return 1
-    if not is_valid_ifname(name):
+    if not is_wg_quick_ifname(name):
         print(f"wiretun-go: invalid interface name {name!r}", file=sys.stderr)
         return 1
     level = LOG_LEVELS.get(os.environ.get("LOG_LEVEL", "error"), logging.ERROR)

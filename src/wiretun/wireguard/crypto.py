@@ -42,7 +42,7 @@ __all__ = [
     "xaead_seal",
 ]
 
-KEY_LEN = 32
+KEY_LEN = 32  # every key: Curve25519 private and public, ChaCha20, preshared
 HASH_LEN = 32
 MAC_LEN = 16
 TAG_LEN = 16

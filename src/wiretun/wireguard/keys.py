@@ -7,7 +7,8 @@ import binascii
 import dataclasses
 import string
 
-KEY_LEN = 32
+from wiretun.wireguard.crypto import KEY_LEN
+
 _HEX_DIGITS = frozenset(string.hexdigits)
 
 

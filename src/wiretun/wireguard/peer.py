@@ -12,6 +12,7 @@ from typing import Final
 
 from wiretun.wireguard.allowedips import AllowedIPs, IPNetwork
 from wiretun.wireguard.cookie import CookieGenerator
+from wiretun.wireguard.crypto import KEY_LEN
 from wiretun.wireguard.events import Endpoint
 from wiretun.wireguard.handshake import InitiatorHandshake
 from wiretun.wireguard.keys import key_to_base64
@@ -20,8 +21,6 @@ from wiretun.wireguard.timers import PeerTimers
 
 MAX_STAGED_PACKETS: Final = 1024
 """Packets kept per peer while waiting for a session; older ones are dropped first."""
-
-KEY_LEN: Final = 32
 
 
 def check_key(name: str, key: bytes) -> bytes:

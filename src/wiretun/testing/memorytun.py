@@ -1,0 +1,186 @@
+"""A TUN device in memory, for running the tunnel loop (or anything written against
+`InlineTun`) without root: no fd, no kernel, the test plays the kernel's part."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Self
+
+from wiretun.tun.errors import QueueFull, TunClosed
+from wiretun.tun.stats import QueueCounters, TunStats, count
+from wiretun.tun.tun import DEFAULT_MAX_BATCH, DEFAULT_OUTBOUND_CAPACITY
+
+
+class MemoryTun:
+    """The part of `InlineTun`'s API that `TunnelLoop` uses: `recv_many`, `send_ready`,
+    `send_many`, `send`, `close`, `stats`, `name`, `queues`, `uso`, `closed`.
+
+    `inject` is the kernel handing us packets (an application writing to the interface).
+    What we send waits in `held`, the kernel's queue of at most `capacity` packets, until
+    `drain()` moves it to `delivered`: a test decides when the kernel reads, so it can fill
+    the queue and watch backpressure (`send_ready` waits, `send_many` takes what fits).
+    """
+
+    def __init__(self, name: str = "mem0", *, capacity: int = DEFAULT_OUTBOUND_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be positive")
+        self.name = name
+        self.capacity = capacity
+        self.held: deque[bytes] = deque()
+        self.delivered: list[bytes] = []
+        self.waited_for_room = 0  # send_ready calls that had to wait
+        self._inbound: deque[bytes] = deque()
+        self._counters = QueueCounters()
+        self._readable: asyncio.Event | None = None
+        self._room: asyncio.Event | None = None
+        self._busy = False  # the last recv_many returned without waiting
+        self._closed = False
+
+    # The same read-only facts InlineTun reports: one queue, no UDP super-packets.
+    @property
+    def queues(self) -> int:
+        return 1
+
+    @property
+    def uso(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<MemoryTun {self.name!r} inbound={len(self._inbound)} held={len(self.held)} {state}>"
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TunClosed(f"TUN {self.name!r} is closed")
+
+    # --- the kernel's side, driven by the test ---
+
+    def inject(self, packets: Sequence[bytes]) -> None:
+        """Packets for `recv_many`, in this order (the kernel writing to us)."""
+        self._check_open()
+        self._inbound.extend(packets)
+        if self._readable is not None:
+            self._readable.set()
+
+    def drain(self) -> list[bytes]:
+        """The kernel reads what we sent: `held` moves to `delivered` (and is returned)."""
+        taken = list(self.held)
+        self.held.clear()
+        self.delivered.extend(taken)
+        if self._room is not None:
+            self._room.set()
+        return taken
+
+    # --- receive ---
+
+    async def recv_many(self, max: int = DEFAULT_MAX_BATCH) -> list[bytes]:
+        """Wait for at least one packet; return up to `max` in arrival order. TunClosed
+        after close (also for a waiter)."""
+        if max < 1:
+            raise ValueError("max must be positive")
+        # As InlineTun: after a call that did not wait, yield once so that a busy TUN does
+        # not starve the caller's other tasks.
+        if self._busy:
+            await asyncio.sleep(0)
+        self._busy = True
+        while not self._inbound:
+            self._check_open()
+            self._busy = False
+            event = self._readable = self._readable or asyncio.Event()
+            event.clear()
+            await event.wait()
+        self._check_open()
+        n = min(max, len(self._inbound))
+        out = [self._inbound.popleft() for _ in range(n)]
+        c = self._counters
+        c.rx_packets += n
+        c.rx_frames += n
+        c.rx_batches += 1
+        c.rx_bytes += sum(map(len, out))
+        return out
+
+    # --- send ---
+
+    def _room_left(self) -> int:
+        return self.capacity - len(self.held)
+
+    async def send_ready(self) -> None:
+        """Return when at least one packet can be queued; TunClosed if closed meanwhile."""
+        self._check_open()
+        if self._room_left() <= 0:
+            self.waited_for_room += 1
+        while self._room_left() <= 0:
+            event = self._room = self._room or asyncio.Event()
+            event.clear()
+            await event.wait()
+            self._check_open()
+
+    def send(self, packet: bytes) -> None:
+        """Queue one packet; QueueFull when there is no room (exactly when `send_ready()`
+        would wait)."""
+        self._check_open()
+        if self._room_left() <= 0:
+            self._counters.refused += 1
+            raise QueueFull(f"TUN {self.name!r}: {self.capacity} packets already queued")
+        self._take([packet])
+
+    def send_many(self, packets: Sequence[bytes]) -> int:
+        """Queue as many of `packets` as fit, in order; return how many were taken (the rest
+        count as refused). Never blocks."""
+        self._check_open()
+        taken = list(packets[: max(0, self._room_left())])
+        self._counters.refused += len(packets) - len(taken)
+        if taken:
+            self._take(taken)
+        return len(taken)
+
+    def _take(self, packets: list[bytes]) -> None:
+        self.held.extend(packets)
+        c = self._counters
+        c.tx_packets += len(packets)
+        c.tx_frames += len(packets)
+        c.tx_batches += 1
+        c.tx_bytes += sum(map(len, packets))
+
+    # --- stats, close ---
+
+    def stats(self) -> TunStats:
+        return TunStats(name=self.name, queues=(self._counters.snapshot(0),))
+
+    def close(self) -> None:
+        """Waiters raise TunClosed; packets not drained yet count as dropped ("closed").
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.held:
+            count(self._counters.tx_drops, "closed", len(self.held))
+            self.held.clear()
+        for event in (self._readable, self._room):
+            if event is not None:
+                event.set()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
