@@ -159,6 +159,35 @@ def test_offload_codec_decodes_frames_and_keeps_leftovers() -> None:
         f.close()
 
 
+def test_frames_the_codec_drops_show_in_stats() -> None:
+    """Regression (#15): frames the offload decoder dropped were counted only inside the
+    codec, so TunStats showed no drop at all. They now appear among rx_drops by reason."""
+    f = Fake(codecs=[OffloadCodec(), OffloadCodec()], queues=2)
+    try:
+        good = udp4(5, 1)
+        f.peer.send(VNET_HDR.pack(0, GSO_NONE, 0, 0, 0, 0) + good)
+        f.peer.send(b"\x01" * 5)  # short_frame
+        f.peers[1].send(VNET_HDR.pack(0, 1, 0, 0, 20, 16) + good)  # TCPv4 GSO, gso_size 0
+
+        async def main() -> list[bytes]:
+            got: list[bytes] = []
+            for _ in range(20):
+                got += await asyncio.wait_for(f.tun.recv_many(8), 2)
+                stats = f.tun.stats()
+                if stats.total.rx_frames >= 3:
+                    break
+            return got
+
+        assert asyncio.run(main()) == [good]
+        stats = f.tun.stats()
+        assert dict(stats.queues[0].rx_drops) == {"short_frame": 1}
+        assert dict(stats.queues[1].rx_drops) == {"bad_gso": 1}
+        assert dict(stats.total.rx_drops) == {"short_frame": 1, "bad_gso": 1}
+        assert stats.total.dropped == 2
+    finally:
+        f.close()
+
+
 async def _send(tun: InlineTun, packets: list[bytes]) -> int:
     return tun.send_many(packets)
 

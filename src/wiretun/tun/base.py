@@ -4,14 +4,15 @@ foreign queues), the statistics snapshot and the context-manager protocol."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
 
 from wiretun.tun.codec import Codec, packet_offset
 from wiretun.tun.device import LinkInfo, LinkProbe
 from wiretun.tun.errors import InvalidPacket, TunClosed
-from wiretun.tun.stats import QueueCounters, TunStats
+from wiretun.tun.stats import QueueCounters, QueueStats, TunStats, merge_drops
 
 if TYPE_CHECKING:  # not at run time: wiretun.tun.gso pulls in numpy, plain TUNs need none
     from wiretun.tun.gso import OffloadStats
@@ -85,7 +86,7 @@ class TunBase:
         self, name: str, probe: LinkProbe | None, codecs: Sequence[Codec] | None = None
     ) -> None:
         self._name = name
-        self._codecs: tuple[Codec, ...] = tuple(codecs or ())
+        self._codecs = list(codecs) if codecs else []
         # Where the IP packet starts in what we send and receive (a frames codec: 10).
         self._offset = packet_offset(codecs[0]) if codecs else 0
         # Whether the kernel took UDP segmentation offload (USO) for this device.
@@ -152,7 +153,7 @@ class TunBase:
             self._check_link()
         return TunStats(
             name=self._name,
-            queues=tuple(q.counters.snapshot(q.index) for q in self._qs),
+            queues=tuple(self._queue_stats(q) for q in self._qs),
             foreign_queues=self._foreign,
             foreign_seen=self._foreign_seen,
             kernel_dropped=self._kernel_dropped,
@@ -162,6 +163,16 @@ class TunBase:
         """A copy of each queue codec's offload counters (splits, merges and the frames it
         dropped, by reason); empty without offload."""
         return [_copy(stats) for c in self._codecs if (stats := getattr(c, "stats", None))]
+
+    def _queue_stats(self, q: CountedQueue) -> QueueStats:
+        """A queue's counters with the frames its codec dropped (by the decoder's reasons,
+        e.g. too_many_segments) among the rx drops: a drop nobody can see is a silent one."""
+        snap = q.counters.snapshot(q.index)
+        codec = self._codecs[q.index] if q.index < len(self._codecs) else None
+        dropped: Mapping[str, int] | None = getattr(getattr(codec, "stats", None), "dropped", None)
+        if not dropped:
+            return snap
+        return replace(snap, rx_drops=merge_drops([snap.rx_drops, dict(dropped)]))
 
     def close(self) -> None:
         raise NotImplementedError

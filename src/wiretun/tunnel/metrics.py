@@ -77,12 +77,12 @@ def metrics_of(s: TunnelStats) -> Iterator[Metric]:
 
     drops = CounterMetricFamily(
         "wiretun_drops",
-        "Packets or datagrams dropped, by layer (core, frames, loop, udp, tun_rx, tun_tx, "
-        "offload) and reason; every core reason is present, zeros included",
+        "Packets or datagrams dropped, by layer (core, frames, loop, udp, tun_rx, tun_tx) "
+        "and reason; every core reason is present, zeros included",
         labels=["interface", "layer", "reason"],
     )
     for reason, n in s.core_drops.items():
-        drops.add_metric([s.name, "core", str(reason)], n)
+        drops.add_metric([s.name, "core", reason.value], n)
     for key, n in s.drops.items():
         layer, _, what = key.partition(".")
         if layer != "core":

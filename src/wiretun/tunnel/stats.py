@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -72,8 +73,8 @@ class OffloadCounters:
 class TunnelStats:
     """Everything a Tunnel counts, at `taken_at` (wall clock). Drops by layer:
     `core_drops` (every DropReason, zeros included), `frame_drops` (TUN frames the core's
-    offload split refused), `loop.drops`, `udp.drops`, the TUN's `tx_drops`/`rx_drops` and
-    the offload codecs' `offload.drops`."""
+    offload split refused), `loop.drops`, `udp.drops`, the TUN's `tx_drops`/`rx_drops`
+    (its `rx_drops` include what the offload codecs dropped: `offload.drops` again, alone)."""
 
     name: str
     public_key: str
@@ -98,7 +99,7 @@ class TunnelStats:
     @property
     def drops(self) -> dict[str, int]:
         """Every non-zero drop count, keyed "layer.reason" (core, frames, loop, udp, tun_rx,
-        tun_tx, offload): one place to look for where packets went."""
+        tun_tx): one place to look for where packets went."""
         total = self.tun.total
         out: dict[str, int] = {}
         for layer, counts in (
@@ -108,11 +109,10 @@ class TunnelStats:
             ("udp", self.udp.drops),
             ("tun_rx", total.rx_drops),
             ("tun_tx", total.tx_drops),
-            ("offload", self.offload.drops),
         ):
             for reason, n in counts.items():
                 if n:
-                    out[f"{layer}.{reason}"] = n
+                    out[f"{layer}.{_key(reason)}"] = n
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -146,7 +146,7 @@ def peer_counters(device: Device, now_wall: float) -> tuple[PeerCounters, ...]:
 
 def core_drops(drops: Mapping[str, int]) -> Mapping[DropReason, int]:
     """Every reason, zeros included (a dashboard wants the series before the first drop)."""
-    return MappingProxyType({reason: drops.get(reason, 0) for reason in DropReason})
+    return MappingProxyType({reason: drops.get(reason.value, 0) for reason in DropReason})
 
 
 def format_endpoint(endpoint: tuple[str, int]) -> str:
@@ -154,11 +154,15 @@ def format_endpoint(endpoint: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _key(key: object) -> str:
+    return str(key.value) if isinstance(key, Enum) else str(key)
+
+
 def _plain(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {_key(k): _plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     if isinstance(value, bytes):

@@ -307,6 +307,8 @@ class Tunnel:
                     f"cannot create the UAPI socket {uapi.path}: {e.strerror} "
                     f"(needs root, or write access to {opts.socket_dir})"
                 ) from e
+            except OSError as e:  # e.g. an untrusted socket directory
+                raise TunnelError(f"{name}: cannot create the UAPI socket: {e}") from e
             self._uapi = uapi
             self._stack.push_async_callback(uapi.close)
             hooks.step(f"uapi {uapi.path}")
@@ -482,7 +484,8 @@ class Tunnel:
         if self._udp is not None:
             log.info("udp %s", self._udp.stats())
         if self._device is not None:
-            log.info("core drops %s", self._device.stats().drops)
+            core = self._device.stats()
+            log.info("core drops %s, TUN frame drops %s", core.drops, core.frame_drops)
         if self._tun is not None:
             log.info("tun %s", self._tun.stats().total)
 

@@ -4,8 +4,9 @@ The interface itself is a `wiretun.tunnel.Tunnel`; this module is what a command
 it: arguments, the privilege check, wg-quick's hooks, DNS and SaveConfig (`WgQuickHooks`),
 the record of rules and nftables tables a crash would leave (removed by the next `up` of the
 same interface), the pid file `wiretun down` reads, signals, `--background`, exit codes.
-It runs in the foreground until SIGINT/SIGTERM, until its UAPI socket is removed or until
-its TUN device disappears, printing what it sets up as wg-quick does ("[#] ..." on stderr).
+It runs in the foreground until SIGINT/SIGTERM (SIGHUP too, unless ignored at start), until
+its UAPI socket is removed or until its TUN device disappears, printing what it sets up as
+wg-quick does ("[#] ..." on stderr).
 
 Imports stay light at module level: `wiretun up --help` needs none of the tunnel.
 """
@@ -148,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.queues <= 64:
         print(f"wiretun up: --queues must be 1..64, not {args.queues}", file=sys.stderr)
         return EXIT_CONFIG
+    from wiretun.tunnel.hardening import harden_process  # noqa: PLC0415
+
+    harden_process()  # before the private key is read
     try:
         config = load_config(args.config, name=name)
     except ConfigError as e:
@@ -181,18 +185,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start_background(args: argparse.Namespace, name: str) -> int:
-    """Re-execute in the foreground, detached, and wait for its 'ready' on a pipe."""
-    from wiretun.tunnel.detach import start_detached  # noqa: PLC0415
+    """Re-execute in the foreground, detached, and wait for its 'ready' on a pipe (safely:
+    wiretun.tunnel.detach.module_command; the child runs in `/`, so the config path is made
+    absolute here, SaveConfig writes back to the same file). The child is told the config's
+    warnings were printed here (--warned), so they are said once."""
+    from wiretun.tunnel.detach import module_command, start_detached  # noqa: PLC0415
 
-    cmd = [sys.executable, "-m", "wiretun"]
-    cmd += ["-v"] * int(getattr(args, "verbose", 0) or 0)
-    cmd += ["up", args.config, "--interface", name, "--queues", str(args.queues), "--warned"]
-    cmd += ["--offload" if args.offload else "--no-offload"]
-    cmd += ["--tun-threads" if args.tun_threads else "--no-tun-threads"]
+    argv = ["-v"] * int(getattr(args, "verbose", 0) or 0)
+    argv += ["up", os.path.abspath(args.config), "--interface", name, "--warned"]
+    argv += ["--queues", str(args.queues), "--offload" if args.offload else "--no-offload"]
+    argv += ["--tun-threads" if args.tun_threads else "--no-tun-threads"]
     if args.metrics is not None:
         host, port = args.metrics
-        cmd += ["--metrics", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    up, child, code = start_detached(cmd)
+        argv += ["--metrics", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    up, child, code = start_detached(module_command("wiretun", argv))
     if up:
         print(f"wiretun: {name} is up (pid {child.pid})")
     return code
@@ -215,10 +221,23 @@ def _signal_ready(fd: int | None, keep_output: bool = False) -> None:
 # -- the tunnel, with wg-quick's additions ---------------------------------------------------
 
 
+def _stop_signals() -> list[int]:
+    """SIGINT, SIGTERM and SIGHUP stop the tunnel, with its teardown. SIGHUP is what ends
+    wireguard-go too (a Go program exits on it: device gone, socket left behind); like it, a
+    SIGHUP ignored when we were started (`nohup`) stays ignored."""
+    import signal  # noqa: PLC0415
+
+    sigs: list[int] = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        sigs.append(signal.SIGHUP)
+    return sigs
+
+
 def _write_pid_file(name: str) -> None:
     from wiretun.tunnel.pidfile import write_pid_file  # noqa: PLC0415
+    from wiretun.tunnel.runfiles import ensure_dir  # noqa: PLC0415
 
-    os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+    ensure_dir(RUN_DIR)  # UapiServer.start checked it already; this is its own guard
     write_pid_file(pid_path(name))  # pid and start time: `down` checks both before signalling
 
 
@@ -371,8 +390,10 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
     import asyncio  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
+    from wiretun.tunnel.hardening import harden_process  # noqa: PLC0415
     from wiretun.tunnel.tunnel import Tunnel, TunnelError, TunnelOptions  # noqa: PLC0415
 
+    harden_process()  # wiretun-go comes here directly; keys arrive over UAPI
     hooks = wg_quick_hooks(config, opts)
     tunnel = Tunnel(
         config,
@@ -382,8 +403,8 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
         hooks=hooks,
     )
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, tunnel.stop, sig.name)
+    for sig in _stop_signals():
+        loop.add_signal_handler(sig, tunnel.stop, signal.Signals(sig).name)
     try:
         await tunnel.start()
     except TunnelError as e:

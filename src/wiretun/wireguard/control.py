@@ -29,12 +29,16 @@ from wiretun.wireguard.messages import (
 )
 from wiretun.wireguard.peer import Peer
 from wiretun.wireguard.session import Keypair
+from wiretun.wireguard.stats import DropReason
 from wiretun.wireguard.timers import HANDSHAKE_INITIATION_RATE, REKEY_TIMEOUT
 
 if TYPE_CHECKING:
-    from wiretun.wireguard.device import Buffer, Device
+    from wiretun.wireguard.device import Device
+    from wiretun.wireguard.session import Buffer
 
-UNDER_LOAD_HANDSHAKES: Final = 128  # per second, before the Device calls itself under load
+# More handshake messages with a valid mac1 than this within one second put the Device
+# under load as well (besides the queue's backlog): a steady flood that never backs up.
+UNDER_LOAD_HANDSHAKES: Final = 128
 UNDER_LOAD_HOLD: Final = 1.0
 
 
@@ -55,52 +59,64 @@ def _note_handshake_load(dev: Device, now: float) -> None:
         dev._load_count = 0
     dev._load_count += 1
     if dev._load_count > UNDER_LOAD_HANDSHAKES:
-        dev._loaded_until = now + UNDER_LOAD_HOLD
+        dev._handshakes.hold_load(now)
 
 
-def receive_control(
-    dev: Device, datagram: Buffer, src: Endpoint, now: float, seen: dict[Peer, Seen]
-) -> None:
+_EXPECTED_SIZE: Final = {
+    MSG_INITIATION: INITIATION_SIZE,
+    MSG_RESPONSE: RESPONSE_SIZE,
+    MSG_COOKIE_REPLY: COOKIE_REPLY_SIZE,
+    MSG_TRANSPORT: TRANSPORT_MIN_SIZE,
+}
+
+
+def queue_control(dev: Device, datagram: Buffer, src: Endpoint) -> None:
+    """The cheap checks (type, size) at once; a message that passes waits (copied) in the
+    handshake queue for `process_control`, or is dropped if the queue is full."""
     drops = dev._drops
     n = len(datagram)
     if n < 4:
-        drops["bad_size"] += 1
+        drops.add(DropReason.BAD_SIZE)
         return
-    data = bytes(datagram)
-    kind = int.from_bytes(data[:4], "little")
-    expected = {
-        MSG_INITIATION: INITIATION_SIZE,
-        MSG_RESPONSE: RESPONSE_SIZE,
-        MSG_COOKIE_REPLY: COOKIE_REPLY_SIZE,
-        MSG_TRANSPORT: TRANSPORT_MIN_SIZE,
-    }.get(kind)
+    kind = int.from_bytes(datagram[:4], "little")
+    expected = _EXPECTED_SIZE.get(kind)
     if expected is None:
-        drops["bad_type"] += 1
+        drops.add(DropReason.BAD_TYPE)
         return
-    if n != expected:  # transport messages only get here when shorter than 32
-        drops["bad_size"] += 1
+    if n != expected or kind == MSG_TRANSPORT:  # transport messages get here when < 32
+        drops.add(DropReason.BAD_SIZE)
         return
+    if not dev._handshakes.push(bytes(datagram), (src[0], src[1])):
+        drops.add(DropReason.HANDSHAKE_QUEUE_FULL)
+
+
+def process_control(
+    dev: Device, data: bytes, src: Endpoint, now: float, seen: dict[Peer, Seen]
+) -> None:
+    """One queued handshake or cookie message (its type and size are known good)."""
+    drops = dev._drops
+    kind = data[0]
     if kind == MSG_COOKIE_REPLY:
         _receive_cookie_reply(dev, data, now)
         return
     if not dev._checker.check_mac1(data):
-        drops["mac1"] += 1
+        drops.add(DropReason.MAC1)
         return
     _note_handshake_load(dev, now)
     if dev.is_under_load(now):
         try:
             ip = ipaddress.ip_address(src[0]).packed
         except ValueError:
-            drops["bad_endpoint"] += 1
+            drops.add(DropReason.BAD_ENDPOINT)
             return
         if not dev._checker.check_mac2(data, source_bytes(ip, src[1]), now):
             sender = int.from_bytes(data[4:8], "little")
             reply = dev._checker.create_reply(data, sender, source_bytes(ip, src[1]), now)
             dev._queue((src[0], src[1]), reply)
-            drops["cookie_sent"] += 1
+            drops.add(DropReason.COOKIE_SENT)
             return
         if not dev._limiter.allow(ip, now):
-            drops["rate_limited"] += 1
+            drops.add(DropReason.RATE_LIMITED)
             return
     if kind == MSG_INITIATION:
         _receive_initiation(dev, data, src, now, seen)
@@ -114,11 +130,11 @@ def _receive_cookie_reply(dev: Device, data: bytes, now: float) -> None:
     if peer is None:
         entry = dev._index.keypairs.get(reply.receiver)
         if entry is None:
-            dev._drops["unknown_index"] += 1
+            dev._drops.add(DropReason.UNKNOWN_INDEX)
             return
         peer = entry[1]
     if not peer.cookie.consume_reply(reply, now):
-        dev._drops["cookie_invalid"] += 1
+        dev._drops.add(DropReason.COOKIE_INVALID)
 
 
 def _receive_initiation(
@@ -128,17 +144,17 @@ def _receive_initiation(
     try:
         hs = consume_initiation(dev._identity, Initiation.unpack(data))
     except WireGuardError:
-        drops["handshake_failed"] += 1
+        drops.add(DropReason.HANDSHAKE_FAILED)
         return
     peer = dev._peers.get(hs.remote_static)
     if peer is None:
-        drops["unknown_peer"] += 1
+        drops.add(DropReason.UNKNOWN_PEER)
         return
     if hs.timestamp <= peer.last_timestamp:
-        drops["handshake_replay"] += 1
+        drops.add(DropReason.HANDSHAKE_REPLAY)
         return
     if now - peer.last_initiation_at < HANDSHAKE_INITIATION_RATE:
-        drops["handshake_flood"] += 1
+        drops.add(DropReason.HANDSHAKE_FLOOD)
         return
     peer.last_timestamp = hs.timestamp
     peer.last_initiation_at = now
@@ -148,7 +164,7 @@ def _receive_initiation(
     try:
         message, keys = hs.create_response(peer.preshared_key, index, rng=dev._rng)
     except WireGuardError:
-        drops["handshake_failed"] += 1
+        drops.add(DropReason.HANDSHAKE_FAILED)
         return
     kp = Keypair(
         keys.send_key,
@@ -179,12 +195,12 @@ def _receive_response(
     peer = dev._index.pending.get(response.receiver)
     hs = None if peer is None else peer.handshake
     if peer is None or hs is None:
-        dev._drops["unknown_index"] += 1
+        dev._drops.add(DropReason.UNKNOWN_INDEX)
         return
     try:
         keys = hs.consume_response(response)
     except WireGuardError:
-        dev._drops["handshake_failed"] += 1
+        dev._drops.add(DropReason.HANDSHAKE_FAILED)
         return
     del dev._index.pending[response.receiver]
     peer.handshake = None
@@ -227,14 +243,36 @@ def handshake_complete(dev: Device, peer: Peer, kp: Keypair, now: float) -> None
 
 
 def send_initiation(dev: Device, peer: Peer, now: float, *, retry: bool) -> None:
+    """Start a handshake with `peer` unless one went out less than REKEY_TIMEOUT ago; when
+    the pacer has no token the peer waits its turn (`release_initiations`)."""
     if peer.endpoint is None:
-        dev._drops["no_endpoint"] += 1
+        dev._drops.add(DropReason.NO_ENDPOINT)
         return
-    timers = peer.timers
     if not retry:
-        timers.handshake_attempts = 0
+        peer.timers.handshake_attempts = 0
     if now - peer.handshake_sent_at < REKEY_TIMEOUT:
         return
+    if dev._pacer.admit(peer, now):
+        _create_initiation(dev, peer, now)
+
+
+def release_initiations(dev: Device, now: float) -> None:
+    """Create the initiations that waited for the pacer, first come first, while tokens
+    last. A peer that no longer needs one (it has no endpoint any more, or a handshake went
+    out meanwhile) leaves the queue without spending a token."""
+    pacer = dev._pacer
+    while (peer := pacer.first_waiting()) is not None:
+        if peer.endpoint is None or now - peer.handshake_sent_at < REKEY_TIMEOUT:
+            pacer.discard(peer)
+            continue
+        if not pacer.take_for_first(now):
+            return
+        _create_initiation(dev, peer, now)
+
+
+def _create_initiation(dev: Device, peer: Peer, now: float) -> None:
+    assert peer.endpoint is not None
+    timers = peer.timers
     dev._forget_pending(peer)
     index = dev._index.new_index()
     try:
@@ -247,7 +285,7 @@ def send_initiation(dev: Device, peer: Peer, now: float, *, retry: bool) -> None
             rng=dev._rng,
         )
     except WireGuardError:
-        dev._drops["handshake_failed"] += 1
+        dev._drops.add(DropReason.HANDSHAKE_FAILED)
         return
     peer.handshake_sent_at = now
     peer.handshake = hs

@@ -19,8 +19,10 @@ from wiretun.wireguard.keys import key_to_base64
 from wiretun.wireguard.session import Keypair
 from wiretun.wireguard.timers import PeerTimers
 
-MAX_STAGED_PACKETS: Final = 1024
-"""Packets kept per peer while waiting for a session; older ones are dropped first."""
+MAX_STAGED_PACKETS: Final = 128
+"""Packets kept per peer while waiting for a session; older ones are dropped first (and
+counted as ``queue_full``). wireguard-go's QueueStagedSize and the kernel's
+MAX_STAGED_PACKETS are 128 too: more only holds memory for a handshake that may never come."""
 
 
 def check_key(name: str, key: bytes) -> bytes:
@@ -117,12 +119,12 @@ class Peer:
                 yield kp
 
     def stage(self, packet: bytes) -> int:
-        """Queue a packet until a session exists; returns how many old ones were dropped."""
+        """Queue a packet until a session exists; returns how many old packets were dropped
+        (a pending keepalive, b"", makes room without counting: it carried no data)."""
         staged = self.staged
         dropped = 0
         if len(staged) >= MAX_STAGED_PACKETS:
-            staged.popleft()
-            dropped = 1
+            dropped = 1 if staged.popleft() else 0
         staged.append(packet)
         return dropped
 

@@ -1,18 +1,19 @@
-"""What a Device counts: the drop reasons and the snapshot `Device.stats()` returns."""
+"""What a Device counts: the drop reasons, their counters and the snapshot `Device.stats()`
+returns."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Final
 
 from wiretun.wireguard.events import Endpoint
 from wiretun.wireguard.keys import keyed_repr
 
 
-class DropReason(StrEnum):
-    """Why the core dropped something: the keys of `DeviceStats.drops` (a StrEnum member
-    equals and hashes as its string, so either indexes the counts)."""
+class DropReason(enum.Enum):
+    """Why the core dropped something. The only keys `Drops` accepts, so the reasons in
+    `stats().drops` are always these (their values), never a typo made at a call site."""
 
     BAD_SIZE = "bad_size"  # wrong length for its type
     BAD_TYPE = "bad_type"  # unknown message type
@@ -26,6 +27,8 @@ class DropReason(StrEnum):
     UNKNOWN_PEER = "unknown_peer"  # initiation from a static key we do not know
     HANDSHAKE_REPLAY = "handshake_replay"  # initiation timestamp not newer than the last one
     HANDSHAKE_FLOOD = "handshake_flood"  # initiations from one peer less than 20 ms apart
+    # a handshake or cookie message found 1024 waiting: not looked at
+    HANDSHAKE_QUEUE_FULL = "handshake_queue_full"
     COOKIE_INVALID = "cookie_invalid"  # cookie reply did not decrypt
     REPLAY = "replay"  # transport counter already seen or outside the window
     DECRYPT = "decrypt"  # transport message did not authenticate
@@ -42,6 +45,28 @@ class DropReason(StrEnum):
 
 
 DROP_REASONS: Final = tuple(reason.value for reason in DropReason)
+
+
+class Drops:
+    """Drop counters by `DropReason` (anything else is a TypeError, not a new key)."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[DropReason, int] = {}
+
+    def add(self, reason: DropReason, n: int = 1) -> None:
+        if type(reason) is not DropReason:
+            raise TypeError(f"drops are counted by DropReason, not {reason!r}")
+        counts = self._counts
+        counts[reason] = counts.get(reason, 0) + n
+
+    def count(self, reason: DropReason) -> int:
+        return self._counts.get(reason, 0)
+
+    def snapshot(self) -> dict[str, int]:
+        """{reason value: count} for the reasons seen (what `DeviceStats.drops` holds)."""
+        return {reason.value: n for reason, n in self._counts.items() if n}
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -65,3 +90,5 @@ class DeviceStats:
     handshakes_completed: int
     # TUN frames `send_frames` dropped by the offload decoder's reasons (wiretun.tun.gso).
     frame_drops: dict[str, int] = field(default_factory=dict)
+    handshakes_queued: int = 0  # received handshake messages waiting for process_handshakes
+    initiations_waiting: int = 0  # peers whose initiation waits for the pacer
