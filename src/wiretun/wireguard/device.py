@@ -60,6 +60,7 @@ from wiretun.wireguard.events import (
 )
 from wiretun.wireguard.handshake import StaticIdentity
 from wiretun.wireguard.handshaker import UNDER_LOAD_HANDSHAKES, UNDER_LOAD_HOLD, Handshaker
+from wiretun.wireguard.keys import key_to_base64
 from wiretun.wireguard.messages import MSG_TRANSPORT, TRANSPORT_MIN_SIZE
 from wiretun.wireguard.outbox import Outbox
 from wiretun.wireguard.peer import Peer, check_endpoint, check_keepalive, check_key
@@ -183,7 +184,7 @@ class Device:
         try:
             return self._peers[public_key]
         except KeyError:
-            raise KeyError(f"no peer with public key {public_key.hex()}") from None
+            raise KeyError(f"no peer with public key {key_to_base64(public_key)}") from None
 
     def set_private_key(self, private_key: bytes) -> None:
         """Change identity; a peer whose public key is our new one is removed, as wg does.
@@ -214,7 +215,7 @@ class Device:
         """Add a peer (ValueError if it exists or is ourselves)."""
         public_key = check_key("public key", public_key)
         if public_key in self._peers:
-            raise ValueError(f"peer {public_key.hex()} already exists")
+            raise ValueError(f"peer {key_to_base64(public_key)} already exists")
         if public_key == self._handshaker.identity.public:
             raise ValueError("a peer cannot have the device's own public key")
         nets = [parse_network(n) for n in allowed_ips]

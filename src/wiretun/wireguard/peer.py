@@ -16,6 +16,7 @@ from wiretun.wireguard.cookie import CookieGenerator
 from wiretun.wireguard.crypto import KEY_LEN
 from wiretun.wireguard.events import Endpoint, PeerEndpointChanged
 from wiretun.wireguard.handshake import InitiatorHandshake
+from wiretun.wireguard.keys import key_to_base64
 from wiretun.wireguard.session import Keypair
 from wiretun.wireguard.timers import PeerTimers
 
@@ -102,7 +103,7 @@ class Peer:
         self.last_handshake: float | None = None  # wall-clock seconds
 
     def __repr__(self) -> str:
-        return f"Peer({self.public_key.hex()[:16]}…, endpoint={self.endpoint})"
+        return f"Peer({key_to_base64(self.public_key)}, endpoint={self.endpoint})"
 
     @property
     def persistent_keepalive(self) -> int:
