@@ -132,6 +132,31 @@ def test_dual_stack_same_port() -> None:
         b.close()
 
 
+def test_truncated_datagram_is_dropped_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A datagram larger than the receive buffer comes back with MSG_TRUNC: it is dropped
+    # (and counted), the next one is received, and sources are (host, port) in both families.
+    monkeypatch.setattr(udp, "RECV_BUFFER", 64)
+    b = UdpBind.open(host4="127.0.0.1", host6="::1")
+    a4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        a4.sendto(b"x" * 100, ("127.0.0.1", b.port))
+        a4.sendto(b"small", ("127.0.0.1", b.port))
+        a6.sendto(b"six", ("::1", b.port))
+        got = _recv_all(b, 2)
+        assert sorted(p for p, _ in got) == [b"six", b"small"]
+        assert sorted(ep for _, ep in got) == [
+            ("127.0.0.1", a4.getsockname()[1]),
+            ("::1", a6.getsockname()[1]),
+        ]
+        assert b.stats().drops == {"recv_truncated": 1}
+        assert b.stats().datagrams_received == 2
+    finally:
+        a4.close()
+        a6.close()
+        b.close()
+
+
 def test_ipv4_flood_does_not_starve_ipv6() -> None:
     b = UdpBind.open(host4="127.0.0.1", host6="::1")
     b.disable_gro()
