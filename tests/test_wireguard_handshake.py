@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from wiretun.lab.netns import Topology
 from wiretun.wireguard.cookie import CookieChecker, CookieGenerator
-from wiretun.wireguard.crypto import aead_open, aead_seal, blake2s_hash, tai64n
+from wiretun.wireguard.crypto import X25519Key, aead_open, aead_seal, blake2s_hash, tai64n
 from wiretun.wireguard.errors import HandshakeError
 from wiretun.wireguard.handshake import (
     CONSTRUCTION,
@@ -24,6 +24,7 @@ from wiretun.wireguard.handshake import (
     SessionKeys,
     StaticIdentity,
     SymmetricState,
+    UnknownStaticKeyError,
     consume_initiation,
     initial_state,
     read_message1,
@@ -44,6 +45,8 @@ from wiretun.wireguard.messages import (
 # cacophony Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s (mcginty/snow tests/vectors/cacophony.txt),
 # copied from /work/shared/design/noise_ikpsk2_vectors.json.
 VECTOR_FILE = Path(__file__).parent / "vectors" / "noise_ikpsk2_vectors.json"
+# WireGuard messages between fixed keys, as wiretun made them before its DH shortcuts.
+PINNED_FILE = Path(__file__).parent / "vectors" / "wireguard_handshake_pinned.json"
 
 
 def _vector() -> dict[str, Any]:
@@ -101,6 +104,144 @@ def test_cacophony_ikpsk2_vector_byte_exact() -> None:
         key = i_send if n % 2 == 0 else i_recv
         assert aead_seal(key, n // 2, payload, b"") == ciphertext
         assert aead_open(key, n // 2, ciphertext, b"") == payload
+
+
+def test_cacophony_vector_with_loaded_keys_and_precomputed_static_static() -> None:
+    # The shortcuts the device uses (keys loaded once, ss handed in) give the same bytes.
+    v = _vector()
+    h = bytes.fromhex
+    msgs = [(h(m["payload"]), h(m["ciphertext"])) for m in v["messages"]]
+    prologue, psk = h(v["init_prologue"]), h(v["init_psks"][0])
+    init = StaticIdentity.from_private(h(v["init_static"]))
+    resp = StaticIdentity.from_private(h(v["resp_static"]))
+    init_eph, resp_eph = X25519Key(h(v["init_ephemeral"])), X25519Key(h(v["resp_ephemeral"]))
+    ss = init.static_static(resp.public)
+    assert ss == resp.static_static(init.public)
+
+    si = initial_state(resp.public, prologue)
+    e, sealed_s, sealed_p = write_message1(
+        si, init, resp.public, init_eph, msgs[0][0], static_static=ss
+    )
+    assert e + sealed_s + sealed_p == msgs[0][1]
+    sr = initial_state(resp.public, prologue)
+    ct = msgs[0][1]
+    asked: list[bytes] = []
+
+    def known(key: bytes) -> bytes:
+        asked.append(key)
+        return ss
+
+    got = read_message1(sr, resp, ct[:32], ct[32:80], ct[80:], static_static=known)
+    assert got == (init.public, msgs[0][0])
+    assert asked == [init.public]
+    e2, sealed2 = write_message2(
+        sr, resp_eph, remote_ephemeral=e, remote_static=init.public, psk=psk, payload=msgs[1][0]
+    )
+    assert e2 + sealed2 == msgs[1][1]
+    payload = read_message2(
+        si, init, ephemeral_private=init_eph, remote_ephemeral=e2, psk=psk, sealed_payload=sealed2
+    )
+    assert payload == msgs[1][0]
+    assert si.hash.hex() == v["handshake_hash"] and sr.hash == si.hash
+
+
+def _pinned() -> dict[str, Any]:
+    return dict(json.loads(PINNED_FILE.read_text()))
+
+
+@pytest.mark.parametrize("precomputed", [False, True])
+def test_wireguard_messages_match_the_pinned_vector(precomputed: bool) -> None:
+    v = _pinned()
+    h = bytes.fromhex
+    ini_id = StaticIdentity.from_private(h(v["initiator_private"]))
+    resp_id = StaticIdentity.from_private(h(v["responder_private"]))
+    ss = ini_id.static_static(resp_id.public) if precomputed else None
+    lookup = {ini_id.public: resp_id.static_static(ini_id.public)}.get if precomputed else None
+    for case in v["cases"]:
+        psk = None if case["psk"] is None else h(case["psk"])
+        ini = InitiatorHandshake.create(
+            ini_id, resp_id.public, psk, v["sender_index"], v["wall_time"],
+            ephemeral_private=h(v["initiator_ephemeral"]), static_static=ss,
+        )  # fmt: skip
+        assert ini.message.hex() == case["initiation"]
+        resp = consume_initiation(resp_id, Initiation.unpack(ini.message), static_static=lookup)
+        assert resp.timestamp == tai64n(v["wall_time"])
+        message, keys_r = resp.create_response(
+            psk, v["receiver_index"], ephemeral_private=h(v["responder_ephemeral"])
+        )
+        assert message.hex() == case["response"]
+        keys_i = ini.consume_response(Response.unpack(message))
+        assert ini.handshake_hash.hex() == case["handshake_hash"] == resp.handshake_hash.hex()
+        assert (keys_i.send_key.hex(), keys_i.recv_key.hex()) == (
+            case["initiator_send"],
+            case["initiator_recv"],
+        )
+        assert (keys_r.recv_key, keys_r.send_key) == (keys_i.send_key, keys_i.recv_key)
+
+
+class _ScalarMults:
+    """Counts X25519 scalar multiplications: each key load and each exchange is one."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.loads = self.exchanges = 0
+        load, exchange = X25519Key.__init__, X25519Key.exchange
+
+        def counted_load(key: X25519Key, private: bytes) -> None:
+            self.loads += 1
+            load(key, private)
+
+        def counted_exchange(key: X25519Key, public: bytes) -> bytes:
+            self.exchanges += 1
+            return exchange(key, public)
+
+        monkeypatch.setattr(X25519Key, "__init__", counted_load)
+        monkeypatch.setattr(X25519Key, "exchange", counted_exchange)
+
+    def take(self) -> tuple[int, int]:
+        got = (self.loads, self.exchanges)
+        self.loads = self.exchanges = 0
+        return got
+
+
+def test_handshake_scalar_multiplications(monkeypatch: pytest.MonkeyPatch) -> None:
+    # wireguard-go's costs: with the static keys loaded and ss precomputed, an initiation
+    # is 2 multiplications to make and 1 to read, a response 3 to make and 2 to read.
+    ss = ALICE.static_static(BOB.public)
+    known = {ALICE.public: BOB.static_static(ALICE.public)}.get
+    count = _ScalarMults(monkeypatch)
+    ini = InitiatorHandshake.create(ALICE, BOB.public, None, 1, WALL, static_static=ss)
+    assert count.take() == (1, 1)  # the ephemeral (and its public key), es
+    resp = consume_initiation(BOB, Initiation.unpack(ini.message), static_static=known)
+    assert count.take() == (0, 1)  # es
+    message, _ = resp.create_response(None, 2)
+    assert count.take() == (1, 2)  # the ephemeral, ee, se
+    ini.consume_response(Response.unpack(message))
+    assert count.take() == (0, 2)  # ee, se
+    # Without the precomputed ss each side computes it: one more multiplication.
+    ini = InitiatorHandshake.create(ALICE, BOB.public, None, 1, WALL)
+    assert count.take() == (1, 2)
+    consume_initiation(BOB, Initiation.unpack(ini.message))
+    assert count.take() == (0, 2)
+
+
+def test_initiation_from_a_static_key_that_is_no_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    carol = StaticIdentity.generate()
+    msg = Initiation.unpack(InitiatorHandshake.create(carol, BOB.public, None, 1, WALL).message)
+    known = {ALICE.public: BOB.static_static(ALICE.public)}.get
+    count = _ScalarMults(monkeypatch)
+    with pytest.raises(UnknownStaticKeyError) as caught:
+        consume_initiation(BOB, msg, static_static=known)
+    assert caught.value.remote_static == carol.public
+    assert isinstance(caught.value, HandshakeError)
+    assert count.take() == (0, 1)  # es only: no ss, the timestamp is not opened
+
+
+def test_static_identity_checks_its_key_and_hides_it() -> None:
+    with pytest.raises(ValueError, match="does not match"):
+        StaticIdentity(ALICE.private, BOB.public, ALICE.key)
+    assert ALICE.private.hex() not in repr(ALICE) + repr(ALICE.key)
+    assert ALICE.public.hex() in repr(ALICE.key)
+    assert StaticIdentity.from_private(ALICE.private) == ALICE
 
 
 def test_wireguard_initial_state_is_the_noise_initialisation() -> None:

@@ -140,3 +140,51 @@ def test_accept_checks_type_and_size_and_bounds_the_queue() -> None:
     assert b.drops.count(DropReason.HANDSHAKE_QUEUE_FULL) == 6
     assert b.handshaker.process(0.0, 24) == (1000, {})
     assert b.drops.snapshot()["mac1"] == 24
+
+
+def test_static_static_is_computed_once_per_peer_and_forgotten_with_it() -> None:
+    a, b, _, pa = two_sides()
+    stranger = side(9).public
+    assert b.handshaker.static_static(stranger) is None  # not a peer: nothing computed
+    ss = b.handshaker.static_static(a.public)
+    assert ss == a.handshaker.identity.static_static(b.public)  # the DH both sides share
+    assert b.handshaker.static_static(a.public) is ss  # kept, not recomputed
+    b.handshaker.forget(pa)
+    del b.peers[a.public]
+    assert b.handshaker.static_static(a.public) is None
+    # A new identity: every precomputed DH was made with the old key and goes.
+    before = a.handshaker.static_static(b.public)
+    a.handshaker.change_identity(side(5).handshaker.identity)
+    after = a.handshaker.static_static(b.public)
+    assert after is not None and after != before
+    assert after == a.handshaker.identity.static_static(b.public)
+
+
+def test_handshakes_after_an_identity_change_use_the_new_static_static() -> None:
+    a, b, pb, pa = two_sides()
+    a.handshaker.initiate(pb, 0.0, retry=False)
+    b.handshaker.accept(a.sent()[0], A)
+    b.handshaker.process(0.0)
+    assert pa.next is not None and len(b.sent()) == 1
+    # b takes a new key; a learns it as a new peer and initiates again.
+    b.handshaker.change_identity(side(6).handshaker.identity)
+    del a.peers[pb.public_key]
+    a.handshaker.forget(pb)
+    pb2 = Peer(b.public, AllowedIPs(), seeded_rng(7), endpoint=B)
+    a.peers[b.public] = pb2
+    a.handshaker.initiate(pb2, 10.0, retry=False)
+    b.handshaker.accept(a.sent()[0], A)
+    assert b.handshaker.process(10.0) == (0, {pa: A})
+    a.handshaker.accept(b.sent()[0], B)
+    a.handshaker.process(10.0)
+    assert pb2.current is not None and b.drops.snapshot() == {}
+
+
+def test_initiation_from_a_stranger_is_dropped_as_unknown_peer() -> None:
+    from scenarios.hostile import stranger_initiation
+
+    b = side(2)
+    b.handshaker.accept(stranger_initiation(b.public), A)
+    assert b.handshaker.process(0.0) == (0, {})
+    assert b.drops.snapshot() == {"unknown_peer": 1}
+    assert b.sent() == []

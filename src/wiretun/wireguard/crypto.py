@@ -25,6 +25,7 @@ __all__ = [
     "XNONCE_LEN",
     "AeadKey",
     "Rng",
+    "X25519Key",
     "aead_open",
     "aead_seal",
     "blake2s_hash",
@@ -74,21 +75,44 @@ def generate_private_key(rng: Rng = secrets.token_bytes) -> bytes:
     return _clamp(raw)
 
 
+class X25519Key:
+    """An X25519 private key loaded once, for every DH it takes part in.
+
+    Loading raw bytes costs a scalar multiplication (OpenSSL derives the public key then),
+    as much as a DH: a key used more than once (the static identity; an ephemeral, used for
+    its public key and two DHs) is kept as one of these, not as bytes.
+    """
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self, private: bytes) -> None:
+        try:
+            self._key = X25519PrivateKey.from_private_bytes(private)
+        except ValueError as exc:
+            raise CryptoError(f"bad private key: {exc}") from exc
+        self.public: bytes = self._key.public_key().public_bytes_raw()
+
+    def __repr__(self) -> str:
+        return f"X25519Key(public={self.public.hex()})"  # never the private half
+
+    def exchange(self, public: bytes) -> bytes:
+        """X25519(self, public); an all-zero result (low-order point) raises CryptoError."""
+        try:
+            return self._key.exchange(X25519PublicKey.from_public_bytes(public))
+        except ValueError as exc:  # wrong length, or cryptography refusing an all-zero secret
+            raise CryptoError(f"X25519 failed: {exc}") from exc
+
+
 def public_key(private: bytes) -> bytes:
     """The X25519 public key of `private`."""
-    try:
-        return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
-    except ValueError as exc:
-        raise CryptoError(f"bad private key: {exc}") from exc
+    return X25519Key(private).public
 
 
-def dh(private: bytes, public: bytes) -> bytes:
-    """X25519(private, public); an all-zero result (low-order point) raises CryptoError."""
-    try:
-        priv = X25519PrivateKey.from_private_bytes(private)
-        return priv.exchange(X25519PublicKey.from_public_bytes(public))
-    except ValueError as exc:  # wrong length, or cryptography refusing an all-zero secret
-        raise CryptoError(f"X25519 failed: {exc}") from exc
+def dh(private: bytes | X25519Key, public: bytes) -> bytes:
+    """X25519(private, public); an all-zero result (low-order point) raises CryptoError.
+    Raw bytes cost one more scalar multiplication than a loaded X25519Key."""
+    key = private if isinstance(private, X25519Key) else X25519Key(private)
+    return key.exchange(public)
 
 
 # --- BLAKE2s ------------------------------------------------------------------------------

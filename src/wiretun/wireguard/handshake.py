@@ -1,24 +1,31 @@
 """Noise IKpsk2 as WireGuard uses it: a generic symmetric state, the two message patterns,
-and the initiator/responder objects the device layer drives."""
+and the initiator/responder objects the device layer drives.
+
+DH costs: every private key is an `X25519Key` loaded once (the static identity's, each
+ephemeral's), and the static-static DH `ss`, the same for every handshake between two
+static keys, may be handed in precomputed (wireguard-go's precomputedStaticStatic). Then
+an initiation costs 2 scalar multiplications to create and 1 to consume, a response 3 to
+create and 2 to consume.
+"""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Self
 
 from wiretun.wireguard.crypto import (
     KEY_LEN,
     Rng,
+    X25519Key,
     aead_open,
     aead_seal,
     blake2s_hash,
-    dh,
     generate_private_key,
     kdf1,
     kdf2,
     kdf3,
-    public_key,
     tai64n,
 )
 from wiretun.wireguard.errors import CryptoError, HandshakeError, MessageError
@@ -31,7 +38,9 @@ __all__ = [
     "ResponderHandshake",
     "SessionKeys",
     "StaticIdentity",
+    "StaticStatic",
     "SymmetricState",
+    "UnknownStaticKeyError",
     "consume_initiation",
     "initial_state",
     "read_message1",
@@ -43,6 +52,18 @@ __all__ = [
 CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
 IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"  # the Noise prologue
 _NO_PSK = bytes(KEY_LEN)
+
+StaticStatic = Callable[[bytes], bytes | None]
+"""The responder's precomputed DH(local static, remote static) for a remote static key, or
+None when that key is not a peer (the initiation is then refused before any more DH)."""
+
+
+class UnknownStaticKeyError(HandshakeError):
+    """An initiation authenticated a static key that is no peer of ours (`remote_static`)."""
+
+    def __init__(self, remote_static: bytes) -> None:
+        super().__init__("initiation from a static key that is not a peer")
+        self.remote_static = remote_static
 
 
 @dataclass(slots=True)
@@ -102,14 +123,25 @@ class SymmetricState:
 
 @dataclass(frozen=True, slots=True)
 class StaticIdentity:
-    """A long-term X25519 key pair."""
+    """A long-term X25519 key pair, its private half loaded once (`key`) for every DH."""
 
     private: bytes = field(repr=False)
     public: bytes
+    key: X25519Key = field(repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.key.public != self.public:
+            raise ValueError("the key does not match the public key")
 
     @classmethod
     def from_private(cls, private: bytes) -> Self:
-        return cls(private, public_key(private))
+        key = X25519Key(private)
+        return cls(private, key.public, key)
+
+    def static_static(self, remote_static: bytes) -> bytes:
+        """DH(our static, `remote_static`): the same for every handshake with that peer,
+        so worth computing once per peer (CryptoError for a low-order key)."""
+        return self.key.exchange(remote_static)
 
     @classmethod
     def generate(cls, rng: Rng = secrets.token_bytes) -> Self:
@@ -140,20 +172,30 @@ def initial_state(responder_static: bytes, prologue: bytes = IDENTIFIER) -> Symm
     return state
 
 
+def _loaded(private: bytes | X25519Key) -> X25519Key:
+    return private if isinstance(private, X25519Key) else X25519Key(private)
+
+
 def write_message1(
     state: SymmetricState,
     local: StaticIdentity,
     remote_static: bytes,
-    ephemeral_private: bytes,
+    ephemeral_private: bytes | X25519Key,
     payload: bytes,
+    *,
+    static_static: bytes | None = None,
 ) -> tuple[bytes, bytes, bytes]:
-    """`-> e, es, s, ss` + payload: returns (ephemeral public, sealed static, sealed payload)."""
-    ephemeral = public_key(ephemeral_private)
+    """`-> e, es, s, ss` + payload: returns (ephemeral public, sealed static, sealed payload).
+    `static_static` is DH(local static, remote static) if already known."""
+    eph = _loaded(ephemeral_private)
+    ephemeral = eph.public
     state.mix_hash(ephemeral)
     state.mix_chain(ephemeral)
-    key = state.mix_key(dh(ephemeral_private, remote_static))
+    key = state.mix_key(eph.exchange(remote_static))
     sealed_static = state.encrypt_and_hash(key, local.public)
-    key = state.mix_key(dh(local.private, remote_static))
+    if static_static is None:
+        static_static = local.static_static(remote_static)
+    key = state.mix_key(static_static)
     sealed_payload = state.encrypt_and_hash(key, payload)
     return ephemeral, sealed_static, sealed_payload
 
@@ -164,20 +206,31 @@ def read_message1(
     remote_ephemeral: bytes,
     sealed_static: bytes,
     sealed_payload: bytes,
+    *,
+    static_static: StaticStatic | None = None,
 ) -> tuple[bytes, bytes]:
-    """Responder side of message 1: returns (initiator static public key, payload)."""
+    """Responder side of message 1: returns (initiator static public key, payload).
+    With `static_static`, ss comes from it and a key it does not know raises
+    UnknownStaticKeyError before the payload is touched; without, ss is computed."""
     state.mix_hash(remote_ephemeral)
     state.mix_chain(remote_ephemeral)
-    key = state.mix_key(dh(local.private, remote_ephemeral))
+    key = state.mix_key(local.key.exchange(remote_ephemeral))
     remote_static = state.decrypt_and_hash(key, sealed_static)
-    key = state.mix_key(dh(local.private, remote_static))
+    if static_static is None:
+        ss = local.static_static(remote_static)
+    else:
+        known = static_static(remote_static)
+        if known is None:
+            raise UnknownStaticKeyError(remote_static)
+        ss = known
+    key = state.mix_key(ss)
     payload = state.decrypt_and_hash(key, sealed_payload)
     return remote_static, payload
 
 
 def write_message2(
     state: SymmetricState,
-    ephemeral_private: bytes,
+    ephemeral_private: bytes | X25519Key,
     *,
     remote_ephemeral: bytes,
     remote_static: bytes,
@@ -185,11 +238,12 @@ def write_message2(
     payload: bytes,
 ) -> tuple[bytes, bytes]:
     """`<- e, ee, se, psk` + payload: returns (ephemeral public, sealed payload)."""
-    ephemeral = public_key(ephemeral_private)
+    eph = _loaded(ephemeral_private)
+    ephemeral = eph.public
     state.mix_hash(ephemeral)
     state.mix_chain(ephemeral)
-    state.mix_chain(dh(ephemeral_private, remote_ephemeral))
-    state.mix_chain(dh(ephemeral_private, remote_static))
+    state.mix_chain(eph.exchange(remote_ephemeral))
+    state.mix_chain(eph.exchange(remote_static))
     key = state.mix_key_and_hash(psk)
     return ephemeral, state.encrypt_and_hash(key, payload)
 
@@ -198,7 +252,7 @@ def read_message2(
     state: SymmetricState,
     local: StaticIdentity,
     *,
-    ephemeral_private: bytes,
+    ephemeral_private: bytes | X25519Key,
     remote_ephemeral: bytes,
     psk: bytes,
     sealed_payload: bytes,
@@ -206,8 +260,8 @@ def read_message2(
     """Initiator side of message 2: returns the payload."""
     state.mix_hash(remote_ephemeral)
     state.mix_chain(remote_ephemeral)
-    state.mix_chain(dh(ephemeral_private, remote_ephemeral))
-    state.mix_chain(dh(local.private, remote_ephemeral))
+    state.mix_chain(_loaded(ephemeral_private).exchange(remote_ephemeral))
+    state.mix_chain(local.key.exchange(remote_ephemeral))
     key = state.mix_key_and_hash(psk)
     return state.decrypt_and_hash(key, sealed_payload)
 
@@ -226,8 +280,8 @@ def _psk_or_zero(psk: bytes | None) -> bytes:
     return psk
 
 
-def _ephemeral(ephemeral_private: bytes | None, rng: Rng) -> bytes:
-    return generate_private_key(rng) if ephemeral_private is None else ephemeral_private
+def _ephemeral(ephemeral_private: bytes | None, rng: Rng) -> X25519Key:
+    return X25519Key(generate_private_key(rng) if ephemeral_private is None else ephemeral_private)
 
 
 class InitiatorHandshake:
@@ -252,7 +306,7 @@ class InitiatorHandshake:
         remote_static: bytes,
         psk: bytes,
         sender_index: int,
-        ephemeral_private: bytes,
+        ephemeral_private: X25519Key,
         state: SymmetricState,
         message: bytes,
     ) -> None:
@@ -276,15 +330,18 @@ class InitiatorHandshake:
         *,
         ephemeral_private: bytes | None = None,
         rng: Rng = secrets.token_bytes,
+        static_static: bytes | None = None,
     ) -> InitiatorHandshake:
         """Build the 148-byte initiation (macs zero). Raises HandshakeError if the remote
-        static key is unusable (a low-order point)."""
-        ephemeral_private = _ephemeral(ephemeral_private, rng)
+        static key is unusable (a low-order point). `static_static`: DH(local static,
+        remote static) if the caller keeps it (else computed here)."""
         state = initial_state(remote_static)
         try:
+            ephemeral = _ephemeral(ephemeral_private, rng)
             eph, sealed_static, sealed_ts = write_message1(
-                state, local, remote_static, ephemeral_private, tai64n(wall_time)
-            )
+                state, local, remote_static, ephemeral, tai64n(wall_time),
+                static_static=static_static,
+            )  # fmt: skip
             message = Initiation(sender_index, eph, sealed_static, sealed_ts).pack()
         except (CryptoError, MessageError) as exc:
             raise HandshakeError(f"cannot create initiation: {exc}") from exc
@@ -293,7 +350,7 @@ class InitiatorHandshake:
             remote_static=remote_static,
             psk=_psk_or_zero(psk),
             sender_index=sender_index,
-            ephemeral_private=ephemeral_private,
+            ephemeral_private=ephemeral,
             state=state,
             message=message,
         )
@@ -371,12 +428,11 @@ class ResponderHandshake:
         if self._done:
             raise HandshakeError("response already created for this initiation")
         psk = _psk_or_zero(psk)
-        ephemeral_private = _ephemeral(ephemeral_private, rng)
         state = self._state.copy()
         try:
             eph, sealed = write_message2(
                 state,
-                ephemeral_private,
+                _ephemeral(ephemeral_private, rng),
                 remote_ephemeral=self.remote_ephemeral,
                 remote_static=self.remote_static,
                 psk=psk,
@@ -398,14 +454,18 @@ class ResponderHandshake:
         return message, keys
 
 
-def consume_initiation(local: StaticIdentity, msg: Initiation) -> ResponderHandshake:
+def consume_initiation(
+    local: StaticIdentity, msg: Initiation, *, static_static: StaticStatic | None = None
+) -> ResponderHandshake:
     """Decrypt the initiator's static key and timestamp; HandshakeError if they do not
-    authenticate against `local`."""
+    authenticate against `local`. With `static_static` (the peers' precomputed ss) a static
+    key that is no peer raises UnknownStaticKeyError, after one DH instead of two."""
     state = initial_state(local.public)
     try:
         remote_static, timestamp = read_message1(
-            state, local, msg.ephemeral, msg.encrypted_static, msg.encrypted_timestamp
-        )
+            state, local, msg.ephemeral, msg.encrypted_static, msg.encrypted_timestamp,
+            static_static=static_static,
+        )  # fmt: skip
     except CryptoError as exc:
         raise HandshakeError(f"initiation did not authenticate: {exc}") from exc
     return ResponderHandshake(state, remote_static, msg.ephemeral, msg.sender, timestamp)

@@ -23,7 +23,12 @@ from typing import Final
 from wiretun.wireguard.cookie import CookieChecker, RateLimiter, source_bytes
 from wiretun.wireguard.errors import WireGuardError
 from wiretun.wireguard.events import Endpoint, Event, HandshakeCompleted
-from wiretun.wireguard.handshake import InitiatorHandshake, StaticIdentity, consume_initiation
+from wiretun.wireguard.handshake import (
+    InitiatorHandshake,
+    StaticIdentity,
+    UnknownStaticKeyError,
+    consume_initiation,
+)
 from wiretun.wireguard.index import IndexTable
 from wiretun.wireguard.messages import (
     COOKIE_REPLY_SIZE,
@@ -77,6 +82,7 @@ class Handshaker:
         "_peers",
         "_queue",
         "_rng",
+        "_static_static",
         "completed",
         "forced_load",
         "wall_clock_offset",
@@ -103,6 +109,10 @@ class Handshaker:
         # Our initiations, over all peers, at a bounded rate (the rest wait their turn).
         self._pacer: InitiationPacer[Peer] = InitiationPacer()
         self._peers = peers
+        # DH(our static, peer static) by peer key: the same for every handshake with that
+        # peer (wireguard-go's precomputedStaticStatic). Filled at a peer's first handshake
+        # rather than when it is added, so that 10k peers cost `up` or a key change nothing.
+        self._static_static: dict[bytes, bytes] = {}
         self._outbox = outbox
         self._events = events
         self._drops = drops
@@ -142,6 +152,17 @@ class Handshaker:
         """Use `identity` from now on (the Device then expires what the old one made)."""
         self._identity = identity
         self._checker = CookieChecker(identity.public, self._rng)
+        self._static_static.clear()
+
+    def static_static(self, remote_static: bytes) -> bytes | None:
+        """DH(our static, `remote_static`) if that key is a peer's (computed at the first
+        ask, then kept), else None; CryptoError for a low-order key."""
+        ss = self._static_static.get(remote_static)
+        if ss is None:
+            if remote_static not in self._peers:
+                return None
+            ss = self._static_static[remote_static] = self._identity.static_static(remote_static)
+        return ss
 
     def expire_current_keypairs(self, peer: Peer) -> None:
         """wireguard-go's ExpireCurrentKeypairs, after an identity change: the pending
@@ -154,9 +175,11 @@ class Handshaker:
                 kp.stop_sending()
 
     def forget(self, peer: Peer) -> None:
-        """`peer` is being removed: its sessions, pending handshake and paced turn go."""
+        """`peer` is being removed: its sessions, pending handshake, paced turn and
+        precomputed DH go."""
         self.zero(peer)
         self._pacer.discard(peer)
+        self._static_static.pop(peer.public_key, None)
 
     def zero(self, peer: Peer) -> None:
         """Forget all of `peer`'s key material (sessions and pending handshake)."""
@@ -259,12 +282,17 @@ class Handshaker:
     ) -> None:
         drops = self._drops
         try:
-            hs = consume_initiation(self._identity, Initiation.unpack(data))
+            hs = consume_initiation(
+                self._identity, Initiation.unpack(data), static_static=self.static_static
+            )
+        except UnknownStaticKeyError:
+            drops.add(DropReason.UNKNOWN_PEER)
+            return
         except WireGuardError:
             drops.add(DropReason.HANDSHAKE_FAILED)
             return
         peer = self._peers.get(hs.remote_static)
-        if peer is None:
+        if peer is None:  # static_static knew it: only if `_peers` changed meanwhile
             drops.add(DropReason.UNKNOWN_PEER)
             return
         if hs.timestamp <= peer.last_timestamp:
@@ -403,6 +431,7 @@ class Handshaker:
                 index,
                 max(0.0, now + self.wall_clock_offset),
                 rng=self._rng,
+                static_static=self.static_static(peer.public_key),
             )
         except WireGuardError:
             self._drops.add(DropReason.HANDSHAKE_FAILED)
