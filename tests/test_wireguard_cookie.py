@@ -8,12 +8,13 @@ import pytest
 
 from wiretun.wireguard.cookie import (
     COOKIE_REFRESH_TIME,
+    NONCE_PREFIX_REPLIES,
     CookieChecker,
     CookieGenerator,
     RateLimiter,
     source_bytes,
 )
-from wiretun.wireguard.crypto import blake2s_hash, mac
+from wiretun.wireguard.crypto import blake2s_hash, mac, xaead_seal
 from wiretun.wireguard.handshake import InitiatorHandshake, StaticIdentity
 from wiretun.wireguard.messages import COOKIE_REPLY_SIZE, CookieReply, message_type
 
@@ -81,8 +82,9 @@ def test_cookie_round_trip_then_mac2_validates() -> None:
     assert message_type(reply) == 3
     parsed = CookieReply.unpack(reply)
     assert parsed.receiver == 42
-    assert calls == [32, 24]  # a fresh secret, then the nonce: both from the injected rng
-    assert parsed.nonce == bytes([2]) * 24
+    # A fresh secret, then the nonce's prefix and its last 8 bytes: all from the injected rng.
+    assert calls == [32, 16, 8]
+    assert parsed.nonce == bytes([2]) * 16 + bytes([3]) * 8
 
     assert gen.consume_reply(parsed, now=101.0)
     second = gen.add_macs(_initiation(), now=102.0)
@@ -93,6 +95,52 @@ def test_cookie_round_trip_then_mac2_validates() -> None:
     tampered = bytearray(second)
     tampered[10] ^= 1
     assert not checker.check_mac2(bytes(tampered), SRC, now=103.0)
+
+
+def test_reply_nonces_share_a_prefix_for_a_while_and_stay_unique() -> None:
+    # The 16-byte prefix (which alone decides the XChaCha20 subkey) is drawn once per
+    # NONCE_PREFIX_REPLIES replies and with each new secret; the last 8 bytes per reply.
+    calls: list[int] = []
+
+    def rng(n: int) -> bytes:
+        calls.append(n)
+        return len(calls).to_bytes(n, "little")
+
+    checker = CookieChecker(BOB.public, rng=rng)
+    msg = CookieGenerator(BOB.public).add_macs(_initiation(), 0.0)
+    nonces = [
+        CookieReply.unpack(checker.create_reply(msg, 1, SRC, 1.0)).nonce
+        for _ in range(NONCE_PREFIX_REPLIES + 1)
+    ]
+    assert calls[:3] == [32, 16, 8]
+    assert calls[3 : 2 + NONCE_PREFIX_REPLIES] == [8] * (NONCE_PREFIX_REPLIES - 1)
+    assert calls[2 + NONCE_PREFIX_REPLIES :] == [16, 8]  # the prefix's replies are spent
+    assert len({n[:16] for n in nonces[:NONCE_PREFIX_REPLIES]}) == 1
+    assert nonces[-1][:16] != nonces[0][:16]
+    # With the system rng every nonce differs.
+    real = CookieChecker(BOB.public)
+    assert (
+        len({CookieReply.unpack(real.create_reply(msg, 1, SRC, 1.0)).nonce for _ in range(500)})
+        == 500
+    )
+    # A new secret (after 120 s) draws a new prefix too.
+    del calls[:]
+    checker.create_reply(msg, 1, SRC, 1.0 + COOKIE_REFRESH_TIME + 1)
+    assert calls == [32, 16, 8]
+
+
+def test_reply_is_xchacha20_poly1305_of_the_cookie_under_the_mac1() -> None:
+    # Byte for byte what XChaCha20-Poly1305 (crypto.xaead_seal, checked on its own vectors)
+    # gives for the reply's own nonce, whether its prefix's cipher was new or kept.
+    _, checker = _rng()  # its secret is the first draw: 01 * 32
+    msg = CookieGenerator(BOB.public).add_macs(_initiation(), 5.0)
+    cookie_key = blake2s_hash(b"cookie--", BOB.public)
+    cookie = mac(bytes([1]) * 32, SRC)
+    for receiver in (1, 2, 3):
+        reply = checker.create_reply(msg, receiver, SRC, 5.0)
+        parsed = CookieReply.unpack(reply)
+        assert parsed.receiver == receiver
+        assert parsed.encrypted_cookie == xaead_seal(cookie_key, parsed.nonce, cookie, msg[116:132])
 
 
 def test_cookie_and_secret_expire_after_two_minutes() -> None:

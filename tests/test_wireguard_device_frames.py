@@ -77,15 +77,20 @@ def test_receive_gro_equals_receive_datagrams(backend: Backend, seed: int, udp: 
     frames = [frame_for(rng, True) for _ in range(rng.randint(1, 5))]
     sender.a.send_packets(decode_frames(frames, OffloadStats()), sender.clock.now)
     datagrams = wire(sender.a)
-    # What an attacker or a lossy path adds: replays, forgeries, garbage, a handshake.
-    for _ in range(rng.randint(0, 4)):
+    # What an attacker or a lossy path adds: replays, forgeries, garbage, handshake-type
+    # messages (right or wrong size, for the handshake queue or its size checks).
+    for _ in range(rng.randint(0, 6)):
         r, i = rng.random(), rng.randrange(len(datagrams) + 1)
-        if r < 0.3 and datagrams:
+        if r < 0.25 and datagrams:
             datagrams.insert(i, rng.choice(datagrams))
-        elif r < 0.6 and datagrams:
+        elif r < 0.5 and datagrams:
             bad = bytearray(rng.choice(datagrams))
             bad[rng.randrange(len(bad))] ^= 0x40
             datagrams.insert(i, bytes(bad))
+        elif r < 0.75:
+            kind, size = rng.choice([(1, 148), (2, 92), (3, 64), (4, 31)])
+            size += rng.choice([0, 0, -1, 1])
+            datagrams.insert(i, bytes([kind, 0, 0, 0]) + rng.randbytes(size - 4))
         else:
             datagrams.insert(i, rng.randbytes(rng.randint(0, 200)))
     batch, ref = established(backend), established(None)
@@ -101,6 +106,10 @@ def test_receive_gro_equals_receive_datagrams(backend: Backend, seed: int, udp: 
     assert got.drops == want.drops
     assert (got.packets_opened, got.peers) == (want.packets_opened, want.peers)
     assert wire(batch.b) == wire(ref.b)  # handshake answers, if any
+    assert batch.b.handshakes_waiting == ref.b.handshakes_waiting
+    assert batch.b.process_handshakes(now) == ref.b.process_handshakes(now) == 0
+    assert batch.b.stats().drops == ref.b.stats().drops
+    assert wire(batch.b) == wire(ref.b)
 
 
 def test_frame_batches_need_a_data_path() -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+import pytest
+
 from wiretun.testing.wgpair import seeded_rng
 from wiretun.wireguard.allowedips import AllowedIPs
+from wiretun.wireguard.cookie import CookieChecker
 from wiretun.wireguard.crypto import generate_private_key
 from wiretun.wireguard.events import Endpoint, Event, HandshakeCompleted
 from wiretun.wireguard.handshake import StaticIdentity
@@ -188,3 +191,24 @@ def test_initiation_from_a_stranger_is_dropped_as_unknown_peer() -> None:
     assert b.handshaker.process(0.0) == (0, {})
     assert b.drops.snapshot() == {"unknown_peer": 1}
     assert b.sent() == []
+
+
+def test_accept_does_no_crypto_and_sheds_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As wireguard-go: mac1 is checked when a message is processed, never on arrival, so
+    # a flood that overflows the queue costs no crypto at all.
+    checked: list[int] = []
+    original = CookieChecker.check_mac1
+
+    def counting(checker: CookieChecker, msg: bytes) -> bool:
+        checked.append(len(msg))
+        return original(checker, msg)
+
+    monkeypatch.setattr(CookieChecker, "check_mac1", counting)
+    b = side(2)
+    flood = bytes([1, 0, 0, 0]) + bytes(INITIATION_SIZE - 4)
+    for port in range(2000):
+        b.handshaker.accept(flood, ("192.0.2.9", port))
+    assert checked == [] and b.handshaker.waiting == 1024
+    assert b.drops.snapshot() == {"handshake_queue_full": 2000 - 1024}
+    b.handshaker.process(0.0, 8)
+    assert checked == [INITIATION_SIZE] * 8

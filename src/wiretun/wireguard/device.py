@@ -497,12 +497,12 @@ class Device:
         results and the drops are those of `receive_datagrams` on the split datagrams.
         """
         keypairs = self._handshaker.sessions
+        accept = self._handshaker.accept
         open_run = self._batch_path().open_run
         source_table = self._allowed.source_table
         seen: dict[Peer, Seen] = {}
-        # Datagrams for the per-packet path, handed over together (a handshake flood is
-        # one call, not one per datagram) before the next run and at the end, so the
-        # order of everything stays that of the wire.
+        # Transport datagrams for the per-packet path, handed over together before the
+        # next run and at the end, so their order stays that of the wire.
         single: list[tuple[Buffer, Endpoint]] = []
         for data, segment, src in buffers:
             size = len(data)
@@ -541,7 +541,13 @@ class Device:
                                 pos = end
                                 continue
                 end = min(pos + segment, size)
-                single.append((memoryview(data)[pos:end], src))
+                if data[pos] == MSG_TRANSPORT:
+                    single.append((memoryview(data)[pos:end], src))
+                else:
+                    # Handshake, cookie or junk: queued for process_handshakes or dropped
+                    # now, as receive_datagrams would (a flood's cheapest way; a datagram
+                    # received alone is passed as it is, not as a view to copy).
+                    accept(data if end - pos == size else memoryview(data)[pos:end], src)
                 pos = end
         if single:
             self._receive_singles(single, now, frames)

@@ -62,6 +62,10 @@ class HandshakeQueue:
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self.size
+
     def push(self, message: bytes, src: Endpoint) -> bool:
         """Queue `message`; False (and nothing kept) when the queue is full."""
         items = self._items
