@@ -52,3 +52,27 @@ def test_ready_lets_go_of_stdio_unless_told_to_keep_it(keep_output: bool) -> Non
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert out.split() == ([b"before", b"after"] if keep_output else [b"before"])
+
+
+def test_setup_objects_are_frozen_and_setup_garbage_is_collected_first() -> None:
+    # In a child: a freeze lasts for the process, and the test session's heap is not ours.
+    code = (
+        "import gc, weakref\n"
+        "from wiretun.tunnel import up\n"
+        "class Node: pass\n"
+        "kept, garbage = Node(), Node()\n"
+        "garbage.me = garbage  # a cycle only the collector frees\n"
+        "gone = weakref.ref(garbage)\n"
+        "del garbage\n"
+        "up.freeze_setup_objects()\n"
+        "assert gone() is None, 'garbage was frozen, not collected'\n"
+        "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n"
+        "assert not any(o is kept for o in gc.get_objects()), 'a setup object is still scanned'\n"
+        "later = [Node()]\n"
+        "assert any(o is later for o in gc.get_objects()), 'what comes later is scanned'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "ok"

@@ -14,6 +14,7 @@ Imports stay light at module level: `wiretun up --help` needs none of the tunnel
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -384,6 +385,15 @@ def wg_quick_hooks(config: TunnelConfig, opts: UpOptions) -> TunnelHooks:
     return WgQuickHooks()
 
 
+def freeze_setup_objects() -> None:
+    """Take what setup made (modules, the configuration, its peers), which lives until exit,
+    out of the cyclic collector's reach: a full collection then scans only what came later.
+    Scanning it all stalled the data path 13-32 ms a pass with 3000 peers. Garbage is
+    collected first, so that none is kept frozen."""
+    gc.collect()
+    gc.freeze()
+
+
 async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
     """Bring the interface up as wg-quick would, serve it until told to stop, tear down;
     the exit code (0, 1, or EXIT_CONFIG for a configuration the kernel or core refused)."""
@@ -424,6 +434,7 @@ async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
         hooks.step(f"metrics http://{server.address}/metrics")
     _write_pid_file(opts.name)
     tunnel.on_teardown(lambda: _remove_pid_file(opts.name))
+    freeze_setup_objects()
     _signal_ready(opts.ready_fd, opts.keep_output)
     await tunnel.wait_closed()
     post_down_failed = bool(getattr(hooks, "post_down_failed", False))
