@@ -6,6 +6,7 @@ import ipaddress
 
 import pytest
 
+from wiretun.wireguard import cookie
 from wiretun.wireguard.cookie import (
     COOKIE_REFRESH_TIME,
     NONCE_PREFIX_REPLIES,
@@ -141,6 +142,27 @@ def test_reply_is_xchacha20_poly1305_of_the_cookie_under_the_mac1() -> None:
         parsed = CookieReply.unpack(reply)
         assert parsed.receiver == receiver
         assert parsed.encrypted_cookie == xaead_seal(cookie_key, parsed.nonce, cookie, msg[116:132])
+
+
+def test_a_zero_mac2_is_refused_without_computing_macs(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, checker = _rng()
+    gen = CookieGenerator(BOB.public)
+    first = gen.add_macs(_initiation(), 0.0)
+    gen.consume_reply(CookieReply.unpack(checker.create_reply(first, 1, SRC, 0.0)), 0.0)
+    with_cookie = gen.add_macs(_initiation(), 1.0)
+    assert checker.check_mac2(with_cookie, SRC, 1.0)
+    macs: list[bytes] = []
+
+    def counting(key: bytes, data: bytes) -> bytes:
+        macs.append(key)
+        return mac(key, data)
+
+    monkeypatch.setattr(cookie, "mac", counting)
+    no_cookie = with_cookie[:-16] + bytes(16)  # the secret is fresh: only the zeros decide
+    assert not checker.check_mac2(no_cookie, SRC, 1.0)
+    assert macs == []
+    assert checker.check_mac2(with_cookie, SRC, 1.0)
+    assert len(macs) == 2  # the cookie for the source, then mac2 under it
 
 
 def test_cookie_and_secret_expire_after_two_minutes() -> None:

@@ -100,6 +100,10 @@ class CookieChecker:
         A secret older than 120 s (or none yet) fails every mac2, as in wg-go."""
         if len(msg) < _MACS_LEN or not self._secret_fresh(now):
             return False
+        if msg[-MAC_LEN:] == _ZERO_MAC:
+            # What a sender without a cookie sends (every flood message that never read our
+            # replies): refused without the two MACs. A real mac2 is zero with odds 2^-128.
+            return False
         cookie = mac(self._secret, src)
         expected = mac(cookie, msg[:-MAC_LEN])
         return hmac.compare_digest(expected, msg[-MAC_LEN:])
