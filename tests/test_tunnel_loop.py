@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from wiretun.testing.memorytun import MemoryTun
-from wiretun.tunnel.loop import HANDSHAKES_PER_IDLE_TURN, HANDSHAKES_PER_TURN, TunnelLoop
+from wiretun.tunnel.loop import HANDSHAKES_PER_TURN, TunnelLoop
 from wiretun.tunnel.udp import Datagram, UdpBind
 from wiretun.wireguard.events import Endpoint, Event, KeysZeroed
 
@@ -288,38 +288,12 @@ def test_handshakes_are_handled_in_capped_turns_apart_from_data() -> None:
             await _until(answered)
             assert ca.answered == [b"R" + h[1:] for h in flood]  # in order, every one
             calls = [n for n in cb.handshake_calls if n]
-            assert max(calls) <= HANDSHAKES_PER_IDLE_TURN and sum(calls) == len(flood)
-            assert lb.stats().handshake_turns >= len(flood) // HANDSHAKES_PER_IDLE_TURN
+            assert max(calls) <= HANDSHAKES_PER_TURN and sum(calls) == len(flood)
+            assert lb.stats().handshake_turns >= len(flood) // HANDSHAKES_PER_TURN
         finally:
             la.stop()
             lb.stop()
             await asyncio.gather(*runs)
-            ua.close()
-            ub.close()
-
-    asyncio.run(main())
-
-
-def test_handshake_turns_are_smaller_while_packets_move() -> None:
-    async def main() -> None:
-        ta, _, ca, _, ua, ub = _pair()
-        loop = TunnelLoop(ta, ca, ua)
-        loop._loop = asyncio.get_running_loop()  # the turns are driven by hand here
-        ca.handshakes = [b"H%03d" % i for i in range(100)]
-        try:
-            loop._handshakes_turn()  # nothing crossed yet: an idle turn
-            loop._n["packets_from_tun"] += 3  # as _tun_to_udp counts a batch
-            loop._handshakes_turn()
-            loop._handshakes_turn()  # nothing crossed since the last turn: idle again
-            assert ca.handshake_calls == [
-                HANDSHAKES_PER_IDLE_TURN,
-                HANDSHAKES_PER_TURN,
-                HANDSHAKES_PER_IDLE_TURN,
-            ]
-            assert HANDSHAKES_PER_TURN < HANDSHAKES_PER_IDLE_TURN
-        finally:
-            if loop._handshake_turn is not None:
-                loop._handshake_turn.cancel()
             ua.close()
             ub.close()
 

@@ -24,15 +24,10 @@ log = logging.getLogger(__name__)
 
 # Packets per TUN read and datagrams per UDP drain: wireguard-go's IdealBatchSize.
 BATCH = 128
-# Queued handshake messages the core handles per loop turn (Device.process_handshakes)
-# while data moves: at worst 4 cookie replies (~50 us) or DH operations (~0.2-0.7 ms) between
-# two data batches. Under a 40k/s valid-mac1 flood (scripts/flood_bench.py) this many per
-# turn gave TCP more than 8 (16 once left it at ~0.3 of quiet).
-HANDSHAKES_PER_TURN = 4
-# ... and when no packet crossed the loop since the last handshake turn: the data path is
-# idle, so handshakes (a flood's cookie replies, a legitimate peer's retry among them) get
-# more of the turn. Still bounded (~0.2-3 ms), for the first packet that comes.
-HANDSHAKES_PER_IDLE_TURN = 16
+# Queued handshake messages the core handles per loop turn (Device.process_handshakes): at
+# worst 8 cookie replies (~0.15 ms) or DH operations (~1-2.5 ms) between two data batches.
+# Under a 40k/s valid-mac1 flood (scripts/flood_bench.py) 16 left TCP ~0.3 of quiet, 8 ~0.6.
+HANDSHAKES_PER_TURN = 8
 
 
 class TunPort(Protocol):
@@ -106,9 +101,8 @@ class TunnelLoop:
     reading for the side it writes to: the TUN reader while UDP has a backlog, the UDP
     reader until the TUN says `send_ready`. One timer handle follows `core.next_timer()`.
     Handshake messages a UDP batch queued in the core are handled apart from the data, at
-    most HANDSHAKES_PER_TURN per event-loop turn while packets move (HANDSHAKES_PER_IDLE_TURN
-    when none did since the last such turn), in a callback that re-schedules itself while
-    any wait, so a handshake flood cannot hold back the data of either direction.
+    most HANDSHAKES_PER_TURN per event-loop turn (a callback that re-schedules itself while
+    any wait), so a handshake flood cannot hold back the data of either direction.
     """
 
     def __init__(
@@ -139,7 +133,6 @@ class TunnelLoop:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._handshake_turn: asyncio.Handle | None = None
-        self._moved_at_handshakes = 0  # packets that had crossed at the last handshake turn
         self._udp_drained = asyncio.Event()
         self._udp_drained.set()
         self._stopped: asyncio.Future[None] | None = None
@@ -360,18 +353,13 @@ class TunnelLoop:
         """One turn's share of the queued handshake messages; again next turn if any wait."""
         assert self._loop is not None
         self._handshake_turn = None
-        n = self._n
-        n["handshake_turns"] += 1
-        moved = n["packets_from_tun"] + n["packets_to_tun"]
-        limit = (
-            HANDSHAKES_PER_TURN if moved != self._moved_at_handshakes else HANDSHAKES_PER_IDLE_TURN
-        )
-        self._moved_at_handshakes = moved
+        self._n["handshake_turns"] += 1
         # As in _on_timer: a core bug was logged and handed to run() by _guard.
         with contextlib.suppress(Exception):
             left = self._guard(
-                "core_handshakes", self.core.process_handshakes, self._loop.time(), limit
-            )
+                "core_handshakes", self.core.process_handshakes, self._loop.time(),
+                HANDSHAKES_PER_TURN,
+            )  # fmt: skip
             self._flush_core()  # responses and cookie replies, batched per turn
             self._rearm_timer()
             if left:
