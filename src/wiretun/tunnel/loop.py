@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 # Packets per TUN read and datagrams per UDP drain: wireguard-go's IdealBatchSize.
 BATCH = 128
 # Queued handshake messages the core handles per loop turn (Device.process_handshakes): at
-# worst 8 cookie replies (~0.15 ms) or DH operations (~1-2.5 ms) between two data batches.
-# Under a 40k/s valid-mac1 flood (scripts/flood_bench.py) 16 left TCP ~0.3 of quiet, 8 ~0.6.
+# worst 8 cookie replies (~0.1 ms) or DH operations (~0.4-1.4 ms) between two data batches.
+# Under a 40k/s valid-mac1 flood (scripts/flood_bench.py) 16 left TCP ~0.3 of quiet, 8 ~0.6
+# (when a cookie reply cost twice what it does now; since then 4 or 8 give the same TCP).
 HANDSHAKES_PER_TURN = 8
 
 
