@@ -277,10 +277,15 @@ async def _install_routes(
     """wg-quick's add_route for each AllowedIP (add_default's nftables rules included);
     returns the mark the sockets must carry (the fwmark table's number when a default
     route needed one and FwMark was not set)."""
-    for net, given in plan.routes:
-        if given is None and await policy.covered_in_main(net):
-            continue
-        await policy.add_route(net, MAIN_TABLE if given is None else given)
+    # wg-quick checks each route against main just before adding it; in the plan's
+    # longest-first order no route of ours covers a later one, so checking them all first
+    # and adding them in bulk gives the same routes.
+    routes = [
+        (net, MAIN_TABLE if given is None else given)
+        for net, given in plan.routes
+        if given is not None or not await policy.covered_in_main(net)
+    ]
+    await policy.add_routes(routes)
     if plan.defaults:
         table = fwmark or await policy.free_table()
         fwmark = fwmark or table
