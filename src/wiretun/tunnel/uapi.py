@@ -34,8 +34,12 @@ logger = logging.getLogger(__name__)
 SOCKET_DIR = "/var/run/wireguard"
 _READ_SIZE = 64 * 1024
 # `wg` connects, asks, reads and closes; nothing legitimate holds dozens of connections or
-# sits silent for long. (wireguard-go has neither limit.)
+# sits silent for long. wireguard-go serves every connection it accepts (a goroutine each,
+# their requests one at a time) and closes none for idling. Past MAX_CONNECTIONS we stop
+# accepting: later clients wait in the listen backlog (then in connect()) until one closes,
+# as they would wait for wireguard-go's lock, instead of being turned away.
 MAX_CONNECTIONS = 32
+LISTEN_BACKLOG = 16
 IDLE_TIMEOUT = 30.0
 # A large `get` is formatted and sent in slices of about this much work, with a loop turn
 # between them, so the data path never waits behind `wg show` of 10k peers.
@@ -67,7 +71,7 @@ class UapiStats:
     sets: int = 0
     failed: int = 0  # requests answered with a non-zero errno
     dropped: int = 0  # connections closed for sending something that is not an operation
-    refused: int = 0  # connections closed at once: MAX_CONNECTIONS were open
+    waits: int = 0  # times accepting paused because MAX_CONNECTIONS were open
     idle_closed: int = 0  # connections closed after IDLE_TIMEOUT without a byte
 
 
@@ -119,7 +123,7 @@ def _bind(path: str) -> socket.socket:
                 sock.bind(path)
         finally:
             os.umask(old_umask)
-        sock.listen(16)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -162,6 +166,7 @@ class UapiServer:
         # Each connection's socket is kept here so close() can close it even if its task
         # was cancelled before it ever ran.
         self._connections: dict[asyncio.Task[None], socket.socket] = {}
+        self._slot_free = asyncio.Event()  # set when a connection ends
         self._stats = UapiStats()  # immutable: replaced, so a reader's copy never changes
         self._closed = False
 
@@ -230,6 +235,9 @@ class UapiServer:
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if len(self._connections) >= self._max_connections:
+                await self._wait_for_a_slot()
+                continue
             try:
                 conn, _ = await loop.sock_accept(listener)
             except (ConnectionAbortedError, InterruptedError):
@@ -240,20 +248,24 @@ class UapiServer:
                 await asyncio.sleep(0.1)
                 continue
             conn.setblocking(False)
-            if len(self._connections) >= self._max_connections:
-                if not self._stats.refused:
-                    logger.warning(
-                        "UAPI %s: %d connections open, refusing more",
-                        self.name,
-                        len(self._connections),
-                    )
-                self._stats = replace(self._stats, refused=self._stats.refused + 1)
-                conn.close()
-                continue
             self._stats = replace(self._stats, connections=self._stats.connections + 1)
             task = asyncio.create_task(self._serve(conn), name=f"uapi-conn-{self.name}")
             self._connections[task] = conn
-            task.add_done_callback(self._connections.pop)
+            task.add_done_callback(self._connection_done)
+
+    async def _wait_for_a_slot(self) -> None:
+        """Accept nothing until a connection ends; meanwhile new clients queue in the
+        kernel (the listen backlog, then a blocking connect())."""
+        if not self._stats.waits:
+            logger.warning("UAPI %s: %d connections open, new ones wait until one closes",
+                           self.name, len(self._connections))  # fmt: skip
+        self._stats = replace(self._stats, waits=self._stats.waits + 1)
+        self._slot_free.clear()
+        await self._slot_free.wait()
+
+    def _connection_done(self, task: asyncio.Task[None]) -> None:
+        self._connections.pop(task, None)
+        self._slot_free.set()
 
     async def _serve(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
