@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
+
 from wiretun.testing.memorytun import MemoryTun
 from wiretun.tunnel.loop import HANDSHAKES_PER_TURN, TunnelLoop
 from wiretun.tunnel.udp import Datagram, UdpBind
-from wiretun.wireguard.events import Endpoint
+from wiretun.wireguard.events import Endpoint, Event, KeysZeroed
 
 
 class ToyCore:
@@ -26,7 +28,7 @@ class ToyCore:
         self.period = period
         self._next: float | None = None
         self.raise_on: bytes | None = None
-        self.events: list[str] = []
+        self.events: list[Event] = []
         self.handshakes: list[bytes] = []
         self.handshake_calls: list[int] = []  # how many each process_handshakes call took
         self.answered: list[bytes] = []
@@ -44,7 +46,7 @@ class ToyCore:
                 raise RuntimeError("core bug")
             if d == b"K":
                 self.received_keepalives += 1
-                self.events.append("keepalive")
+                self.events.append(KeysZeroed(b"k" * 32))  # any event: the loop counts kinds
             elif d.startswith(b"T"):
                 packets.append(d[1:])
             elif d.startswith(b"H"):
@@ -76,7 +78,7 @@ class ToyCore:
         self.out.extend(b"R" + d[1:] for d in done)
         return len(self.handshakes)
 
-    def next_event(self) -> str | None:
+    def next_event(self) -> Event | None:
         return self.events.pop(0) if self.events else None
 
     def next_timer(self) -> float | None:
@@ -215,7 +217,7 @@ def test_timer_is_rearmed_and_drives_the_core() -> None:
             await _until(lambda: cb.received_keepalives == 3)
             assert la.stats().timer_runs == 3
             # The receiving loop pulled the core's events as they came.
-            await _until(lambda: lb.stats().events == {"str": 3})
+            await _until(lambda: lb.stats().events == {"KeysZeroed": 3})
             assert cb.events == []
             await asyncio.sleep(0.1)
             assert cb.received_keepalives == 3  # no timer once the core has none
@@ -298,28 +300,42 @@ def test_handshakes_are_handled_in_capped_turns_apart_from_data() -> None:
     asyncio.run(main())
 
 
-def test_core_failure_is_counted_and_the_loop_goes_on() -> None:
+def test_a_core_bug_is_logged_and_ends_the_loop_with_its_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def main() -> None:
         ta, tb, ca, cb, ua, ub = _pair()
         cb.raise_on = b"Tboom"
         la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
-        runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
+        run_a = asyncio.create_task(la.run())
         try:
             ta.inject([b"boom"])
-            await _until(lambda: lb.stats().drops.get("core_receive_error") == 1)
-            ta.inject([b"fine"])
-
-            def arrived() -> bool:
-                tb.drain()
-                return tb.delivered == [b"fine"]
-
-            await _until(arrived)
+            with pytest.raises(RuntimeError, match="core bug"):
+                await asyncio.wait_for(lb.run(), 5)
+            assert lb.stats().drops == {"core_receive_error": 1}
         finally:
             la.stop()
-            lb.stop()
-            await asyncio.gather(*runs)
+            await run_a
             ua.close()
             ub.close()
+
+    asyncio.run(main())
+    assert "bug in the WireGuard core (core_receive): the tunnel stops" in caplog.text
+
+
+def test_a_core_bug_in_a_timer_ends_the_loop_too() -> None:
+    class TimerBug(ToyCore):
+        def handle_timers(self, now: float) -> None:
+            raise KeyError("timer bug")
+
+    async def main() -> None:
+        ua = UdpBind.open(host4="127.0.0.1", host6=None)
+        try:
+            loop = TunnelLoop(MemoryTun(), TimerBug(("127.0.0.1", 9), keepalives=1), ua)
+            with pytest.raises(KeyError, match="timer bug"):
+                await asyncio.wait_for(loop.run(), 5)
+        finally:
+            ua.close()
 
     asyncio.run(main())
 

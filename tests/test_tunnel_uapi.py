@@ -7,6 +7,7 @@ import asyncio
 import base64
 import errno
 import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -35,6 +36,7 @@ from wiretun.tunnel.uapi_protocol import (
     SetParser,
     SetPrivateKey,
     SetRequest,
+    StatsRequest,
     UapiError,
     UapiProtocolError,
     UapiRequestReader,
@@ -91,12 +93,15 @@ def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(text)
 
 
-def joined(pieces: list[GetRequest | SetRequest]) -> list[GetRequest | SetRequest]:
+Request = GetRequest | SetRequest | StatsRequest
+
+
+def joined(pieces: list[Request]) -> list[Request]:
     """Requests with each set's pieces joined into one final SetRequest."""
-    out: list[GetRequest | SetRequest] = []
+    out: list[Request] = []
     lines: list[str] = []
     for request in pieces:
-        if isinstance(request, GetRequest):
+        if not isinstance(request, SetRequest):
             out.append(request)
             continue
         lines += request.lines
@@ -107,10 +112,10 @@ def joined(pieces: list[GetRequest | SetRequest]) -> list[GetRequest | SetReques
     return out
 
 
-def requests_of(data: bytes) -> list[GetRequest | SetRequest]:
+def requests_of(data: bytes) -> list[Request]:
     reader = UapiRequestReader()
     reader.feed(data)
-    out: list[GetRequest | SetRequest] = []
+    out: list[Request] = []
     while (request := reader.next_request()) is not None:
         out.append(request)
     assert reader.idle
@@ -337,7 +342,7 @@ def test_reader_byte_by_byte_and_several_requests() -> None:
     whole = requests_of(data)
     assert [type(r) for r in whole] == [GetRequest, SetRequest, GetRequest, SetRequest]
     reader = UapiRequestReader()
-    pieces: list[GetRequest | SetRequest] = []
+    pieces: list[GetRequest | SetRequest | StatsRequest] = []
     for i in range(len(data)):
         reader.feed(data[i : i + 1])
         while (request := reader.next_request()) is not None:
@@ -695,6 +700,30 @@ def test_server_get_set_on_one_connection(sock_dir: str) -> None:
             stats = server.statistics()
             assert (stats.connections, stats.gets, stats.sets, stats.failed) == (1, 3, 3, 1)
         assert not os.path.exists(server.path)
+
+    asyncio.run(main())
+
+
+def test_stats_request_is_read_like_get() -> None:
+    assert requests_of(b"wiretun-stats=1\n\nget=1\n\n") == [StatsRequest(), GetRequest()]
+    (bad,) = requests_of(b"wiretun-stats=1\nx")
+    assert isinstance(bad, StatsRequest) and bad.error is not None
+
+
+def test_server_answers_stats_with_one_json_line_or_eopnotsupp(sock_dir: str) -> None:
+    async def main() -> None:
+        backend = MemoryBackend()
+        counters = {"peers": [], "drops": {"core.mac1": 2}}
+        async with UapiServer("wt4", backend, socket_dir=sock_dir, stats=lambda: counters) as s:
+            out = await exchange(s.path, b"wiretun-stats=1\n\nget=1\n\n", 2)
+            stats_reply, get_reply = out.decode().split("\n\n")[:2]
+            line, errno_line = stats_reply.splitlines()
+            assert line.startswith("stats=") and errno_line == "errno=0"
+            assert json.loads(line.removeprefix("stats=")) == counters
+            assert get_reply == "errno=0"
+        async with UapiServer("wt5", backend, socket_dir=sock_dir) as s:
+            out = await exchange(s.path, b"wiretun-stats=1\n\n", 1)
+            assert out == f"errno={-errno.EOPNOTSUPP}\n\n".encode()
 
     asyncio.run(main())
 

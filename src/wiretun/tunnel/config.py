@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from wiretun.ifname import is_wg_quick_ifname
+from wiretun.ifname import wg_quick_ifname_problem
 from wiretun.wireguard.crypto import KEY_LEN
 from wiretun.wireguard.events import Endpoint
 
@@ -465,13 +465,13 @@ def parse_config(text: str, filename: str, *, name: str | None = None) -> Tunnel
     """Parse wg-quick config text. The interface name is `name`, or else the file name
     without `.conf` (as wg-quick does). Raises ConfigError."""
     ifname = _name_from_filename(filename) if name is None else name
-    if not is_wg_quick_ifname(ifname):
+    problem = wg_quick_ifname_problem(ifname)
+    if problem is not None:
         raise ConfigError(
-            filename,
-            None,
-            None,
-            f"{ifname!r} is not a valid interface name (1-15 of a-z A-Z 0-9 _ = + . -)",
+            filename, None, None, f"{ifname!r} is not a valid interface name: {problem}"
         )
+    # A UTF-8 byte order mark (Windows editors write one) is not part of the first line.
+    text = text.removeprefix("\ufeff")
     parser = _Parser(filename)
     for lineno, raw in enumerate(text.splitlines(), start=1):
         parser.lineno = lineno

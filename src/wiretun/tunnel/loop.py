@@ -9,10 +9,16 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from wiretun.tunnel.udp import Datagram, UdpBind
 from wiretun.wireguard.events import Endpoint
+
+if TYPE_CHECKING:
+    from wiretun.datapath import CoalescerLike
+    from wiretun.wireguard.events import Event
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -25,24 +31,24 @@ HANDSHAKES_PER_TURN = 8
 
 
 class TunPort(Protocol):
-    """What the loop needs from wiretun.tun.Tun."""
+    """What the loop needs from a TUN (wiretun.tun.TunDevice: Tun or InlineTun)."""
 
-    async def recv_many(self, max_packets: int) -> list[bytes]: ...
+    async def recv_many(self, max: int, /) -> list[bytes]: ...
     async def send_ready(self) -> None: ...
-    def send_many(self, packets: Sequence[bytes]) -> Any: ...
+    def send_many(self, packets: Sequence[bytes], /) -> int: ...
 
 
 class CorePort(Protocol):
-    """What the loop needs from wiretun.wireguard's Device (sans-I/O)."""
+    """What the loop needs from the sans-I/O core (wiretun.wireguard.Device)."""
 
-    def send_packets(self, packets: Sequence[bytes], now: float) -> Any: ...
+    def send_packets(self, packets: Sequence[bytes], now: float) -> None: ...
     def receive_datagrams(
         self, datagrams: Sequence[tuple[Datagram, Endpoint]], now: float
-    ) -> Sequence[bytes]: ...
-    def datagrams_to_send(self) -> Sequence[tuple[Any, Sequence[bytes]]]: ...
-    def handle_timers(self, now: float) -> Any: ...
+    ) -> list[bytes]: ...
+    def datagrams_to_send(self) -> list[tuple[Endpoint, list[bytes]]]: ...
+    def handle_timers(self, now: float) -> None: ...
     def next_timer(self) -> float | None: ...
-    def next_event(self) -> Any | None: ...
+    def next_event(self) -> Event | None: ...
     @property
     def handshakes_waiting(self) -> int: ...
     def process_handshakes(self, now: float, limit: int | None = None) -> int: ...
@@ -53,13 +59,12 @@ class BatchCorePort(CorePort, Protocol):
 
     def send_frames(self, frames: Sequence[bytes], now: float, *, vnet: bool) -> None: ...
     def receive_gro(
-        self, buffers: Sequence[tuple[bytes, int, Endpoint]], now: float, frames: Any
+        self,
+        buffers: Sequence[tuple[Datagram, int, Endpoint]],
+        now: float,
+        frames: CoalescerLike,
     ) -> None: ...
-    def gso_to_send(self) -> Sequence[tuple[Any, bytes, Sequence[tuple[int, int]]]]: ...
-
-
-class FrameCoalescer(Protocol):
-    def finish(self) -> list[bytes]: ...
+    def gso_to_send(self) -> list[tuple[Endpoint, bytes, list[tuple[int, int]]]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +73,7 @@ class FramePath:
     frames (`vnet`: with virtio_net_hdr), the core splits, seals, opens and coalesces."""
 
     vnet: bool
-    coalescer: FrameCoalescer  # where receive_gro puts packets; finish() gives TUN frames
+    coalescer: CoalescerLike  # where receive_gro puts packets; finish() gives TUN frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +94,6 @@ class LoopStats:
     events: dict[str, int] = field(default_factory=dict)
 
 
-def endpoint_tuple(endpoint: Any) -> Endpoint:
-    """The core's endpoint as (host, port), whatever shape it uses."""
-    if isinstance(endpoint, tuple):
-        return (str(endpoint[0]), int(endpoint[1]))
-    return (str(endpoint.host), int(endpoint.port))
-
-
 class TunnelLoop:
     """Runs the data path until `stop()` or until a side fails (the error is re-raised).
 
@@ -114,7 +112,7 @@ class TunnelLoop:
         udp: UdpBind,
         *,
         batch: int = BATCH,
-        on_event: Callable[[Any], None] | None = None,
+        on_event: Callable[[Event], None] | None = None,
         frames: FramePath | None = None,
     ) -> None:
         self.tun = tun
@@ -124,7 +122,7 @@ class TunnelLoop:
         # With a FramePath the core must offer the batch entry points.
         self._batch_core = cast(BatchCorePort, core) if frames is not None else None
         # What a TUN batch goes to: the batch path's frames, or the per-packet path.
-        self._send: Callable[[Sequence[bytes], float], Any] = (
+        self._send: Callable[[Sequence[bytes], float], None] = (
             partial(self._batch_core.send_frames, vnet=frames.vnet)
             if self._batch_core is not None and frames is not None
             else core.send_packets
@@ -166,6 +164,7 @@ class TunnelLoop:
                     [*self._tasks, self._stopped], return_when=asyncio.FIRST_COMPLETED
                 )
                 if self._stopped in done:
+                    self._stopped.result()  # a core bug outside the tasks: raise it
                     return
                 for t in done:
                     if t in self._tasks:
@@ -322,12 +321,12 @@ class TunnelLoop:
         out = self._guard("core_datagrams_to_send", self.core.datagrams_to_send)
         for endpoint, datagrams in out or ():
             self._n["datagrams_out"] += len(datagrams)
-            self.udp.send_batch(endpoint_tuple(endpoint), datagrams)
+            self.udp.send_batch(endpoint, datagrams)
         if self._batch_core is not None:
             gso = self._guard("core_gso_to_send", self._batch_core.gso_to_send)
             for endpoint, buf, groups in gso or ():
                 self._n["datagrams_out"] += sum(-(-n // size) for size, n in groups)
-                self.udp.send_gso(endpoint_tuple(endpoint), buf, groups)
+                self.udp.send_gso(endpoint, buf, groups)
         if self.udp.backlogged:
             self._udp_drained.clear()
 
@@ -355,13 +354,16 @@ class TunnelLoop:
         assert self._loop is not None
         self._handshake_turn = None
         self._n["handshake_turns"] += 1
-        left = self._guard(
-            "core_handshakes", self.core.process_handshakes, self._loop.time(), HANDSHAKES_PER_TURN
-        )
-        self._flush_core()  # responses and cookie replies, batched per turn
-        self._rearm_timer()
-        if left:
-            self._schedule_handshakes()
+        # As in _on_timer: a core bug was logged and handed to run() by _guard.
+        with contextlib.suppress(Exception):
+            left = self._guard(
+                "core_handshakes", self.core.process_handshakes, self._loop.time(),
+                HANDSHAKES_PER_TURN,
+            )  # fmt: skip
+            self._flush_core()  # responses and cookie replies, batched per turn
+            self._rearm_timer()
+            if left:
+                self._schedule_handshakes()
 
     # -- timers -----------------------------------------------------------------------------
 
@@ -389,20 +391,31 @@ class TunnelLoop:
         self._timer = None
         self._timer_at = None
         self._n["timer_runs"] += 1
-        self._guard("core_timers", self.core.handle_timers, self._loop.time())
-        self._flush_core()
-        self._rearm_timer()
+        # A core bug was logged and handed to run() by _guard; a loop callback has nobody
+        # to raise to.
+        with contextlib.suppress(Exception):
+            self._guard("core_timers", self.core.handle_timers, self._loop.time())
+            self._flush_core()
+            self._rearm_timer()
 
     # -- bookkeeping ------------------------------------------------------------------------
 
-    def _guard(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call into the core; a bug there is logged and counted, not a dead tunnel."""
+    def _guard(self, what: str, fn: Callable[..., _T], *args: Any) -> _T:
+        """Call into the core. The core counts garbage from the network as drops and never
+        raises for it, so an exception here is a bug: logged, and the tunnel stops with it
+        (run() raises it) rather than run on with state the bug may have left half-done."""
         try:
             return fn(*args)
-        except Exception:  # a core bug must not kill the data path; the count shows it
+        except Exception as e:
             self.drops[f"{what}_error"] += 1
-            log.exception("%s failed", what)
-            return None
+            log.exception("bug in the WireGuard core (%s): the tunnel stops", what)
+            self._fail(e)
+            raise
+
+    def _fail(self, error: BaseException) -> None:
+        """End run() with `error` (for failures outside its tasks: timers, kick())."""
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_exception(error)
 
     def stats(self) -> LoopStats:
         n = self._n

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import socket
@@ -23,10 +24,12 @@ from wiretun.tunnel.uapi_protocol import (
     SetOperation,
     SetParser,
     SetRequest,
+    StatsRequest,
     UapiError,
     UapiProtocolError,
     UapiRequestReader,
     format_set_reply,
+    format_stats,
 )
 
 logger = logging.getLogger(__name__)
@@ -148,6 +151,7 @@ class UapiServer:
         on_removed: Callable[[], None] | None = None,
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
+        stats: Callable[[], object] | None = None,
     ) -> None:
         if not is_wg_quick_ifname(name):
             raise ValueError(f"{name!r} is not a valid interface name")
@@ -160,6 +164,7 @@ class UapiServer:
         self._on_removed = on_removed
         self._max_connections = max_connections
         self._idle_timeout = idle_timeout
+        self._stats_source = stats  # JSON-able counters for `wiretun-stats=1`, if any
         self._listener: socket.socket | None = None
         self._identity: tuple[int, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -292,6 +297,9 @@ class UapiServer:
                             await self._send(conn, replies)
                             await self._get(conn, request)
                             continue
+                        if isinstance(request, StatsRequest):
+                            replies.append(self._stats_reply(request))
+                            continue
                         setting = setting or _SetInProgress(SetParser())
                         self._set_piece(setting, request)
                         if request.final:
@@ -372,6 +380,18 @@ class UapiServer:
         if setting.error is not None:
             return self._failed("set", setting.error)
         return format_set_reply(None)
+
+    def _stats_reply(self, request: StatsRequest) -> str:
+        self._stats = replace(self._stats, gets=self._stats.gets + 1)
+        if request.error is not None:
+            return self._failed("stats", request.error)
+        if self._stats_source is None:
+            return self._failed("stats", UapiError(errno.EOPNOTSUPP, "no stats here"))
+        try:
+            return format_stats(json.dumps(self._stats_source(), separators=(",", ":")))
+        except Exception:
+            logger.exception("UAPI %s: stats failed", self.name)
+            return self._failed("stats", UapiError(ERRNO_UNKNOWN, "stats error"))
 
     def _failed(self, what: str, error: UapiError) -> str:
         self._stats = replace(self._stats, failed=self._stats.failed + 1)

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from wiretun.tunnel.config import IPNetwork, TunnelConfig, resolve_endpoint
 from wiretun.wireguard.crypto import KEY_LEN
 from wiretun.wireguard.events import Endpoint
+from wiretun.wireguard.keys import keyed_repr
 
 ZERO_KEY = bytes(KEY_LEN)
 # wireguard-go answers errors it cannot classify with -55 (ENOANO).
@@ -23,6 +24,7 @@ MAX_LINE = 64 * 1024
 # applies each line as it reads it: no request size limit, nothing buffered beyond a read.
 # A peer with more allowed IPs than this is applied in several PeerUpdates.
 MAX_DRAFT_NETWORKS = 1024
+STATS_OP = b"wiretun-stats=1"
 
 _HEX_KEY_RE = re.compile(r"[0-9a-fA-F]{64}")
 _UINT_RE = re.compile(r"[0-9]+")
@@ -90,7 +92,7 @@ class PeerBlock:
 BlockRecord = MutableMapping[PeerBlock, bool]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class PeerUpdate:
     """Everything one `public_key=` block asks for. None means "leave unchanged";
     a zero preshared key removes it; keepalive 0 turns it off. Allowed-ips are removed
@@ -99,6 +101,7 @@ class PeerUpdate:
     `block`: set on the first update of a block cut in several (see PeerBlock), which
     records whether it created the peer, and on a `remove` that applies only if it did."""
 
+    __repr__ = keyed_repr
     public_key: bytes
     remove: bool = False
     update_only: bool = False
@@ -117,8 +120,9 @@ SetOperation = SetPrivateKey | SetListenPort | SetFwmark | ReplacePeers | PeerUp
 # ---- device state for `get=1` ----
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class PeerSnapshot:
+    __repr__ = keyed_repr
     public_key: bytes
     preshared_key: bytes | None = field(default=None, repr=False)
     endpoint: Endpoint | None = None
@@ -143,6 +147,15 @@ class DeviceSnapshot:
 @dataclass(frozen=True, slots=True)
 class GetRequest:
     """`get=1`; `error` is set when the blank line after it was something else."""
+
+    error: UapiError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRequest:
+    """`wiretun-stats=1`: wiretun's own request (wireguard-go closes the connection on it),
+    answered with `stats=<one line of JSON>` (wiretun.tunnel.stats.TunnelStats) before the
+    errno; `error` as for GetRequest."""
 
     error: UapiError | None = None
 
@@ -189,7 +202,7 @@ class UapiRequestReader:
         self._pos = nl + 1
         return line
 
-    def next_request(self) -> GetRequest | SetRequest | None:
+    def next_request(self) -> GetRequest | SetRequest | StatsRequest | None:
         """The next request (or piece of a set), or None until more bytes arrive.
         Raises UapiProtocolError when the connection should be closed."""
         while True:
@@ -198,15 +211,16 @@ class UapiRequestReader:
                 op = self._line()
                 if op is None:
                     return None
-                if op == b"get=1":
+                if op in (b"get=1", STATS_OP):
                     if self._pos >= len(self._buf):
                         self._pos = start  # wait for the byte after the newline
                         return None
                     after = self._buf[self._pos]
                     self._pos += 1
+                    kind = GetRequest if op == b"get=1" else StatsRequest
                     if after == ord("\n"):
-                        return GetRequest()
-                    return GetRequest(
+                        return kind()
+                    return kind(
                         UapiError(errno_codes.EINVAL, f"trailing character in get: {after!r}")
                     )
                 if op == b"set=1":
@@ -524,6 +538,13 @@ def format_peer(peer: PeerSnapshot) -> str:
     out.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
     out.extend(f"allowed_ip={network}" for network in peer.allowed_ips)
     return "".join(f"{line}\n" for line in out)
+
+
+def format_stats(stats_json: str) -> str:
+    """The reply to `wiretun-stats=1`: the JSON (one line) and `errno=0`."""
+    if "\n" in stats_json:
+        raise ValueError("stats JSON must be one line")
+    return f"stats={stats_json}\nerrno=0\n\n"
 
 
 def format_set_reply(error: UapiError | None) -> str:

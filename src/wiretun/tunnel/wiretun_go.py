@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         return _daemonize(name)
     from wiretun.tunnel import up  # noqa: PLC0415
 
-    opts = up.UpOptions(config="", name=name, queues=1, offload=True, ready_fd=args.ready_fd)
+    opts = up.UpOptions(
+        config="", name=name, queues=1, offload=True, ready_fd=args.ready_fd, print_steps=False
+    )
     try:
         return asyncio.run(up.run_device(bare_config(name), opts))
     except KeyboardInterrupt:

@@ -1,19 +1,24 @@
 """The WireGuard Device: peers, sessions, routing and timers as a sans-I/O state machine.
 
-The shell (wiretun.tunnel) drives it with three inputs and drains four outputs; the Device
+The shell (wiretun.tunnel) drives it with four inputs and drains four outputs; the Device
 never reads a clock, touches a socket or starts a thread. ``now`` is monotonic seconds
 (``loop.time()``); handshake timestamps use ``now + wall_clock_offset`` as wall time.
+The Device keeps the configuration, the routing and the two transport loops; the handshake
+side (identity, cookies, load, indices, initiations) is its `Handshaker`.
 
 Inputs::
 
     packets = device.receive_datagrams([(datagram, (host, port)), ...], now)
         # -> inner IP packets to write to the TUN (authenticated, replay-checked, source
         #    checked against the peer's allowed-ips, trimmed to the IP length). Handshake
-        #    and cookie messages are consumed here; their answers are queued.
+        #    and cookie messages only wait in a bounded queue here (1024) ...
+    device.process_handshakes(now, limit)
+        # ... until this handles `limit` of them (None: all) and queues their answers;
+        # returns how many still wait (also `device.handshakes_waiting`).
     device.send_packets([ip_packet, ...], now)
         # routes each packet by destination (longest prefix), pads it to 16 (never past
         # `mtu`) and seals it; packets for a peer without a session are staged (last 128)
-        # and a handshake is started.
+        # and a handshake is started (paced over all peers: bursts of 8, then 1000/s).
     device.handle_timers(now)   # call at (or after) device.next_timer()
 
 Outputs::
@@ -32,9 +37,9 @@ network is only counted in ``stats().drops``.
 
 Load: handshake messages need a valid mac1 always; while ``under_load`` they also need a
 valid mac2 (otherwise a cookie reply is sent) and pass a per-source-IP rate limiter. The
-shell may force ``device.under_load = True``; otherwise the Device judges itself under load
-for one second after it received more than 128 handshake messages within one second (the
-spirit of wireguard-go's "handshake queue 1/8 full" rule, measured without a queue).
+shell may force ``device.under_load = True``; otherwise the Device is under load for one
+second after 128 handshake messages waited in its queue (wireguard-go's "handshake queue
+1/8 full") or more than 128 arrived within one second.
 """
 
 from __future__ import annotations
@@ -46,29 +51,18 @@ from itertools import islice
 from typing import TYPE_CHECKING, Final
 
 from wiretun.wireguard.allowedips import AllowedIPs, IPNetwork, parse_network
-from wiretun.wireguard.control import (
-    UNDER_LOAD_HANDSHAKES,
-    UNDER_LOAD_HOLD,
-    Seen,
-    handshake_complete,
-    process_control,
-    queue_control,
-    release_initiations,
-    send_initiation,
-)
-from wiretun.wireguard.cookie import CookieChecker, RateLimiter
 from wiretun.wireguard.events import (
     Endpoint,
     Event,
     HandshakeFailed,
     KeypairExpired,
     KeysZeroed,
-    PeerEndpointChanged,
 )
 from wiretun.wireguard.handshake import StaticIdentity
-from wiretun.wireguard.index import IndexTable
+from wiretun.wireguard.handshaker import UNDER_LOAD_HANDSHAKES, UNDER_LOAD_HOLD, Handshaker
+from wiretun.wireguard.keys import key_to_base64
 from wiretun.wireguard.messages import MSG_TRANSPORT, TRANSPORT_MIN_SIZE
-from wiretun.wireguard.pacing import HandshakeQueue, InitiationPacer
+from wiretun.wireguard.outbox import Outbox
 from wiretun.wireguard.peer import Peer, check_endpoint, check_keepalive, check_key
 from wiretun.wireguard.replay import REJECT_AFTER_MESSAGES
 from wiretun.wireguard.session import TRANSPORT_HEADER, Buffer, Keypair
@@ -92,6 +86,7 @@ __all__ = [
     "Buffer",
     "Device",
     "DeviceStats",
+    "DropReason",
     "PeerStats",
 ]
 
@@ -107,6 +102,17 @@ _MAX_FRAME_SEGMENTS = 256
 Gso = tuple[Endpoint, bytes, list[tuple[int, int]]]
 """One batch of sealed messages for an endpoint: the buffer and its (segment size, bytes)
 UDP_SEGMENT groups, in order."""
+
+
+class Seen:
+    """What one receive batch saw from a peer: newest source, last keypair, any data."""
+
+    __slots__ = ("data", "keypair", "src")
+
+    def __init__(self, src: Endpoint, keypair: Keypair | None) -> None:
+        self.src = src
+        self.keypair = keypair
+        self.data = False
 
 
 class Device:
@@ -125,46 +131,50 @@ class Device:
     ) -> None:
         self.listen_port = listen_port
         self.fwmark = fwmark
-        self.wall_clock_offset = wall_clock_offset
         self.mtu = mtu
         self._rng = rng
-        self._identity = StaticIdentity.from_private(check_key("private key", private_key))
-        self._checker = CookieChecker(self._identity.public, rng)
-        self._limiter = RateLimiter()
         self._peers: dict[bytes, Peer] = {}
         self._allowed: AllowedIPs[Peer] = AllowedIPs()
-        self._index = IndexTable(rng)
         self._timers: TimerQueue[Peer] = TimerQueue()  # every peer's timers, by deadline
-        # Received handshake messages wait here for process_handshakes (bounded, 1024).
-        self._handshakes = HandshakeQueue()
-        # Our initiations, over all peers, at a bounded rate (the rest wait their turn).
-        self._pacer: InitiationPacer[Peer] = InitiationPacer()
-        self._out: dict[Endpoint, list[bytes]] = {}
+        # The outputs, shared with the handshaker: datagrams per endpoint, events, drops.
+        self._outbox = Outbox()
         self._gso_out: list[Gso] = []
-        # The batch data path (wiretun.datapath.load()): only send_frames/receive_gro use it.
-        self._datapath = datapath
-        # Initiations still waiting in `_out`: a newer one for the same peer replaces its
-        # stale predecessor, whose response could only be dropped as unknown_index.
-        self._unsent_initiations: dict[Peer, tuple[Endpoint, bytes]] = {}
         self._events: deque[Event] = deque()
         self._drops = Drops()
         self._frame_drops: Counter[str] = Counter()  # TUN frames send_frames could not split
+        # Identity, cookies, load, receiver indices, queued handshakes, paced initiations.
+        self._handshaker = Handshaker(
+            StaticIdentity.from_private(check_key("private key", private_key)),
+            peers=self._peers,
+            outbox=self._outbox,
+            events=self._events,
+            drops=self._drops,
+            rng=rng,
+            wall_clock_offset=wall_clock_offset,
+        )
+        # The batch data path (wiretun.datapath.load()): only send_frames/receive_gro use it.
+        self._datapath = datapath
         self._sealed = 0
         self._opened = 0
-        self._completed = 0
-        self._forced_load = False
-        self._load_window = float("-inf")
-        self._load_count = 0
 
     # ---------------------------------------------------------------- configuration
 
     @property
     def public_key(self) -> bytes:
-        return self._identity.public
+        return self._handshaker.identity.public
 
     @property
     def private_key(self) -> bytes:
-        return self._identity.private
+        return self._handshaker.identity.private
+
+    @property
+    def wall_clock_offset(self) -> float:
+        """Seconds to add to `now` for wall time (handshake timestamps, last_handshake)."""
+        return self._handshaker.wall_clock_offset
+
+    @wall_clock_offset.setter
+    def wall_clock_offset(self, value: float) -> None:
+        self._handshaker.wall_clock_offset = value
 
     @property
     def peers(self) -> list[Peer]:
@@ -174,7 +184,7 @@ class Device:
         try:
             return self._peers[public_key]
         except KeyError:
-            raise KeyError(f"no peer with public key {public_key.hex()}") from None
+            raise KeyError(f"no peer with public key {key_to_base64(public_key)}") from None
 
     def set_private_key(self, private_key: bytes) -> None:
         """Change identity; a peer whose public key is our new one is removed, as wg does.
@@ -184,18 +194,14 @@ class Device:
         rate limit is reset so the next packet starts a handshake under the new key at once.
         """
         identity = StaticIdentity.from_private(check_key("private key", private_key))
-        if identity.public == self._identity.public:
+        handshaker = self._handshaker
+        if identity.public == handshaker.identity.public:
             return
-        self._identity = identity
-        self._checker = CookieChecker(identity.public, self._rng)
+        handshaker.change_identity(identity)
         if identity.public in self._peers:
             self.remove_peer(identity.public)
         for peer in self._peers.values():
-            self._forget_pending(peer)
-            peer.handshake_sent_at = float("-inf")
-            for kp in (peer.current, peer.next):
-                if kp is not None:
-                    kp.stop_sending()
+            handshaker.expire_current_keypairs(peer)
 
     def add_peer(
         self,
@@ -209,8 +215,8 @@ class Device:
         """Add a peer (ValueError if it exists or is ourselves)."""
         public_key = check_key("public key", public_key)
         if public_key in self._peers:
-            raise ValueError(f"peer {public_key.hex()} already exists")
-        if public_key == self._identity.public:
+            raise ValueError(f"peer {key_to_base64(public_key)} already exists")
+        if public_key == self._handshaker.identity.public:
             raise ValueError("a peer cannot have the device's own public key")
         nets = [parse_network(n) for n in allowed_ips]
         peer = Peer(
@@ -228,9 +234,8 @@ class Device:
 
     def remove_peer(self, public_key: bytes) -> None:
         peer = self.peer(public_key)
-        self._forget_sessions(peer)
+        self._handshaker.forget(peer)
         self._drop_staged(peer, DropReason.PEER_REMOVED)
-        self._pacer.discard(peer)
         peer.timers.stop_all()
         self._timers.discard(peer.timers)
         self._allowed.remove_value(peer)
@@ -275,24 +280,21 @@ class Device:
 
     @property
     def under_load(self) -> bool:
-        return self._forced_load
+        return self._handshaker.forced_load
 
     @under_load.setter
     def under_load(self, value: bool) -> None:
-        self._forced_load = bool(value)
+        self._handshaker.forced_load = bool(value)
 
     def is_under_load(self, now: float) -> bool:
         """Forced by the shell, or busy with handshakes in the last second (a backlog of
         128 in the handshake queue, or more than 128 handshake messages in one second)."""
-        return self._forced_load or self._handshakes.under_load(now)
+        return self._handshaker.is_under_load(now)
 
     # ---------------------------------------------------------------- outputs
 
     def datagrams_to_send(self) -> list[tuple[Endpoint, list[bytes]]]:
-        out = list(self._out.items())
-        self._out = {}
-        self._unsent_initiations.clear()
-        return out
+        return self._outbox.drain()
 
     def gso_to_send(self) -> list[Gso]:
         """What `send_frames` sealed: (endpoint, buffer, groups) per batch, in order; send it
@@ -307,7 +309,7 @@ class Device:
         """The earliest deadline of any peer (from a heap: cheap enough to ask per batch),
         or when the next paced initiation is due."""
         at = self._timers.next_deadline()
-        paced = self._pacer.next_due()
+        paced = self._handshaker.next_initiation_due()
         if paced is None:
             return at
         return paced if at is None or paced < at else at
@@ -315,7 +317,7 @@ class Device:
     @property
     def handshakes_waiting(self) -> int:
         """Received handshake and cookie messages that wait for `process_handshakes`."""
-        return len(self._handshakes)
+        return self._handshaker.waiting
 
     def stats(self) -> DeviceStats:
         peers = tuple(
@@ -335,10 +337,10 @@ class Device:
             peers=peers,
             packets_sealed=self._sealed,
             packets_opened=self._opened,
-            handshakes_completed=self._completed,
+            handshakes_completed=self._handshaker.completed,
             frame_drops=dict(self._frame_drops),
-            handshakes_queued=len(self._handshakes),
-            initiations_waiting=len(self._pacer),
+            handshakes_queued=self._handshaker.waiting,
+            initiations_waiting=self._handshaker.initiations_waiting,
         )
 
     # ---------------------------------------------------------------- inbound
@@ -355,7 +357,8 @@ class Device:
         # inner checks); per-peer bookkeeping once per batch (`_after_receive`).
         batch = datagrams if isinstance(datagrams, list) else list(datagrams)
         out: list[bytes] = []
-        keypairs = self._index.keypairs
+        keypairs = self._handshaker.sessions
+        accept = self._handshaker.accept
         drops = self._drops
         lookup = self._allowed.lookup
         cached_owner = self._allowed.cache.get
@@ -368,7 +371,7 @@ class Device:
         while i < total:
             data, src = batch[i]
             if len(data) < TRANSPORT_MIN_SIZE or data[0] != MSG_TRANSPORT:
-                queue_control(self, data, src)  # for process_handshakes
+                accept(data, src)  # queued for process_handshakes
                 i += 1
                 continue
             kind, receiver, _ = header(data)
@@ -408,17 +411,10 @@ class Device:
         handshakes (each a cookie reply or a DH) takes a bounded share of each turn and
         data never waits behind it; what overflows the queue (1024) is dropped and counted
         as ``handshake_queue_full``."""
-        queue = self._handshakes
-        count = len(queue) if limit is None else min(limit, len(queue))
-        if count <= 0:
-            return len(queue)
-        seen: dict[Peer, Seen] = {}
-        for _ in range(count):
-            data, src = queue.pop()
-            process_control(self, data, src, now, seen)
-        for p, st in seen.items():
-            self._after_receive(p, st.src, st.keypair, st.data, now)
-        return len(queue)
+        left, seen = self._handshaker.process(now, limit)
+        for peer, src in seen.items():
+            self._after_receive(peer, src, None, False, now)
+        return left
 
     @staticmethod
     def _end_run(
@@ -465,29 +461,24 @@ class Device:
             and needs_rekey_on_receive(kp.is_initiator, kp.created, now)
         ):
             peer.sent_last_minute_handshake = True
-            send_initiation(self, peer, now, retry=False)
+            self._handshaker.initiate(peer, now, retry=False)
         # Packets only wait while there is no session to send them with: staged packets and
         # a usable current keypair mean this batch completed a handshake (see `_confirm`
-        # and control's response handling, which leave the sending to here).
+        # and the handshaker's response handling, which leave the sending to here).
         current = peer.current
         if peer.staged and current is not None and current.can_send(now):
             self._flush_staged(peer, now)
 
     def _set_endpoint_from(self, peer: Peer, src: Endpoint) -> None:
-        new = (src[0], src[1])
-        if peer.endpoint != new:
-            old = peer.endpoint
-            peer.endpoint = new
-            self._events.append(PeerEndpointChanged(peer.public_key, old, new))
+        moved = peer.roam_to(src)
+        if moved is not None:
+            self._events.append(moved)
 
     def _confirm(self, peer: Peer, kp: Keypair, src: Endpoint, now: float) -> None:
         # The confirming packet's source first (wireguard-go: SetEndpointFromPacket before
         # SendStagedPackets), so the staged packets follow a peer that roamed.
         self._set_endpoint_from(peer, src)
-        dead = peer.confirm(kp)
-        if dead is not None:
-            self._index.drop_keypair(dead)
-        handshake_complete(self, peer, kp, now)
+        self._handshaker.confirm(peer, kp, now)
         # The staged packets go out in `_after_receive`, after the batch's receive timers.
 
     def receive_gro(
@@ -505,7 +496,7 @@ class Device:
         keypairs) goes through `receive_datagrams` one datagram at a time. Either way the
         results and the drops are those of `receive_datagrams` on the split datagrams.
         """
-        keypairs = self._index.keypairs
+        keypairs = self._handshaker.sessions
         open_run = self._batch_path().open_run
         source_table = self._allowed.source_table
         seen: dict[Peer, Seen] = {}
@@ -747,7 +738,7 @@ class Device:
             # Keep order: what waited goes out before this batch.
             self._flush_staged(peer, now)
         sent[peer] = kp
-        return kp, self._out.setdefault(peer.endpoint, [])
+        return kp, self._outbox.to(peer.endpoint)
 
     def _after_send(self, peer: Peer, kp: Keypair, now: float, *, data: bool) -> None:
         timers = peer.timers
@@ -756,7 +747,7 @@ class Device:
         timers.authenticated_sent(now)
         timers.authenticated_traversal(now)
         if needs_rekey_on_send(kp.is_initiator, kp.created, kp.send_counter, now):
-            send_initiation(self, peer, now, retry=False)
+            self._handshaker.initiate(peer, now, retry=False)
 
     def _flush_staged(self, peer: Peer, now: float) -> None:
         """Send what is staged (a b"" entry is a keepalive) or start a handshake."""
@@ -766,9 +757,9 @@ class Device:
         if peer.endpoint is None:
             return
         if kp is None or not kp.can_send(now):
-            send_initiation(self, peer, now, retry=False)
+            self._handshaker.initiate(peer, now, retry=False)
             return
-        dest = self._out.setdefault(peer.endpoint, [])
+        dest = self._outbox.to(peer.endpoint)
         staged = peer.staged
         peer.staged = type(staged)()
         done, tx = kp.seal_run(staged, dest, self.mtu)
@@ -780,61 +771,36 @@ class Device:
         self._after_send(peer, kp, now, data=any_data)
 
     def _send_keepalive(self, peer: Peer, now: float) -> None:
-        if not peer.staged:
-            peer.staged.append(b"")
+        peer.want_keepalive()
         self._flush_staged(peer, now)
-
-    def _withdraw_unsent_initiation(self, peer: Peer) -> None:
-        entry = self._unsent_initiations.pop(peer, None)
-        if entry is None:
-            return
-        endpoint, message = entry
-        queued = self._out.get(endpoint, [])
-        for i, datagram in enumerate(queued):
-            if datagram is message:
-                del queued[i]
-                peer.tx_bytes -= len(message)
-                break
-        if not queued:
-            self._out.pop(endpoint, None)
-
-    def _queue(self, endpoint: Endpoint, datagram: bytes) -> None:
-        self._out.setdefault(endpoint, []).append(datagram)
 
     # ---------------------------------------------------------------- timers
 
     def handle_timers(self, now: float) -> None:
         """Create the paced initiations whose turn came, then act on every per-peer
         deadline that has passed (peers in the order added)."""
-        release_initiations(self, now)
+        handshaker = self._handshaker
+        handshaker.release(now)
         for peer in self._timers.due(now):
             for action in peer.timers.expire(now):
                 if action is TimerAction.RETRANSMIT_HANDSHAKE:
-                    send_initiation(self, peer, now, retry=True)
+                    handshaker.initiate(peer, now, retry=True)
                 elif action is TimerAction.GIVE_UP_HANDSHAKE:
                     # The pending handshake stays until the zero-keys timer (wireguard-go):
                     # a late response to the last initiation still completes it.
                     dropped = self._drop_staged(peer, DropReason.HANDSHAKE_TIMEOUT)
                     self._events.append(HandshakeFailed(peer.public_key, dropped))
                 elif action is TimerAction.NEW_HANDSHAKE:
-                    send_initiation(self, peer, now, retry=False)
+                    handshaker.initiate(peer, now, retry=False)
                 elif action is TimerAction.ZERO_KEYS:
                     # wireguard-go's ZeroAndFlushAll: the staged packets go with the keys.
-                    self._forget_sessions(peer)
+                    handshaker.zero(peer)
                     self._drop_staged(peer, DropReason.KEYS_ZEROED)
                     self._events.append(KeysZeroed(peer.public_key))
                 else:  # SEND_KEEPALIVE, PERSISTENT_KEEPALIVE
                     self._send_keepalive(peer, now)
 
     # ---------------------------------------------------------------- helpers
-
-    def _forget_pending(self, peer: Peer) -> None:
-        self._withdraw_unsent_initiation(peer)
-        self._index.forget_pending(peer)
-
-    def _forget_sessions(self, peer: Peer) -> None:
-        self._index.forget_sessions(peer)
-        self._forget_pending(peer)
 
     def _drop_staged(self, peer: Peer, reason: DropReason) -> int:
         dropped = sum(1 for p in peer.staged if p)

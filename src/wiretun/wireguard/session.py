@@ -194,21 +194,21 @@ class Keypair:
         ring = replay.ring
         receiver = self.local_index
         append = out.append
-        n_total = len(datagrams)
-        i = start
+        end = len(datagrams)
         opened = 0
         rx = 0
         first_src: Endpoint | None = None
         last_src: Endpoint | None = None
         got_data = False
-        while i < n_total:
+        for i in range(start, end):
             data, src = datagrams[i]
             if len(data) < TRANSPORT_MIN_SIZE or data[0] != MSG_TRANSPORT:
+                end = i
                 break
             kind, index, counter = header(data)
             if index != receiver:
+                end = i
                 break
-            i += 1
             if kind != MSG_TRANSPORT:
                 drops.add(DropReason.BAD_TYPE)
                 continue
@@ -234,10 +234,10 @@ class Keypair:
             elif not replay.check_and_mark(counter):
                 drops.add(DropReason.REPLAY)
                 continue
+            if not opened:
+                first_src = src
             opened += 1
             rx += len(data)
-            if first_src is None:
-                first_src = src
             last_src = src
             if not plain:
                 continue  # keepalive
@@ -265,7 +265,7 @@ class Keypair:
                 continue
             got_data = True
             append(plain if length == n else plain[:length])
-        return i, opened, rx, first_src, last_src, got_data
+        return end, opened, rx, first_src, last_src, got_data
 
     # ------------------------------------------------------------------ lifetime
 

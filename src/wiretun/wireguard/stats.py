@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from wiretun.wireguard.events import Endpoint
+from wiretun.wireguard.keys import keyed_repr
 
 
 class DropReason(enum.Enum):
@@ -68,8 +69,9 @@ class Drops:
         return {reason.value: n for reason, n in self._counts.items() if n}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class PeerStats:
+    __repr__ = keyed_repr
     public_key: bytes
     endpoint: Endpoint | None
     tx_bytes: int
