@@ -4,6 +4,7 @@ the one live peer stalls meanwhile (issue #15).
 
     .venv/bin/python scripts/many_peers.py [--peers 10000]
                       [--impl wiretun|wireguard-go|wg-quick] [--covered] [--shows 3]
+                      [--show-cmd wg|wiretun]
 
 Needs root, wireguard-go and wg (and wg-quick for --impl wg-quick). In throwaway namespaces
 A and B joined by a veth: the device under test in A has N peers (one /32 each; one of them
@@ -11,11 +12,12 @@ is wireguard-go in B, the live peer, the others have no endpoint) and B pings A 
 tunnel with UDP probes every 5 ms from before `up` to the end. Reported: the time of `up`
 (wiretun: exec to ready; wireguard-go: the `wg setconf` of the same peers, no routes;
 wg-quick: `wg-quick up` of the same file with wireguard-go as its userspace implementation),
-of each `wg show NAME` and `wg show NAME dump`, the probes' RTT while each show ran (max, and
-the longest gap without an answer), and of `down` (SIGTERM to exit; wg-quick: `wg-quick
-down`). By default each /32 is outside the Address prefix, so `up` installs one route per
-peer (as wg-quick does); --covered puts them inside it (no routes). Wall-clock figures on a
-shared machine: compare runs side by side, in one session.
+of each `wg show NAME` and `wg show NAME dump` (or, --show-cmd wiretun, `wiretun show NAME`
+and `wiretun show NAME --json`: a Python start included), the probes' RTT while each show
+ran (max, and the longest gap without an answer), and of `down` (SIGTERM to exit;
+wg-quick: `wg-quick down`). By default each /32 is outside the Address prefix, so `up`
+installs one route per peer (as wg-quick does); --covered puts them inside it (no routes).
+Wall-clock figures on a shared machine: compare runs side by side, in one session.
 """
 
 from __future__ import annotations
@@ -145,6 +147,13 @@ def timed(cmd: list[str]) -> tuple[float, float, int]:
     return start, time.monotonic(), len(out)
 
 
+def show_commands(kind: str, name: str) -> list[tuple[str, list[str]]]:
+    if kind == "wg":
+        return [("wg show", ["wg", "show", name]), ("wg dump", ["wg", "show", name, "dump"])]
+    wiretun = [sys.executable, "-m", "wiretun", "show", name]
+    return [("wiretun show", wiretun), ("wiretun json", [*wiretun, "--json"])]
+
+
 def wg_quick_env() -> list[str]:
     return ["env", "WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go", f"{WG_GO_ENV}=1"]
 
@@ -243,6 +252,11 @@ def main() -> int:
     )
     parser.add_argument("--covered", action="store_true", help="peer /32s inside the Address")
     parser.add_argument("--shows", type=int, default=3)
+    parser.add_argument(
+        "--show-cmd", choices=["wg", "wiretun"], default="wg",
+        help="time `wg show NAME` and `wg show NAME dump`, or `wiretun show NAME` and "
+        "`wiretun show NAME --json` (this interpreter's wiretun)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     print(f"generating {args.peers} keys ...", flush=True)
@@ -281,10 +295,9 @@ def main() -> int:
             idle = prober.window(idle_start, time.monotonic())
             shows = []
             for _ in range(args.shows):
-                for what in (["show", dut.name], ["show", dut.name, "dump"]):
-                    start, end, size = timed(["ip", "netns", "exec", a.name, "wg", *what])
-                    shows.append((" ".join(what[2:]) or "show", end - start, size,
-                                  prober.window(start, end)))  # fmt: skip
+                for label, cmd in show_commands(args.show_cmd, dut.name):
+                    start, end, size = timed(["ip", "netns", "exec", a.name, *cmd])
+                    shows.append((label, end - start, size, prober.window(start, end)))
                     time.sleep(0.3)
             rss = rss_kib(dut.pid) if dut.pid is not None else None
             down = dut.stop()
@@ -301,7 +314,7 @@ def main() -> int:
     sent, lost, rtt, stall = idle
     print(f"idle 2 s: {sent} probes, {lost} lost, max RTT {rtt:.1f} ms")
     for label, seconds, size, (sent, lost, rtt, stall) in shows:
-        print(f"wg {label:5s}: {seconds:.3f} s ({size / 1024:.0f} KiB); during it {sent} probes, "
+        print(f"{label:12s}: {seconds:.3f} s ({size / 1024:.0f} KiB); during it {sent} probes, "
               f"{lost} lost, max RTT {rtt:.1f} ms, longest stall {stall:.1f} ms")  # fmt: skip
     print(f"down: {down:.2f} s")
     med = statistics.median(s for _, s, _, _ in shows)
