@@ -8,7 +8,7 @@ import ipaddress
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import pytest
 
@@ -42,7 +42,9 @@ def sock_dir() -> Iterator[str]:
         yield path
 
 
-def _serve(sock_dir: str, name: str, stats: object | None, check: object) -> None:
+def _serve(
+    sock_dir: str, name: str, stats: Mapping[str, object] | Iterable[str] | None, check: object
+) -> None:
     async def main() -> None:
         server = UapiServer(
             name, MemoryBackend(DEVICE), socket_dir=sock_dir,
@@ -61,6 +63,33 @@ def test_get_and_stats_from_a_live_server(sock_dir: str) -> None:
         assert uapi_client.stats("wt0", sock_dir) == {"drops": {"core.mac1": 1}}
 
     _serve(sock_dir, "wt0", {"drops": {"core.mac1": 1}}, check)
+
+
+def test_stats_given_in_pieces_arrive_as_one_line(sock_dir: str) -> None:
+    pieces = ['{"peers":[', '{"a":1}', ',{"a":2}', '],"drops":{}}']
+
+    def check() -> None:
+        assert uapi_client.stats("wt2", sock_dir) == {"peers": [{"a": 1}, {"a": 2}], "drops": {}}
+
+    _serve(sock_dir, "wt2", pieces, check)
+
+
+def test_stats_failing_midway_end_with_an_errno(sock_dir: str) -> None:
+    def pieces() -> Iterator[str]:
+        yield '{"peers":['
+        raise RuntimeError("a bug")
+
+    def check() -> None:
+        raw = uapi_client.request(f"{sock_dir}/wt3.sock", b"wiretun-stats=1\n\n")
+        assert raw.endswith("\nerrno=-55")  # after whatever part of the line went out
+        assert uapi_client.stats("wt3", sock_dir) is None
+
+    async def main() -> None:
+        server = UapiServer("wt3", MemoryBackend(DEVICE), socket_dir=sock_dir, stats=pieces)
+        async with server:
+            await asyncio.to_thread(check)
+
+    asyncio.run(main())
 
 
 def test_a_device_without_stats_gives_none(sock_dir: str) -> None:

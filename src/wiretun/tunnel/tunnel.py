@@ -22,7 +22,7 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -42,7 +42,15 @@ from wiretun.tunnel.config import (
 from wiretun.tunnel.loop import BatchCorePort, FramePath, TunnelLoop
 from wiretun.tunnel.routing import FwmarkFollower, RoutePlan, configured_fwmark, plan_routes
 from wiretun.tunnel.routing import routing_table as table_setting
-from wiretun.tunnel.stats import OffloadCounters, TunnelStats, core_drops, peer_counters
+from wiretun.tunnel.stats import (
+    OffloadCounters,
+    PeerCounters,
+    TunnelStats,
+    core_drops,
+    iter_peer_counters,
+    json_line_pieces,
+    peer_counters,
+)
 from wiretun.tunnel.uapi import SOCKET_DIR, UapiInUseError, UapiServer
 from wiretun.tunnel.uapi_protocol import (
     DeviceSnapshot,
@@ -296,7 +304,7 @@ class Tunnel:
                 backend,
                 socket_dir=opts.socket_dir,
                 on_removed=lambda: self.stop("UAPI socket removed"),
-                stats=self.stats_json,
+                stats=self.stats_pieces,
             )
             try:
                 await uapi.start()
@@ -527,9 +535,19 @@ class Tunnel:
 
     def stats(self) -> TunnelStats:
         """One frozen snapshot of every counter (see TunnelStats)."""
+        now = time.time()
+        return self._stats(now, peer_counters(self.device, now))
+
+    def stats_pieces(self) -> Iterator[str]:
+        """stats_json() as pieces of one line of JSON, each peer's counters built when its
+        piece is asked for: the UAPI server sends them in slices, so `wiretun show` of 10k
+        peers does not hold the loop (building them at once took ~200 ms)."""
+        now = time.time()
+        return json_line_pieces(self._stats(now, ()), iter_peer_counters(self.device, now))
+
+    def _stats(self, now: float, peers: tuple[PeerCounters, ...]) -> TunnelStats:
         device, udp, tun = self.device, self._udp, self.tun
         assert udp is not None and self._loop_runner is not None
-        now = time.time()
         core = device.stats()
         return TunnelStats(
             name=self.name,
@@ -540,7 +558,7 @@ class Tunnel:
             data_path=self.data_path,
             taken_at=now,
             uptime=max(0.0, now - self._up_at) if self._up_at else 0.0,
-            peers=peer_counters(device, now),
+            peers=peers,
             core_drops=core_drops(core.drops),
             packets_sealed=core.packets_sealed,
             packets_opened=core.packets_opened,

@@ -11,7 +11,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -151,7 +151,7 @@ class UapiServer:
         on_removed: Callable[[], None] | None = None,
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
-        stats: Callable[[], object] | None = None,
+        stats: Callable[[], Mapping[str, object] | Iterable[str]] | None = None,
     ) -> None:
         if not is_wg_quick_ifname(name):
             raise ValueError(f"{name!r} is not a valid interface name")
@@ -164,7 +164,9 @@ class UapiServer:
         self._on_removed = on_removed
         self._max_connections = max_connections
         self._idle_timeout = idle_timeout
-        self._stats_source = stats  # JSON-able counters for `wiretun-stats=1`, if any
+        # `wiretun-stats=1`'s counters, if any: a JSON-able mapping, or one line of JSON in
+        # pieces (sent in slices as a get is: a Tunnel's 10k peers are 200 ms of work).
+        self._stats_source = stats
         self._listener: socket.socket | None = None
         self._identity: tuple[int, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -298,7 +300,8 @@ class UapiServer:
                             await self._get(conn, request)
                             continue
                         if isinstance(request, StatsRequest):
-                            replies.append(self._stats_reply(request))
+                            await self._send(conn, replies)
+                            await self._stats_reply(conn, request)
                             continue
                         setting = setting or _SetInProgress(SetParser())
                         self._set_piece(setting, request)
@@ -330,30 +333,15 @@ class UapiServer:
         if request.error is not None:
             await self._send(conn, [self._failed("get", request.error)])
             return
-        loop = asyncio.get_running_loop()
         try:
-            pieces = iter(self._backend.get_pieces())
-            while True:
-                out: list[str] = []
-                size = 0
-                until = time.monotonic() + GET_SLICE_SECONDS
-                for piece in pieces:
-                    out.append(piece)
-                    size += len(piece)
-                    if size >= GET_SLICE_BYTES or time.monotonic() >= until:
-                        break
-                else:
-                    await loop.sock_sendall(conn, "".join(out).encode())
-                    return
-                await loop.sock_sendall(conn, "".join(out).encode())
-                await asyncio.sleep(0)  # a send that did not block did not yield
+            await _send_in_slices(conn, iter(self._backend.get_pieces()))
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception:
             logger.exception("UAPI %s: get failed in the backend", self.name)
             # The client may have part of a reply: an errno line ends it either way.
             failed = self._failed("get", UapiError(ERRNO_UNKNOWN, "backend error"))
-            await loop.sock_sendall(conn, failed.encode())
+            await asyncio.get_running_loop().sock_sendall(conn, failed.encode())
 
     def _set_piece(self, setting: _SetInProgress, request: SetRequest) -> None:
         """Parse and apply a piece of a set now (as wireguard-go applies line by line);
@@ -381,22 +369,63 @@ class UapiServer:
             return self._failed("set", setting.error)
         return format_set_reply(None)
 
-    def _stats_reply(self, request: StatsRequest) -> str:
+    async def _stats_reply(self, conn: socket.socket, request: StatsRequest) -> None:
         self._stats = replace(self._stats, gets=self._stats.gets + 1)
         if request.error is not None:
-            return self._failed("stats", request.error)
+            await self._send(conn, [self._failed("stats", request.error)])
+            return
         if self._stats_source is None:
-            return self._failed("stats", UapiError(errno.EOPNOTSUPP, "no stats here"))
+            no_stats = UapiError(errno.EOPNOTSUPP, "no stats here")
+            await self._send(conn, [self._failed("stats", no_stats)])
+            return
         try:
-            return format_stats(json.dumps(self._stats_source(), separators=(",", ":")))
+            source = self._stats_source()
+            if isinstance(source, Mapping):
+                await self._send(conn, [format_stats(json.dumps(source, separators=(",", ":")))])
+                return
+            await _send_in_slices(conn, _stats_line(source))
+        except (ConnectionError, asyncio.CancelledError):
+            raise
         except Exception:
             logger.exception("UAPI %s: stats failed", self.name)
-            return self._failed("stats", UapiError(ERRNO_UNKNOWN, "stats error"))
+            # A line cut short ends here; the errno says the reply failed.
+            failed = self._failed("stats", UapiError(ERRNO_UNKNOWN, "stats error"))
+            await asyncio.get_running_loop().sock_sendall(conn, f"\n{failed}".encode())
 
     def _failed(self, what: str, error: UapiError) -> str:
         self._stats = replace(self._stats, failed=self._stats.failed + 1)
         logger.warning("UAPI %s: %s failed (errno %d): %s", self.name, what, -error.errno, error)
         return format_set_reply(error)
+
+
+async def _send_in_slices(conn: socket.socket, pieces: Iterator[str]) -> None:
+    """Send the pieces of one reply, building them for GET_SLICE_SECONDS or GET_SLICE_BYTES at
+    a time with a loop turn between slices."""
+    loop = asyncio.get_running_loop()
+    while True:
+        out: list[str] = []
+        size = 0
+        until = time.monotonic() + GET_SLICE_SECONDS
+        for piece in pieces:
+            out.append(piece)
+            size += len(piece)
+            if size >= GET_SLICE_BYTES or time.monotonic() >= until:
+                break
+        else:
+            await loop.sock_sendall(conn, "".join(out).encode())
+            return
+        await loop.sock_sendall(conn, "".join(out).encode())
+        await asyncio.sleep(0)  # a send that did not block did not yield
+
+
+def _stats_line(pieces: Iterable[str]) -> Iterator[str]:
+    """format_stats around a JSON line given in pieces (none may hold a newline)."""
+    yield "stats="
+    for piece in pieces:
+        if "\n" in piece:
+            raise ValueError("stats JSON must be one line")
+        yield piece
+    yield "\nerrno=0\n\n"
 
 
 @dataclass
