@@ -548,7 +548,7 @@ class Tunnel:
     def _stats(self, now: float, peers: tuple[PeerCounters, ...]) -> TunnelStats:
         device, udp, tun = self.device, self._udp, self.tun
         assert udp is not None and self._loop_runner is not None
-        core = device.stats()
+        core = device.stats(peers=False)  # the peers' counters come from `peers`
         return TunnelStats(
             name=self.name,
             public_key=self.public_key,
