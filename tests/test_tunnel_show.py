@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from test_tunnel_stats import sample
-from wiretun.tunnel.show import _ago, _bytes, describe, render_text
+from test_tunnel_stats import PEER, sample
+from wiretun.tunnel.show import _ago, _bytes, describe, describe_stats, render_text
 from wiretun.tunnel.uapi_protocol import DeviceSnapshot, PeerSnapshot
 
 PRIVATE = base64.b64decode("4Cb6HXpToPFrwjVch+a1gI9TS1tXKYn+u4/qWftbuW4=")
@@ -86,3 +86,25 @@ def test_json_never_holds_a_private_or_preshared_key() -> None:
     for secret in (PRIVATE, b"\x01" * 32):
         assert base64.b64encode(secret).decode() not in out and secret.hex() not in out
     assert json.loads(out)["peers"][0]["preshared_key"] is True
+
+
+def test_the_counters_alone_describe_what_a_get_does() -> None:
+    """A wiretun device's stats carry every field of `wg show`: shown from them alone, the
+    same as from get=1 and the stats together (the private key aside: stats have none)."""
+    stats = sample().to_json()
+    peer = PeerSnapshot(
+        base64.b64decode(PEER.public_key),
+        endpoint=("192.0.2.2", 51820),
+        last_handshake_ns=1_700_000_000 * 10**9,
+        rx_bytes=1000,
+        tx_bytes=2000,
+        persistent_keepalive=25,
+        allowed_ips=(ipaddress.ip_network("10.9.0.2/32"),),
+    )
+    from_get = describe("wt0", DeviceSnapshot(PRIVATE, 51820, 0, (peer,)), stats)
+    alone = describe_stats("wt0", stats)
+    assert alone["public_key"] == "x"  # sample()'s
+    assert {**alone, "public_key": PUBLIC} == from_get
+    assert render_text(alone, now=1_700_000_063) == render_text(
+        {**from_get, "public_key": "x"}, now=1_700_000_063
+    )

@@ -50,6 +50,31 @@ def describe(name: str, snapshot: DeviceSnapshot, stats: dict[str, Any] | None) 
     }
 
 
+def describe_stats(name: str, stats: dict[str, Any]) -> dict[str, Any]:
+    """describe() from wiretun's counters alone (they hold every field `wg show` shows, as
+    of one moment): no get=1, whose 10k peers cost the daemon and us as much again."""
+    return {
+        "name": name,
+        "public_key": stats["public_key"] or None,
+        "listen_port": stats["listen_port"],
+        "fwmark": stats["fwmark"],
+        "peers": [
+            {
+                "public_key": p["public_key"],
+                "preshared_key": p["has_preshared_key"],
+                "endpoint": p["endpoint"],
+                "allowed_ips": p["allowed_ips"],
+                "latest_handshake": p["last_handshake"],
+                "rx_bytes": p["rx_bytes"],
+                "tx_bytes": p["tx_bytes"],
+                "persistent_keepalive": p["persistent_keepalive"],
+            }
+            for p in stats["peers"]
+        ],
+        "stats": stats,
+    }
+
+
 def _ago(seconds: float) -> str:
     """`wg show`'s "1 minute, 3 seconds ago"."""
     seconds = int(seconds)
@@ -132,8 +157,10 @@ def _stats_lines(stats: dict[str, Any]) -> list[str]:
 def gather(name: str, socket_dir: str) -> dict[str, Any]:
     from wiretun.tunnel import uapi_client  # noqa: PLC0415
 
-    snapshot = uapi_client.get(name, socket_dir)
-    return describe(name, snapshot, uapi_client.stats(name, socket_dir))
+    stats = uapi_client.stats(name, socket_dir)
+    if stats is not None:
+        return describe_stats(name, stats)
+    return describe(name, uapi_client.get(name, socket_dir), None)  # wireguard-go, say
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ class PeerCounters:
     persistent_keepalive: int  # seconds, 0 = off
     has_session: bool
     staged_packets: int  # waiting for a handshake
+    has_preshared_key: bool = False  # never the key itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +145,7 @@ def iter_peer_counters(device: Device, now_wall: float) -> Iterator[PeerCounters
             persistent_keepalive=p.persistent_keepalive,
             has_session=p.current is not None,
             staged_packets=len(p.staged),
+            has_preshared_key=p.preshared_key is not None,
         )
 
 

@@ -551,7 +551,8 @@ class Tunnel:
         core = device.stats(peers=False)  # the peers' counters come from `peers`
         return TunnelStats(
             name=self.name,
-            public_key=self.public_key,
+            # The device's: `wg set NAME private-key` may have changed the configured one.
+            public_key=key_to_base64(device.public_key),
             listen_port=udp.port,
             fwmark=device.fwmark or 0,
             mtu=self.mtu,
