@@ -39,7 +39,8 @@ class PeerCounters:
     persistent_keepalive: int  # seconds, 0 = off
     has_session: bool
     staged_packets: int  # waiting for a handshake
-    has_preshared_key: bool = False  # never the key itself
+    # Only whether there is one; out of repr all the same, as every field named so is.
+    has_preshared_key: bool = field(default=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
