@@ -3,14 +3,19 @@ without private keys (the live path is tests/integration/test_tunnel_show_live.p
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
 import json
+import tempfile
+from typing import Any
 
 import pytest
 
 from test_tunnel_stats import PEER, sample
-from wiretun.tunnel.show import _ago, _bytes, describe, describe_stats, render_text
+from wiretun.testing.uapi import MemoryBackend
+from wiretun.tunnel.show import _ago, _bytes, describe, describe_stats, gather, render_text
+from wiretun.tunnel.uapi import UapiServer
 from wiretun.tunnel.uapi_protocol import DeviceSnapshot, PeerSnapshot
 
 PRIVATE = base64.b64decode("4Cb6HXpToPFrwjVch+a1gI9TS1tXKYn+u4/qWftbuW4=")
@@ -108,3 +113,29 @@ def test_the_counters_alone_describe_what_a_get_does() -> None:
     assert render_text(alone, now=1_700_000_063) == render_text(
         {**from_get, "public_key": "x"}, now=1_700_000_063
     )
+
+
+def _gather_from(stats: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="wt-show-") as sock_dir:
+
+        async def main() -> dict[str, Any]:
+            server = UapiServer("wt0", MemoryBackend(SNAP), socket_dir=sock_dir,
+                                stats=lambda: stats)  # fmt: skip
+            async with server:
+                return await asyncio.to_thread(gather, "wt0", sock_dir)
+
+        return asyncio.run(main())
+
+
+def test_stats_alone_from_a_daemon_that_has_every_field() -> None:
+    stats = sample().to_json()
+    assert _gather_from(stats) == describe_stats("wt0", stats)
+
+
+def test_an_older_daemon_without_a_field_is_asked_for_get_too() -> None:
+    stats = sample().to_json()
+    for peer in stats["peers"]:
+        del peer["has_preshared_key"]
+    shown = _gather_from(stats)
+    assert shown == describe("wt0", SNAP, stats)
+    assert shown["peers"][0]["preshared_key"] is True  # from get=1

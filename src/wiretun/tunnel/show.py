@@ -158,9 +158,10 @@ def gather(name: str, socket_dir: str) -> dict[str, Any]:
     from wiretun.tunnel import uapi_client  # noqa: PLC0415
 
     stats = uapi_client.stats(name, socket_dir)
-    if stats is not None:
+    if stats is not None and all("has_preshared_key" in p for p in stats["peers"]):
         return describe_stats(name, stats)
-    return describe(name, uapi_client.get(name, socket_dir), None)  # wireguard-go, say
+    # wireguard-go (no stats), or an older wiretun whose stats lack a field: get=1 too.
+    return describe(name, uapi_client.get(name, socket_dir), stats)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,6 +184,9 @@ def run(args: argparse.Namespace) -> int:
             shown.append(gather(name, args.socket_dir))
         except (OSError, UapiError) as e:
             print(f"wiretun show: {name}: {e}", file=sys.stderr)
+            failed = True
+        except (KeyError, TypeError, ValueError) as e:  # a reply of another shape: the others
+            print(f"wiretun show: {name}: unexpected reply ({e!r})", file=sys.stderr)
             failed = True
     if args.json:
         out: object = shown[0] if args.interface is not None and shown else shown
