@@ -170,16 +170,28 @@ static inline void wrne16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
 
 /* The sum of `p` as big-endian 16-bit words (odd tail zero-padded), folded to 16 bits: a
  * value congruent to the plain word sum modulo 0xffff and zero exactly when every byte is.
- * Summed as native 32-bit words (RFC 1071: the one's-complement sum does not depend on byte
- * order up to a final swap), eight bytes a step. */
+ * Summed as native 64-bit words, 32 bytes a step, their carries counted and added back at
+ * the end (RFC 1071: the one's-complement sum does not depend on byte order up to a final
+ * swap, and 2**64 = 1 modulo 0xffff). */
 static uint64_t sum16(const uint8_t *p, size_t n) {
-    uint64_t s = 0;
+    uint64_t s = 0, carries = 0;
     size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        uint64_t w[4];
+        memcpy(w, p + i, 32);
+        carries += __builtin_add_overflow(s, w[0], &s);
+        carries += __builtin_add_overflow(s, w[1], &s);
+        carries += __builtin_add_overflow(s, w[2], &s);
+        carries += __builtin_add_overflow(s, w[3], &s);
+    }
     for (; i + 8 <= n; i += 8) {
         uint64_t w;
         memcpy(&w, p + i, 8);
-        s += (w & 0xFFFFFFFFu) + (w >> 32);
+        carries += __builtin_add_overflow(s, w, &s);
     }
+    s += carries;
+    if (s < carries) s++; /* end-around: a total that wrapped to 0 stays nonzero */
+    s = (s & 0xFFFFFFFFu) + (s >> 32);
     for (; i + 2 <= n; i += 2) {
         uint16_t w;
         memcpy(&w, p + i, 2);
