@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -12,11 +13,14 @@ from rich.console import Console
 from wiretun.bench.iperf import parse_result
 from wiretun.bench.plan import make_plan
 from wiretun.bench.report import (
-    COLUMNS,
+    LEGEND,
+    PING_COLUMNS,
     SCHEMA,
-    markdown_table,
+    THROUGHPUT_COLUMNS,
+    busy_warning,
+    markdown_tables,
     path_versions,
-    rich_table,
+    rich_tables,
     write_reports,
 )
 from wiretun.bench.results import ALL_WORKLOADS, Row, aggregate
@@ -127,25 +131,76 @@ def test_udp_and_ping_notes() -> None:
     assert rows["wireguard-go", "ping"].unit == "ms"
 
 
-def test_markdown_table_shape() -> None:
+def test_markdown_tables_shape() -> None:
     rows = aggregate(bench_result())
-    lines = markdown_table(rows).splitlines()
-    assert lines[0] == "| " + " | ".join(COLUMNS) + " |"
-    assert len(lines) == 2 + len(rows)
-    # Every line has the same number of cells: multi-line notes were flattened.
-    assert {line.count(" | ") for line in lines[2:]} == {len(COLUMNS) - 1}
-    ping = next(line for line in lines if line.startswith("| veth | ping |"))
-    assert "0.050 ms" in ping
-    assert any(
-        "failed: wiretun up exited with 2: usage: / wiretun: error" in line for line in lines
+    text = markdown_tables(rows)
+    lines = text.splitlines()
+    flow_head = lines.index("| " + " | ".join(THROUGHPUT_COLUMNS) + " |")
+    ping_head = lines.index("| " + " | ".join(PING_COLUMNS) + " |")
+    assert flow_head < ping_head  # throughput first, ping apart
+    flow = [ln for ln in lines[flow_head + 2 : ping_head] if ln.startswith("| ")]
+    ping = [ln for ln in lines[ping_head + 2 :] if ln.startswith("| ")]
+    assert len(flow) + len(ping) == len(rows)
+    assert {ln.count(" | ") for ln in flow} == {len(THROUGHPUT_COLUMNS) - 1}
+    assert {ln.count(" | ") for ln in ping} == {len(PING_COLUMNS) - 1}
+    assert "| veth | 0.050 | 0.050-0.050 | 0.25 | 1.00 | 10/10 |" in ping
+    assert "| wireguard-go | 0.200 | 0.200-0.200 | 1.00 | 4.00 | 9/10 |" in ping
+    # Notes below the tables, one line each (multi-line output flattened); the legend.
+    assert "- wiretun-q1 *: failed: wiretun up exited with 2: usage: / wiretun: error" in lines
+    assert any(ln.startswith("- wireguard-go udp: loss 24.18%") for ln in lines)
+    assert (
+        "CPU s/GB: CPU seconds of the path's tunnel processes, both ends, per GB carried." in text
     )
+    assert "above 1 is faster than it, for ping (a ratio of RTTs) below 1 is faster." in text
 
 
-def test_rich_table_has_every_row() -> None:
-    rows = aggregate(bench_result())
-    table = rich_table(rows)
-    assert [c.header for c in table.columns] == list(COLUMNS)
-    assert table.row_count == len(rows)
+def rendered(table: object, width: int = 250) -> str:
+    out = io.StringIO()
+    Console(width=width, file=out).print(table)
+    return out.getvalue()
+
+
+def test_the_terminal_report_fits_80_columns_whole() -> None:
+    result = bench_result()
+    rows = aggregate(result)
+    # The longest path name the bench has, with the widest figures it prints.
+    wide = dataclasses.replace(
+        rows_by_key(rows)["wireguard-go", "tcp"], path="wiretun-q1-threads", workload="tcp-rev",
+        median=12.3, min=10.8, max=15.8, retransmits=3765, cpu_s_per_gb=26.13, peak_rss_mb=357.5,
+        ratio_vs_wireguard_go=11.89, ratio_vs_veth=0.05,
+    )  # fmt: skip
+    rows.append(wide)
+    text = rendered(rich_tables(rows, header=path_versions(result)), width=80)
+    lines = text.splitlines()
+    assert max(len(ln) for ln in lines) <= 80
+    assert "…" not in text  # nothing cut short
+    assert any(
+        ln.split() == ["wiretun-q1-threads", "tcp-rev", "12.3", "10.8-15.8", "3765", "26.13",
+                       "357.5", "11.89", "0.05"]
+        for ln in lines
+    )  # fmt: skip
+    for head in ("Gbit/s", "CPU", "s/GB", "RSS", "MB", "wg-go", "veth", "RTT ms", "replies"):
+        assert head in text
+    for legend in LEGEND:
+        assert legend.strip() in " ".join(text.split())
+
+
+def test_a_busy_host_is_recorded_and_warned_about(tmp_path: Path) -> None:
+    assert busy_warning(None, 2) is None
+    assert busy_warning((0.9, 0.5, 0.5), 2) is None
+    warning = busy_warning((3.2, 2.0, 1.0), 2)
+    assert warning is not None and "load 3.20 on 2 CPUs" in warning
+    result = bench_result()
+    result.load_before, result.load_after = (3.2, 2.0, 1.0), (4.0, 2.5, 1.1)
+    write_reports(result, aggregate(result), tmp_path, "wiretun bench")
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["host"]["load_before"] == [3.2, 2.0, 1.0]
+    assert data["host"]["load_after"] == [4.0, 2.5, 1.1]
+    md = (tmp_path / "results.md").read_text()
+    assert "host load 3.20 at the start, 4.00 at the end" in md
+    assert "**warning: the host was busy (load 3.20 on 2 CPUs" in md
+    text = rendered(rich_tables(aggregate(result), warning=warning), width=80)
+    assert "warning: the host was busy" in text
 
 
 def test_write_reports(tmp_path: Path) -> None:
@@ -200,12 +255,6 @@ def chosen_wireguard_go_result() -> BenchResult:
     return BenchResult(plan, ("wtb-a", "wtb-b"), paths, runs)
 
 
-def rendered(table: object, width: int = 250) -> str:
-    out = io.StringIO()
-    Console(width=width, file=out).print(table)
-    return out.getvalue()
-
-
 def test_path_versions_names_the_chosen_binary() -> None:
     assert path_versions(chosen_wireguard_go_result()) == (
         "wireguard-go v0.0.20250522 (/opt/wg/wireguard-go)"
@@ -225,11 +274,11 @@ def test_skipped_kernel_wg_is_one_row_with_its_reason() -> None:
     skipped = rows_by_key(rows)["kernel-wg", ALL_WORKLOADS]
     assert (skipped.status, skipped.note, skipped.median) == ("skipped", KERNEL_SKIP, None)
     assert [r.path for r in rows] == ["wireguard-go", "kernel-wg"]
-    line = next(line for line in markdown_table(rows).splitlines() if "kernel-wg" in line)
-    assert line.startswith("| kernel-wg | * | - | - |")
-    assert "Unknown device type." in line
-    text = rendered(rich_table(rows, header=path_versions(result)))
-    assert "wireguard-go v0.0.20250522 (/opt/wg/wireguard-go)" in text.splitlines()[1]
+    lines = markdown_tables(rows).splitlines()
+    assert next(ln for ln in lines if "kernel-wg" in ln).startswith("| kernel-wg | * | - | - |")
+    assert any("kernel-wg *: skipped: no kernel WireGuard" in ln for ln in lines)
+    text = rendered(rich_tables(rows, header=path_versions(result)))
+    assert "wireguard-go v0.0.20250522 (/opt/wg/wireguard-go)" in text.splitlines()[0]
     assert "skipped: no kernel WireGuard" in text
 
 

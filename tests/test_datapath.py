@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from test_tun_offload import ACK, PSH, Flow, packet, segments, super_frame
+from test_tun_offload import ACK, PSH, Flow, packet, segments, super_frame, with_ipv6_ext
 from wiretun import datapath
 from wiretun.datapath import pure
 from wiretun.tun.gso import F_NEEDS_CSUM, GSO_NONE, VNET_HDR, OffloadStats, decode_frame
@@ -99,6 +99,24 @@ def test_seal_native_equals_pure(seed: int, vnet: bool, mtu: int) -> None:
         assert plain[: len(seg)] == seg and not any(plain[len(seg) :])
         at += n
     assert at == len(buf)
+
+
+def test_seal_frame_checks_equal_pure() -> None:
+    """The frame checks added for issue #15 hold in C as in Python: super-packets past 256
+    segments seal, IPv6 extension headers are walked, a forged csum_start or a split that
+    would grow past MAX_SPLIT_BYTES is dropped and counted by the same reason."""
+    v4, v6 = Flow(), Flow(v6=True)
+    small_mss = super_frame(v4, segments(v4, bytes(65000), 240), 240)
+    ext = with_ipv6_ext(super_frame(v6, segments(v6, bytes(9000), 1000), 1000), [8, 24])
+    forged = bytearray(super_frame(v6, segments(v6, bytes(65000), 48), 48))
+    struct.pack_into("=H", forged, 6, 4000)
+    huge = with_ipv6_ext(super_frame(v6, segments(v6, bytes(20000), 48), 48), [2040] * 3)
+    frames = [small_mss, ext, bytes(forged), huge]
+    got = native.seal(frames, KEY, 7, 0, 1420, MAX4, True)
+    assert got == pure.seal(frames, KEY, 7, 0, 1420, MAX4, True)
+    assert got[2] == 271 + 9  # segments sealed
+    assert got[3] == {"bad_gso_header": 1, "split_too_large": 1}
+    assert native.segments(small_mss, True) == pure.segments(small_mss, True) == 271
 
 
 def test_seal_groups_follow_udp_segment_rules() -> None:

@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from fuzz.harness_wg_device import DeviceHarness
+from fuzz.harness_wg_device_batch import DeviceBatchHarness
 from fuzz.registry import NAMES, make
 from fuzz.runner import FuzzResult, fuzz, load_corpus, replay
 
@@ -41,4 +42,15 @@ def test_device_drops_are_counted_by_reason() -> None:
     # Each invalid datagram was checked to add exactly one drop; they must reach deep checks.
     assert sum(harness.reasons.values()) == harness.invalid > QUICK_INPUTS // 2
     for reason in ("bad_size", "bad_type", "unknown_index", "mac1", "replay", "decrypt"):
+        assert harness.reasons[reason] > 0, harness.reasons
+
+
+def test_device_batch_comparisons_reach_deliveries_and_drops() -> None:
+    """The receive_gro-vs-receive_datagrams harness is only worth something if both paths
+    deliver packets and drop them for the deep reasons (runs the native path opens)."""
+    harness = DeviceBatchHarness()
+    result = fuzz(harness, QUICK_INPUTS, seed=3, limit=None)
+    assert result.ok, _explain(result)
+    assert harness.delivered > QUICK_INPUTS
+    for reason in ("replay", "allowed_ips", "unknown_index", "bad_packet"):
         assert harness.reasons[reason] > 0, harness.reasons

@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wiretun.ifname import IFNAMSIZ, check_ifname, ifname_problem, is_wg_quick_ifname
+from wiretun.ifname import (
+    IFNAMSIZ,
+    check_ifname,
+    ifname_problem,
+    is_wg_quick_ifname,
+    wg_quick_ifname_problem,
+)
 from wiretun.netdev import TunDeviceManager
 from wiretun.tun import InvalidTunName
 from wiretun.tun.device import validate_name
@@ -73,3 +79,17 @@ def test_accepted_names_fit_an_ifreq_and_wg_quick_names_are_kernel_names(name: s
         assert not set(name) & set("/:% \t\n\r\0")
     if is_wg_quick_ifname(name):
         assert ifname_problem(name) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("x" * 16, "16 characters, and Linux allows at most 15 (IFNAMSIZ)"),
+        ("bad name", "' ' not allowed (only a-z A-Z 0-9 _ = + . -)"),
+        ("wg:0/", "'/:' not allowed (only a-z A-Z 0-9 _ = + . -)"),
+        ("", "it is empty"),
+        ("wg0", None),
+    ],
+)
+def test_wg_quick_ifname_problem_says_why(name: str, why: str | None) -> None:
+    assert wg_quick_ifname_problem(name) == why

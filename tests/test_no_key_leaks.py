@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import importlib
 import logging
+import pkgutil
+import re
 from pathlib import Path
 
 import pytest
 
+import wiretun
 from wiretun.testing.uapi import MemoryBackend
 from wiretun.testing.wgpair import make_pair
+from wiretun.tunnel import config as config_module
+from wiretun.tunnel import uapi_protocol
 from wiretun.tunnel.config import ConfigError, parse_config, parse_key
 from wiretun.tunnel.uapi import UapiServer
 from wiretun.tunnel.uapi_protocol import (
@@ -22,7 +29,7 @@ from wiretun.tunnel.uapi_protocol import (
     parse_set,
 )
 from wiretun.wireguard.crypto import public_key
-from wiretun.wireguard.handshake import StaticIdentity
+from wiretun.wireguard.handshake import StaticIdentity, initial_state
 
 PRIVATE = "SERyCch636eVNDlIMajZJ+lHsqvTClKWBcDAYjNHe3U="
 PSK = "FpCyhws9cxwWoV4xELtfJvjJN+zQVRPISllRWgeopVE="
@@ -99,6 +106,53 @@ def test_key_objects_hide_private_keys() -> None:
         assert_no_secret(repr(obj), private, psk)
         assert_no_secret(str(obj), private, psk)
     assert repr(identity.public) in repr(identity)  # repr still says which key it is
+
+
+def test_parser_drafts_hide_keys() -> None:
+    """Regression (#15): the half-built objects of the config and UAPI parsers showed their
+    keys in repr() (an exception's locals, a debugger, a log of the draft)."""
+    private, psk = parse_key(PRIVATE), parse_key(PSK)
+    state = initial_state(parse_key(PEER))
+    state.mix_chain(private)  # a chaining key that depends on a secret
+    drafts: list[object] = [
+        config_module._InterfaceDraft(line=1, private_key=private),
+        config_module._PeerDraft(line=5, public_key=parse_key(PEER), preshared_key=psk),
+        uapi_protocol._PeerDraft(parse_key(PEER), preshared_key=psk),
+        state,
+    ]
+    for draft in drafts:
+        assert_no_secret(repr(draft), private, psk, state.chaining_key)
+        assert_no_secret(str(draft), private, psk, state.chaining_key)
+    assert "line=5" in repr(drafts[1])  # the rest of the draft still shows
+
+
+SECRET_FIELD = re.compile(r"private|preshared|psk|secret|chaining_key|(send|recv)_key")
+
+
+def _wiretun_modules() -> list[str]:
+    found = pkgutil.walk_packages(wiretun.__path__, "wiretun.")
+    return [m.name for m in found if not m.name.endswith("__main__")]  # that one runs the CLI
+
+
+def test_every_dataclass_field_holding_a_secret_stays_out_of_repr() -> None:
+    """Every dataclass in the package whose field name says it holds a secret hides it, so
+    the next draft or snapshot class cannot leak one by being added with a plain field."""
+    checked = []
+    for name in _wiretun_modules():
+        module = importlib.import_module(name)
+        for obj in vars(module).values():
+            if not (dataclasses.is_dataclass(obj) and isinstance(obj, type)):
+                continue
+            if obj.__module__ != name:
+                continue
+            for f in dataclasses.fields(obj):
+                if SECRET_FIELD.search(f.name):
+                    checked.append(f"{name}.{obj.__name__}.{f.name}")
+                    assert not f.repr, f"{name}.{obj.__name__}.{f.name} shows in repr()"
+    # The walk found the known key-holding classes (it is not vacuous).
+    assert "wiretun.tunnel.config._InterfaceDraft.private_key" in checked
+    assert "wiretun.wireguard.handshake.SessionKeys.send_key" in checked
+    assert len(checked) >= 8, checked
 
 
 def test_device_handshake_logs_no_keys(caplog: pytest.LogCaptureFixture) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from wiretun.packet import flow_hash
-from wiretun.tun import QueueFull, TunBroken, TunClosed
+from wiretun.tun import InvalidPacket, QueueFull, TunBroken, TunClosed
 from wiretun.tun.gso import GSO_NONE, VNET_HDR, VNET_HDR_LEN
 from wiretun.tun.inline import InlineTun
 from wiretun.tun.offload import OffloadCodec
@@ -81,19 +81,22 @@ def test_recv_many_waits_then_returns_in_order_in_batches(fake: Fake) -> None:
     assert q.rx_bytes == sum(len(p) for p in packets)
 
 
-def test_send_many_writes_directly_and_drops_malformed(fake: Fake) -> None:
+def test_send_many_writes_directly_and_refuses_a_malformed_batch_whole(fake: Fake) -> None:
     good = [udp4(7, i) for i in range(5)]
     bad = udp4(7, 99)[:-3]  # IP length says more than there is
 
     async def main() -> int:
         await fake.tun.send_ready()
-        return fake.tun.send_many([*good[:2], bad, *good[2:]])
+        with pytest.raises(InvalidPacket, match="says its length is"):
+            fake.tun.send_many([*good[:2], bad, *good[2:]])
+        return fake.tun.send_many(good)
 
-    assert asyncio.run(main()) == 6
+    assert asyncio.run(main()) == 5
+    # Nothing of the refused batch went out: the peer sees exactly the good batch.
     assert [fake.peer.recv(65535) for _ in good] == good
     q = fake.tun.stats().queues[0]
     assert q.tx_packets == 5
-    assert q.tx_drops == {"malformed": 1}
+    assert q.tx_drops == {}
 
 
 def test_full_kernel_queue_holds_frames_until_writable_and_refuses_beyond_capacity() -> None:
@@ -152,6 +155,35 @@ def test_offload_codec_decodes_frames_and_keeps_leftovers() -> None:
         asyncio.run(_send(f.tun, packets[:1]))
         frame = f.peer.recv(65535)
         assert frame[VNET_HDR_LEN:] == packets[0]
+    finally:
+        f.close()
+
+
+def test_frames_the_codec_drops_show_in_stats() -> None:
+    """Regression (#15): frames the offload decoder dropped were counted only inside the
+    codec, so TunStats showed no drop at all. They now appear among rx_drops by reason."""
+    f = Fake(codecs=[OffloadCodec(), OffloadCodec()], queues=2)
+    try:
+        good = udp4(5, 1)
+        f.peer.send(VNET_HDR.pack(0, GSO_NONE, 0, 0, 0, 0) + good)
+        f.peer.send(b"\x01" * 5)  # short_frame
+        f.peers[1].send(VNET_HDR.pack(0, 1, 0, 0, 20, 16) + good)  # TCPv4 GSO, gso_size 0
+
+        async def main() -> list[bytes]:
+            got: list[bytes] = []
+            for _ in range(20):
+                got += await asyncio.wait_for(f.tun.recv_many(8), 2)
+                stats = f.tun.stats()
+                if stats.total.rx_frames >= 3:
+                    break
+            return got
+
+        assert asyncio.run(main()) == [good]
+        stats = f.tun.stats()
+        assert dict(stats.queues[0].rx_drops) == {"short_frame": 1}
+        assert dict(stats.queues[1].rx_drops) == {"bad_gso": 1}
+        assert dict(stats.total.rx_drops) == {"short_frame": 1, "bad_gso": 1}
+        assert stats.total.dropped == 2
     finally:
         f.close()
 

@@ -19,6 +19,7 @@ from wiretun.tun.offload import (
     GSO_TCPV6,
     GSO_UDP_L4,
     MAX_SEGMENTS,
+    MAX_SPLIT_BYTES,
     VNET_HDR,
     ZERO_VNET_HDR,
     FrameCodec,
@@ -346,6 +347,86 @@ def test_split_then_coalesce_roundtrip(  # noqa: PLR0917 (hypothesis passes them
     assert split_many(back) == segs
 
 
+def with_ipv6_ext(data: bytes, ext_lens: list[int], *, vnet: bool = True) -> bytes:
+    """An IPv6 frame (or packet) with destination-options headers of `ext_lens` bytes
+    (multiples of 8) between the fixed header and TCP/UDP: payload length and csum_start
+    follow; L4 checksums do not cover extension headers, so they stay valid."""
+    at = 10 if vnet else 0
+    pkt = bytearray(data[at:])
+    chain = b""
+    nh = pkt[6]
+    for n in reversed(ext_lens):
+        chain = bytes([nh, n // 8 - 1]) + bytes(n - 2) + chain
+        nh = 60
+    pkt[6] = nh
+    struct.pack_into("!H", pkt, 4, int.from_bytes(pkt[4:6], "big") + len(chain))
+    out = bytes(pkt[:40]) + chain + bytes(pkt[40:])
+    if not vnet:
+        return out
+    fl, gt, hl, gs, cs, co = VNET_HDR.unpack_from(data)
+    return VNET_HDR.pack(fl, gt, hl + len(chain), gs, cs + len(chain), co) + out
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_split_64k_at_a_small_mss(v6: bool) -> None:
+    """Regression: at MTU 280 (MSS 240/220) a 64 KB TSO super-packet has ~280 segments; a cap
+    of 256 dropped every one of them silently (59k retransmits). Now they split."""
+    f = Flow(v6=v6)
+    mss = 280 - f.iph - 20
+    segs = segments(f, data_of(65535 - f.iph - 20), mss)
+    assert len(segs) > 256
+    stats = OffloadStats()
+    assert split(super_frame(f, segs, mss), stats) == segs
+    assert not stats.dropped and stats.gso_frames_in == 1
+    # The kernel's smallest MSS (48) is within the cap too.
+    tiny = segments(f, data_of(65535 - f.iph - 20), 48)
+    assert len(tiny) <= MAX_SEGMENTS and split(super_frame(f, tiny, 48)) == tiny
+
+
+@pytest.mark.parametrize("tcp", [True, False])
+def test_split_ipv6_extension_headers(tcp: bool) -> None:
+    f = Flow(v6=True, tcp=tcp)
+    segs = segments(f, data_of(5000), 1000)
+    frame = with_ipv6_ext(super_frame(f, segs, 1000), [8, 16])
+    want = [with_ipv6_ext(s, [8, 16], vnet=False) for s in segs]
+    out = split(frame)
+    assert out == want and all(l4_ok(s) for s in segs)
+
+
+@pytest.mark.parametrize("csum_start", [44, 48, 1000, 4000, 60000])
+def test_split_ipv6_csum_start_is_checked_against_the_header_chain(csum_start: int) -> None:
+    """Regression: csum_start was taken as the IPv6 header length whenever it was >= 40 and a
+    multiple of 4, so a forged one made every segment carry kilobytes of "header" (one frame
+    became 13 MB). It must now be where the extension header chain ends."""
+    f = Flow(v6=True)
+    frame = bytearray(super_frame(f, segments(f, data_of(65000), 48), 48))
+    struct.pack_into("=H", frame, 6, csum_start)
+    stats = OffloadStats()
+    assert split(bytes(frame), stats) == []
+    assert dict(stats.dropped) == {"bad_gso_header": 1}
+    # A chain whose end is not csum_start is refused too (with the right start it splits).
+    ext = with_ipv6_ext(super_frame(f, segments(f, data_of(3000), 1000), 1000), [8])
+    assert len(split(ext)) == 3
+    wrong = bytearray(ext)
+    struct.pack_into("=H", wrong, 6, 40)
+    assert split(bytes(wrong), stats) == [] and stats.dropped["bad_gso_header"] == 2
+
+
+@given(
+    frame=st.binary(min_size=38, max_size=4000),
+    gso=st.integers(1, 2000),
+    start=st.integers(0, 0xFFFF),
+    v6=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_split_output_is_bounded(frame: bytes, gso: int, start: int, v6: bool) -> None:
+    """Whatever the header says, one frame never becomes more than MAX_SPLIT_BYTES."""
+    gso_type = GSO_TCPV6 if v6 else GSO_TCPV4
+    pkt = bytes([0x60 if v6 else 0x45]) + frame
+    out = split(VNET_HDR.pack(F_NEEDS_CSUM, gso_type, 0, gso, start, 16) + pkt)
+    assert sum(map(len, out)) <= MAX_SPLIT_BYTES and len(out) <= MAX_SEGMENTS
+
+
 # --- coalescing rules ---
 
 
@@ -499,13 +580,18 @@ def test_coalesce_passes_garbage_through() -> None:
 def test_split_garbage_is_counted() -> None:
     f = Flow()
     good = super_frame(f, segments(f, data_of(300), 100), 100)
+    many = super_frame(f, segments(f, data_of(4000), 2), 2)
+    too_many = many[:4] + struct.pack("=H", 1) + many[6:]  # 4000 one-byte segments
+    v6 = Flow(v6=True)
+    big_headers = with_ipv6_ext(super_frame(v6, segments(v6, data_of(20000), 48), 48), [2040] * 3)
     cases = {
         "short_frame": b"\x00" * 5,
         "bad_gso_type": good[:1] + b"\x03" + good[2:],
         "bad_gso_version": good[:1] + bytes([GSO_TCPV6]) + good[2:],
         "bad_gso": good[:4] + b"\x00\x00" + good[6:],
         "bad_gso_header": good[:8] + b"\x18\x00" + good[10:],
-        "too_many_segments": VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV4, 40, 1, 20, 16) + good[10:],
+        "too_many_segments": too_many,
+        "split_too_large": big_headers,
         "bad_csum_offset": VNET_HDR.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 4000) + good[10:],
     }
     stats = OffloadStats()

@@ -100,16 +100,17 @@ def test_send_blocking(fake: Fake) -> None:
     assert fake.peers[0].recv(2048) == udp4(7, 7)
 
 
-def test_malformed_outbound_packets_are_dropped_and_counted(fake: Fake) -> None:
-    fake.tun.send(b"\x45garbage")
-    fake.tun.send(b"")
+def test_malformed_outbound_packets_are_refused_with_value_error(fake: Fake) -> None:
+    for bad in (b"\x45garbage", b"", "not bytes", udp4(1, 2)[:-1]):
+        with pytest.raises(ValueError):
+            fake.tun.send(bad)  # type: ignore[arg-type]
     fake.tun.send(udp4(1, 2))
     assert fake.peers[0].recv(2048) == udp4(1, 2)
     deadline = time.monotonic() + 5
     while fake.tun.stats().queues[0].tx_packets < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
     q = fake.tun.stats().queues[0]
-    assert q.tx_drops == {"malformed": 2}
+    assert q.tx_drops == {}
     assert q.tx_packets == 1
 
 

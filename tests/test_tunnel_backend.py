@@ -154,3 +154,22 @@ def test_changed_runs_after_every_set_and_get_formats() -> None:
     assert "allowed_ip=10.1.0.0/16\n" in text
     assert "listen_port=51820\n" in text
     assert text.endswith("errno=0\n\n")
+
+
+def test_a_refused_peer_update_changes_nothing() -> None:
+    """Found by the uapi fuzzer against the live backend (#15): an endpoint the Device
+    refuses (port 0, which the UAPI parser accepts as wireguard-go does) failed only after
+    the peer had been created and its preshared key set. The operation now applies whole or
+    not at all, as the reference does."""
+    device = Device(os.urandom(32))
+    backend = DeviceBackend(device, now=lambda: 0.0)
+    peer = _pub(os.urandom(32))
+    bad = PeerUpdate(peer, preshared_key=b"\x11" * 32, endpoint=("2001:db8::1", 0))
+    with pytest.raises(UapiError) as info:
+        backend.apply([bad])
+    assert info.value.errno == errno.EINVAL
+    assert device.peers == []
+    backend.apply([PeerUpdate(peer, preshared_key=b"\x22" * 32)])
+    with pytest.raises(UapiError):
+        backend.apply([bad])
+    assert device.peer(peer).preshared_key == b"\x22" * 32 and device.peer(peer).endpoint is None

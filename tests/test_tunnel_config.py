@@ -282,6 +282,16 @@ def test_invalid_interface_names(filename: str) -> None:
         parse_config(HEAD, filename)
 
 
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "wt0.conf"
+    path.write_bytes(b"\xef\xbb\xbf" + HEAD.encode())
+    path.chmod(0o600)
+    config = load_config(path)
+    assert config.interface.name == "wt0"
+    assert config.warnings == ()
+    assert parse_config("\ufeff" + HEAD, "wt0.conf") == parse_config(HEAD, "wt0.conf")
+
+
 def test_name_override() -> None:
     assert parse_config(HEAD, "whatever file.txt", name="wt7").interface.name == "wt7"
 

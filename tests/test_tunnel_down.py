@@ -91,6 +91,19 @@ def test_pid_file_round_trip(tmp_path: Path) -> None:
     assert not os.path.exists(path)
 
 
+def test_pid_file_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    """Regression (#15): the temporary file had a predictable name (PATH.PID.tmp) and was
+    opened with open(..., "w"), so a symlink planted there made root truncate its target."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    path = tmp_path / "wt0.pid"
+    (tmp_path / f"wt0.pid.{os.getpid()}.tmp").symlink_to(victim)
+    path.symlink_to(victim)
+    me = write_pid_file(str(path))
+    assert victim.read_text() == "precious"
+    assert not path.is_symlink() and read_pid_file(str(path)) == me
+
+
 def test_down_signals_the_process_named_with_its_start_time(
     run_dir: Path, sleeper: subprocess.Popen[bytes]
 ) -> None:

@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
+
 from wiretun.testing.memorytun import MemoryTun
-from wiretun.tunnel.loop import TunnelLoop
+from wiretun.tunnel.loop import HANDSHAKES_PER_TURN, TunnelLoop
 from wiretun.tunnel.udp import Datagram, UdpBind
-from wiretun.wireguard.events import Endpoint
+from wiretun.wireguard.events import Endpoint, Event, KeysZeroed
 
 
 class ToyCore:
     """Not WireGuard: 'seals' a packet by prefixing b"T" and sends everything to one peer;
-    a timer fires `keepalives` times, each sending b"K"."""
+    a timer fires `keepalives` times, each sending b"K". A datagram b"H..." is a
+    'handshake': queued, and answered with b"R..." by `process_handshakes`."""
 
     def __init__(self, peer: Endpoint, *, keepalives: int = 0, period: float = 0.02) -> None:
         self.peer = peer
@@ -25,7 +28,10 @@ class ToyCore:
         self.period = period
         self._next: float | None = None
         self.raise_on: bytes | None = None
-        self.events: list[str] = []
+        self.events: list[Event] = []
+        self.handshakes: list[bytes] = []
+        self.handshake_calls: list[int] = []  # how many each process_handshakes call took
+        self.answered: list[bytes] = []
 
     def send_packets(self, packets: Sequence[bytes], now: float) -> None:
         self.out.extend(b"T" + p for p in packets)
@@ -40,9 +46,13 @@ class ToyCore:
                 raise RuntimeError("core bug")
             if d == b"K":
                 self.received_keepalives += 1
-                self.events.append("keepalive")
+                self.events.append(KeysZeroed(b"k" * 32))  # any event: the loop counts kinds
             elif d.startswith(b"T"):
                 packets.append(d[1:])
+            elif d.startswith(b"H"):
+                self.handshakes.append(d)
+            elif d.startswith(b"R"):
+                self.answered.append(d)
             else:
                 self.garbage += 1
         return packets
@@ -57,7 +67,18 @@ class ToyCore:
             self.out.append(b"K")
             self._next = None
 
-    def next_event(self) -> str | None:
+    @property
+    def handshakes_waiting(self) -> int:
+        return len(self.handshakes)
+
+    def process_handshakes(self, now: float, limit: int | None = None) -> int:
+        take = len(self.handshakes) if limit is None else limit
+        done, self.handshakes = self.handshakes[:take], self.handshakes[take:]
+        self.handshake_calls.append(len(done))
+        self.out.extend(b"R" + d[1:] for d in done)
+        return len(self.handshakes)
+
+    def next_event(self) -> Event | None:
         return self.events.pop(0) if self.events else None
 
     def next_timer(self) -> float | None:
@@ -196,7 +217,7 @@ def test_timer_is_rearmed_and_drives_the_core() -> None:
             await _until(lambda: cb.received_keepalives == 3)
             assert la.stats().timer_runs == 3
             # The receiving loop pulled the core's events as they came.
-            await _until(lambda: lb.stats().events == {"str": 3})
+            await _until(lambda: lb.stats().events == {"KeysZeroed": 3})
             assert cb.events == []
             await asyncio.sleep(0.1)
             assert cb.received_keepalives == 3  # no timer once the core has none
@@ -210,28 +231,111 @@ def test_timer_is_rearmed_and_drives_the_core() -> None:
     asyncio.run(main())
 
 
-def test_core_failure_is_counted_and_the_loop_goes_on() -> None:
+def test_a_deadline_a_batch_brings_forward_is_armed_at_once() -> None:
+    # No re-arm throttle: the second of two batches 10 ms apart moves the core's deadline
+    # from +100 s to +20 ms, and nothing else happens; the timer must still fire then.
+    class SoonAfterSecondBatch(ToyCore):
+        batches = 0
+
+        def send_packets(self, packets: Sequence[bytes], now: float) -> None:
+            super().send_packets(packets, now)
+            self.batches += 1
+            self._next = now + (0.02 if self.batches == 2 else 100.0)
+
+        def next_timer(self) -> float | None:
+            return self._next
+
+        def handle_timers(self, now: float) -> None:
+            if self._next is not None and now >= self._next:
+                self._next = None
+
     async def main() -> None:
-        ta, tb, ca, cb, ua, ub = _pair()
-        cb.raise_on = b"Tboom"
+        ta, tb, _, cb, ua, ub = _pair()
+        ca = SoonAfterSecondBatch(("127.0.0.1", ub.port))
         la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
         runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
         try:
-            ta.inject([b"boom"])
-            await _until(lambda: lb.stats().drops.get("core_receive_error") == 1)
-            ta.inject([b"fine"])
-
-            def arrived() -> bool:
-                tb.drain()
-                return tb.delivered == [b"fine"]
-
-            await _until(arrived)
+            ta.inject([b"one"])
+            await _until(lambda: ca.batches == 1)
+            await asyncio.sleep(0.01)
+            ta.inject([b"two"])
+            await _until(lambda: la.stats().timer_runs >= 1, timeout=2.0)
         finally:
             la.stop()
             lb.stop()
             await asyncio.gather(*runs)
             ua.close()
             ub.close()
+
+    asyncio.run(main())
+
+
+def test_handshakes_are_handled_in_capped_turns_apart_from_data() -> None:
+    async def main() -> None:
+        ta, tb, ca, cb, ua, ub = _pair()
+        la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
+        runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
+        try:
+            flood = [b"H%03d" % i for i in range(100)]
+            ca.out.extend(flood)  # straight onto the wire, as a flooder would
+            ta.inject([b"data"])
+            la.kick()
+
+            def answered() -> bool:
+                tb.drain()
+                return len(ca.answered) == len(flood) and tb.delivered == [b"data"]
+
+            await _until(answered)
+            assert ca.answered == [b"R" + h[1:] for h in flood]  # in order, every one
+            calls = [n for n in cb.handshake_calls if n]
+            assert max(calls) <= HANDSHAKES_PER_TURN and sum(calls) == len(flood)
+            assert lb.stats().handshake_turns >= len(flood) // HANDSHAKES_PER_TURN
+        finally:
+            la.stop()
+            lb.stop()
+            await asyncio.gather(*runs)
+            ua.close()
+            ub.close()
+
+    asyncio.run(main())
+
+
+def test_a_core_bug_is_logged_and_ends_the_loop_with_its_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        ta, tb, ca, cb, ua, ub = _pair()
+        cb.raise_on = b"Tboom"
+        la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
+        run_a = asyncio.create_task(la.run())
+        try:
+            ta.inject([b"boom"])
+            with pytest.raises(RuntimeError, match="core bug"):
+                await asyncio.wait_for(lb.run(), 5)
+            assert lb.stats().drops == {"core_receive_error": 1}
+        finally:
+            la.stop()
+            await run_a
+            ua.close()
+            ub.close()
+
+    asyncio.run(main())
+    assert "bug in the WireGuard core (core_receive): the tunnel stops" in caplog.text
+
+
+def test_a_core_bug_in_a_timer_ends_the_loop_too() -> None:
+    class TimerBug(ToyCore):
+        def handle_timers(self, now: float) -> None:
+            raise KeyError("timer bug")
+
+    async def main() -> None:
+        ua = UdpBind.open(host4="127.0.0.1", host6=None)
+        try:
+            loop = TunnelLoop(MemoryTun(), TimerBug(("127.0.0.1", 9), keepalives=1), ua)
+            with pytest.raises(KeyError, match="timer bug"):
+                await asyncio.wait_for(loop.run(), 5)
+        finally:
+            ua.close()
 
     asyncio.run(main())
 

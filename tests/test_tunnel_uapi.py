@@ -7,11 +7,13 @@ import asyncio
 import base64
 import errno
 import ipaddress
+import json
 import os
 import shutil
 import socket
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,8 +33,10 @@ from wiretun.tunnel.uapi_protocol import (
     SetFwmark,
     SetListenPort,
     SetOperation,
+    SetParser,
     SetPrivateKey,
     SetRequest,
+    StatsRequest,
     UapiError,
     UapiProtocolError,
     UapiRequestReader,
@@ -89,14 +93,33 @@ def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(text)
 
 
-def requests_of(data: bytes) -> list[GetRequest | SetRequest]:
+Request = GetRequest | SetRequest | StatsRequest
+
+
+def joined(pieces: list[Request]) -> list[Request]:
+    """Requests with each set's pieces joined into one final SetRequest."""
+    out: list[Request] = []
+    lines: list[str] = []
+    for request in pieces:
+        if not isinstance(request, SetRequest):
+            out.append(request)
+            continue
+        lines += request.lines
+        if request.final:
+            out.append(SetRequest(tuple(lines)))
+            lines = []
+    assert not lines, "a set never ended"
+    return out
+
+
+def requests_of(data: bytes) -> list[Request]:
     reader = UapiRequestReader()
     reader.feed(data)
-    out: list[GetRequest | SetRequest] = []
+    out: list[Request] = []
     while (request := reader.next_request()) is not None:
         out.append(request)
     assert reader.idle
-    return out
+    return joined(out)
 
 
 def ops_of(data: bytes) -> list[SetOperation]:
@@ -309,12 +332,14 @@ def test_reader_byte_by_byte_and_several_requests() -> None:
     whole = requests_of(data)
     assert [type(r) for r in whole] == [GetRequest, SetRequest, GetRequest, SetRequest]
     reader = UapiRequestReader()
-    pieces: list[GetRequest | SetRequest] = []
+    pieces: list[GetRequest | SetRequest | StatsRequest] = []
     for i in range(len(data)):
         reader.feed(data[i : i + 1])
         while (request := reader.next_request()) is not None:
             pieces.append(request)
-    assert pieces == whole
+    assert joined(pieces) == whole
+    # Fed a byte at a time, a set comes out a line at a time, as its lines arrive.
+    assert sum(1 for p in pieces if isinstance(p, SetRequest)) > len(whole)
 
 
 def test_reader_get_with_trailing_character_is_einval() -> None:
@@ -338,15 +363,65 @@ def test_reader_rejects_unknown_operations(data: bytes) -> None:
         reader.next_request()
 
 
-def test_reader_bounds() -> None:
-    reader = UapiRequestReader(max_line=100, max_set_bytes=1000)
+def test_reader_bounds_lines_and_streams_sets() -> None:
+    reader = UapiRequestReader(max_line=100)
     reader.feed(b"x" * 101)
     with pytest.raises(UapiProtocolError, match="line too long"):
         reader.next_request()
-    reader = UapiRequestReader(max_line=100, max_set_bytes=1000)
-    reader.feed(b"set=1\n" + b"listen_port=1\n" * 100)
-    with pytest.raises(UapiProtocolError, match="too large"):
-        reader.next_request()
+    # A set of any size: each piece holds what one feed brought, nothing piles up.
+    reader = UapiRequestReader(max_line=100)
+    reader.feed(b"set=1\n")
+    got = 0
+    for _ in range(1000):
+        reader.feed(b"listen_port=1\n" * 100)
+        piece = reader.next_request()
+        assert isinstance(piece, SetRequest) and not piece.final and len(piece.lines) == 100
+        assert reader.next_request() is None
+        got += len(piece.lines)
+    reader.feed(b"\n")
+    assert reader.next_request() == SetRequest((), final=True)
+    assert got == 100_000 and reader.idle
+
+
+def test_set_parser_in_pieces_equals_parse_set() -> None:
+    lines = WG_SET.decode().splitlines()[1:-1]
+    for cut in range(len(lines) + 1):
+        parser = SetParser()
+        first, e1 = parser.feed(lines[:cut])
+        second, e2 = parser.feed(lines[cut:])
+        assert e1 is None and e2 is None
+        assert first + second + parser.finish() == parse_set(lines)
+
+
+def test_set_parser_stops_at_the_first_bad_line_with_what_came_before() -> None:
+    """As wireguard-go: the lines before a bad one are applied (the open peer's included),
+    nothing after it."""
+    parser = SetParser()
+    ops, error = parser.feed(
+        ["listen_port=7", f"public_key={PUB2_HEX}", "allowed_ip=10.0.0.0/8", "endpoint=nope",
+         "listen_port=9"]
+    )  # fmt: skip
+    assert error is not None and error.errno == errno.EINVAL
+    assert ops == [SetListenPort(7), PeerUpdate(PUB2, add_allowed_ips=(net("10.0.0.0/8"),))]
+    assert parser.feed(["listen_port=10"]) == ([], None)  # the rest is ignored
+    assert parser.finish() == []
+
+
+def test_set_parser_splits_a_peer_with_many_allowed_ips() -> None:
+    nets = [f"10.{i // 256}.{i % 256}.0/24" for i in range(2500)]
+    lines = [f"public_key={PUB2_HEX}", "replace_allowed_ips=true"]
+    lines += [f"allowed_ip={n}" for n in nets] + ["persistent_keepalive_interval=5"]
+    parser = SetParser(max_networks=1000)
+    ops, error = parser.feed(lines)
+    ops += parser.finish()
+    assert error is None and len(ops) == 3
+    assert all(isinstance(op, PeerUpdate) for op in ops)
+    assert [op.update_only for op in ops] == [False, True, True]  # type: ignore[union-attr]
+    assert [op.replace_allowed_ips for op in ops] == [True, False, False]  # type: ignore[union-attr]
+    # Applied in order, the pieces do what the whole would.
+    start = DeviceSnapshot(private_key=PRIV1)
+    assert apply_to_snapshot(start, ops) == apply_to_snapshot(start, parse_set(lines))
+    assert len(apply_to_snapshot(start, ops).peers[0].allowed_ips) == 2500
 
 
 @settings(max_examples=300, deadline=None)
@@ -355,13 +430,15 @@ def test_fuzz_reader_and_parser(data: bytes) -> None:
     """Random bytes give requests, None, UapiProtocolError or UapiError: nothing else."""
     reader = UapiRequestReader(max_line=64)
     reader.feed(b"set=1\n" + data)
+    parser = SetParser()
     try:
         while (request := reader.next_request()) is not None:
             if isinstance(request, SetRequest):
-                try:
-                    parse_set(request.lines)
-                except UapiError as exc:
-                    assert exc.errno in (errno.EINVAL, errno.EPROTO)
+                _, exc = parser.feed(request.lines)
+                assert exc is None or exc.errno in (errno.EINVAL, errno.EPROTO)
+                if request.final:
+                    parser.finish()
+                    parser = SetParser()
     except UapiProtocolError:
         pass
 
@@ -474,6 +551,45 @@ async def exchange(path: str, data: bytes, replies: int) -> bytes:
         await writer.wait_closed()
 
 
+def test_socket_is_created_0600_without_a_chmod_by_path(
+    sock_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (#15): os.chmod(path) after bind followed a symlink swapped into the
+    socket's place. The umask now gives 0600 at bind, and nothing chmods by path."""
+
+    def no_chmod(*args: object, **kwargs: object) -> None:
+        raise AssertionError("os.chmod by path follows symlinks")
+
+    monkeypatch.setattr(os, "chmod", no_chmod)
+    old = os.umask(0)  # whatever the caller's umask, the socket is 0600
+
+    async def main() -> None:
+        async with UapiServer("wt0", MemoryBackend(), socket_dir=sock_dir) as server:
+            mode = os.lstat(server.path).st_mode
+            assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+
+    try:
+        asyncio.run(main())
+    finally:
+        os.umask(old)
+    assert os.umask(old) == old  # the process umask was restored
+
+
+def test_server_refuses_a_socket_directory_others_may_write(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+
+    async def main() -> None:
+        server = UapiServer("wt0", MemoryBackend(), socket_dir=str(shared))
+        with pytest.raises(OSError, match="writable by others"):
+            await server.start()
+        await server.close()
+
+    asyncio.run(main())
+    assert not (shared / "wt0.sock").exists()
+
+
 def test_server_get_set_on_one_connection(sock_dir: str) -> None:
     async def main() -> None:
         backend = MemoryBackend(DeviceSnapshot(private_key=PRIV1, listen_port=51820))
@@ -515,6 +631,30 @@ def test_server_get_set_on_one_connection(sock_dir: str) -> None:
             stats = server.statistics()
             assert (stats.connections, stats.gets, stats.sets, stats.failed) == (1, 3, 3, 1)
         assert not os.path.exists(server.path)
+
+    asyncio.run(main())
+
+
+def test_stats_request_is_read_like_get() -> None:
+    assert requests_of(b"wiretun-stats=1\n\nget=1\n\n") == [StatsRequest(), GetRequest()]
+    (bad,) = requests_of(b"wiretun-stats=1\nx")
+    assert isinstance(bad, StatsRequest) and bad.error is not None
+
+
+def test_server_answers_stats_with_one_json_line_or_eopnotsupp(sock_dir: str) -> None:
+    async def main() -> None:
+        backend = MemoryBackend()
+        counters = {"peers": [], "drops": {"core.mac1": 2}}
+        async with UapiServer("wt4", backend, socket_dir=sock_dir, stats=lambda: counters) as s:
+            out = await exchange(s.path, b"wiretun-stats=1\n\nget=1\n\n", 2)
+            stats_reply, get_reply = out.decode().split("\n\n")[:2]
+            line, errno_line = stats_reply.splitlines()
+            assert line.startswith("stats=") and errno_line == "errno=0"
+            assert json.loads(line.removeprefix("stats=")) == counters
+            assert get_reply == "errno=0"
+        async with UapiServer("wt5", backend, socket_dir=sock_dir) as s:
+            out = await exchange(s.path, b"wiretun-stats=1\n\n", 1)
+            assert out == f"errno={-errno.EOPNOTSUPP}\n\n".encode()
 
     asyncio.run(main())
 
@@ -597,3 +737,151 @@ def test_server_rejects_bad_names() -> None:
     for name in ("", "a/b", "x" * 16, "../etc"):
         with pytest.raises(ValueError, match="not a valid interface name"):
             UapiServer(name, MemoryBackend())
+
+
+def test_server_answers_a_valid_request_before_closing_on_a_malformed_one(sock_dir: str) -> None:
+    """Regression (#15): a valid request followed by a malformed one in the same read lost
+    the first reply (the protocol error escaped before the replies were sent)."""
+
+    async def main() -> None:
+        backend = MemoryBackend(DeviceSnapshot(private_key=PRIV1, listen_port=51820))
+        async with UapiServer("wt5", backend, socket_dir=sock_dir) as server:
+            reader, writer = await asyncio.open_unix_connection(server.path)
+            writer.write(b"set=1\nlisten_port=7\n\nget=1\n\nbogus=1\n")
+            out = await asyncio.wait_for(reader.read(), 5)  # then closed
+            writer.close()
+            await writer.wait_closed()
+            assert out == f"errno=0\n\nprivate_key={PRIV1_HEX}\nlisten_port=7\nerrno=0\n\n".encode()
+            assert server.statistics().dropped == 1
+
+    asyncio.run(main())
+
+
+def test_server_caps_connections(sock_dir: str) -> None:
+    async def main() -> None:
+        async with UapiServer("wt6", MemoryBackend(), socket_dir=sock_dir,
+                              max_connections=3) as server:  # fmt: skip
+            held = [await asyncio.open_unix_connection(server.path) for _ in range(3)]
+            await asyncio.sleep(0.05)  # all three accepted
+            reader, writer = await asyncio.open_unix_connection(server.path)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # refused: closed at once
+            writer.close()
+            assert server.statistics().refused == 1
+            _, first = held.pop()
+            first.close()
+            await first.wait_closed()
+            await asyncio.sleep(0.05)
+            assert await exchange(server.path, b"get=1\n\n", 1) == b"errno=0\n\n"  # room again
+            for _, w in held:
+                w.close()
+            stats = server.statistics()
+            assert (stats.connections, stats.refused) == (4, 1)
+
+    asyncio.run(main())
+
+
+def test_server_closes_idle_connections(sock_dir: str) -> None:
+    async def main() -> None:
+        async with UapiServer("wt7", MemoryBackend(), socket_dir=sock_dir,
+                              idle_timeout=0.2) as server:  # fmt: skip
+            reader, writer = await asyncio.open_unix_connection(server.path)
+            writer.write(b"set=1\nlisten_port=7\n")  # half a request, then silence
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            assert server.statistics().idle_closed == 1
+            # A client that keeps talking is not idle. (The half set's line was applied, as
+            # wireguard-go applies each line it reads.)
+            reader, writer = await asyncio.open_unix_connection(server.path)
+            for _ in range(4):
+                writer.write(b"get=1\n\n")
+                got = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+                assert got == b"listen_port=7\nerrno=0\n\n"
+                await asyncio.sleep(0.1)
+            writer.close()
+            assert server.statistics().idle_closed == 1
+
+    asyncio.run(main())
+
+
+class _Recording(MemoryBackend):
+    def __init__(self) -> None:
+        super().__init__(DeviceSnapshot(private_key=PRIV1))
+        self.applied: list[int] = []
+
+    def apply(self, ops: list[SetOperation]) -> None:
+        self.applied.append(len(ops))
+        super().apply(ops)
+
+
+def test_server_applies_a_set_as_its_lines_arrive(sock_dir: str) -> None:
+    """A set is parsed and applied piece by piece (as wireguard-go applies lines), so a
+    multi-megabyte set is never held whole: before its blank line arrives, its first peers
+    are configured already."""
+    keys = [(i + 1).to_bytes(32, "big") for i in range(3000)]
+    body = "".join(f"public_key={k.hex()}\nallowed_ip=10.{i // 256}.{i % 256}.1/32\n"
+                   for i, k in enumerate(keys))  # fmt: skip
+
+    async def main() -> None:
+        backend = _Recording()
+        async with UapiServer("wt8", backend, socket_dir=sock_dir) as server:
+            reader, writer = await asyncio.open_unix_connection(server.path)
+            writer.write(b"set=1\n" + body.encode())
+            await writer.drain()
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if len(backend.snapshot.peers) >= 2999:
+                    break
+            assert len(backend.snapshot.peers) >= 2999  # all but the still-open last peer
+            assert server.statistics().sets == 0  # and the request is not over
+            writer.write(b"\n")
+            assert await asyncio.wait_for(reader.readuntil(b"\n\n"), 5) == b"errno=0\n\n"
+            writer.close()
+            assert len(backend.snapshot.peers) == 3000
+            assert len(backend.applied) >= 2
+
+    asyncio.run(main())
+
+
+def test_server_failed_set_keeps_what_came_before_and_ignores_the_rest(sock_dir: str) -> None:
+    async def main() -> None:
+        backend = MemoryBackend(DeviceSnapshot(private_key=PRIV1))
+        async with UapiServer("wt9", backend, socket_dir=sock_dir) as server:
+            out = await exchange(server.path, b"set=1\nlisten_port=7\nlisten_port=x\n"
+                                 b"listen_port=9\n\nget=1\n\n", 2)  # fmt: skip
+            assert out == (f"errno={-errno.EINVAL}\n\nprivate_key={PRIV1_HEX}\n"
+                           "listen_port=7\nerrno=0\n\n").encode()  # fmt: skip
+
+    asyncio.run(main())
+
+
+def test_server_answers_a_large_get_in_slices(sock_dir: str) -> None:
+    """The loop runs between the slices of a get whose formatting takes long."""
+
+    class Slow(MemoryBackend):
+        def get_pieces(self) -> Iterator[str]:
+            yield "listen_port=1\n"
+            for i in range(300):
+                time.sleep(0.001)  # 1 ms of work per peer
+                yield f"public_key={i:064x}\n"
+            yield "errno=0\n\n"
+
+    async def main() -> None:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        async with UapiServer("wta", Slow(), socket_dir=sock_dir) as server:
+            task = asyncio.create_task(ticker())
+            reader, writer = await asyncio.open_unix_connection(server.path)
+            writer.write(b"get=1\n\n")
+            out = await asyncio.wait_for(reader.readuntil(b"errno=0\n\n"), 10)
+            task.cancel()
+            writer.close()
+        assert out.count(b"public_key=") == 300
+        assert ticks >= 20  # 300 ms of work in 5 ms slices: dozens of loop turns between
+
+    asyncio.run(main())

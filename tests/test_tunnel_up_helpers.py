@@ -1,92 +1,32 @@
-"""`wiretun up`'s device helpers: a NetdevError (not an OSError) from the manager is logged
-or turned into one line, never a traceback that skips the teardown."""
+"""`wiretun up`'s own helpers (the Tunnel's are in test_tunnel_tunnel.py): the readiness
+pipe and stdio after it, --metrics' address, the privilege check."""
 
 from __future__ import annotations
 
-import asyncio
-import errno
-import logging
+import argparse
 import os
 import subprocess
 import sys
 
 import pytest
 
-from wiretun.netdev.errors import NetdevError
-from wiretun.netdev.manager import AddressResult, IpStack, TunDeviceManager
 from wiretun.tunnel import up
-from wiretun.tunnel.config import parse_config
-
-CONFIG = """[Interface]
-PrivateKey = 4Cb6HXpToPFrwjVch+a1gI9TS1tXKYn+u4/qWftbuW4=
-Address = 10.9.0.1/32
-
-[Peer]
-PublicKey = BDU8H/VB+PjZSlFV55N3qyOHYXtlNMTngERTvM8aaxA=
-AllowedIPs = 10.9.0.0/24
-"""
 
 
-def _failing(op: str) -> NetdevError:
-    return NetdevError(op, "wt0", errno.ENODEV)
+def test_metrics_address() -> None:
+    assert up.metrics_address("127.0.0.1:9586") == ("127.0.0.1", 9586)
+    assert up.metrics_address("[::1]:9586") == ("::1", 9586)
+    for bad in ("9586", "host:", "host:0", "host:70000", ":1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not HOST:PORT"):
+            up.metrics_address(bad)
 
 
-def test_close_manager_logs_a_netdev_error(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    manager = TunDeviceManager("wt0", table=77)
-
-    async def close() -> None:
-        raise _failing("delete rule")
-
-    monkeypatch.setattr(manager, "close", close)
-    asyncio.run(up._close_manager(manager))  # does not raise: the rest of teardown runs
-    assert "teardown of wt0: delete rule wt0: [Errno 19]" in caplog.text
-
-
-class _Recorder:
-    """Stands in for the manager's netlink steps; `fail` names the one that raises."""
-
-    def __init__(self, manager: TunDeviceManager, monkeypatch: pytest.MonkeyPatch, fail: str):
-        self.calls: list[str] = []
-        self.routes: tuple[object, ...] = ()
-        for step in ("start", "set_addresses", "set_up", "set_txqueuelen", "set_routes"):
-            monkeypatch.setattr(manager, step, self._step(step, fail))
-
-    def _step(self, step: str, fail: str) -> object:
-        async def call(*args: object) -> object:
-            self.calls.append(step)
-            if step == fail:
-                raise _failing(step)
-            if step == "set_addresses":
-                return AddressResult(IpStack.V4, ())
-            if step == "set_routes":
-                self.routes = args
-                return ()
-            return None
-
-        return call
-
-
-def test_configure_device_keeps_going_without_txqueuelen(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO)
-    manager = TunDeviceManager("wt0", table=77)
-    steps = _Recorder(manager, monkeypatch, fail="set_txqueuelen")
-    asyncio.run(up._configure_device(manager, parse_config(CONFIG, "wt0.conf")))
-    # Routes are not the manager's any more (netdev.policy installs them as wg-quick does).
-    assert steps.calls == ["start", "set_addresses", "set_txqueuelen"]
-    assert "keeping the default txqueuelen" in caplog.text
-
-
-@pytest.mark.parametrize("fail", ["start", "set_addresses"])
-def test_configure_device_raises_netdev_errors(monkeypatch: pytest.MonkeyPatch, fail: str) -> None:
-    manager = TunDeviceManager("wt0", table=77)
-    steps = _Recorder(manager, monkeypatch, fail=fail)
-    with pytest.raises(NetdevError):
-        asyncio.run(up._configure_device(manager, parse_config(CONFIG, "wt0.conf")))
-    assert steps.calls[-1] == fail and "set_routes" not in steps.calls
+def test_missing_privilege_reads_the_effective_capabilities() -> None:
+    # This process's answer matches its CapEff bit 12, whoever runs the tests.
+    with open("/proc/self/status") as f:
+        caps = int(next(ln.split()[1] for ln in f if ln.startswith("CapEff:")), 16)
+    has_net_admin = bool(caps >> up.CAP_NET_ADMIN & 1)
+    assert (up.missing_privilege() is None) == has_net_admin
 
 
 @pytest.mark.parametrize("keep_output", [False, True])

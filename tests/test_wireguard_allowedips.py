@@ -141,3 +141,78 @@ def test_source_table_is_rebuilt_after_a_change() -> None:
     table.insert("10.1.0.0/16", "b")
     assert not source_allowed(table.source_table("a")[0], bytes([10, 1, 1, 1]))
     assert source_allowed(table.source_table("b")[0], bytes([10, 1, 1, 1]))
+
+
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["insert", "remove", "remove_value"]),
+            st.integers(0, 3),
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 32),
+        ),
+        max_size=40,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_per_owner_index_matches_the_table(ops: list[tuple[str, int, int, int]]) -> None:
+    """networks() (now read from a per-owner index, #15) lists exactly what a scan of the
+    table finds, through inserts that move prefixes, removals and remove_value."""
+    table: AllowedIPs[int] = AllowedIPs()
+    model: dict[ipaddress.IPv4Network, int] = {}
+    for op, owner, addr, plen in ops:
+        net = ipaddress.IPv4Network((addr >> (32 - plen) << (32 - plen), plen))
+        if op == "insert":
+            table.insert(net, owner)
+            model[net] = owner
+        elif op == "remove":
+            if table.remove(net, owner):
+                del model[net]
+            assert net not in model or model[net] != owner
+        else:
+            table.remove_value(owner)
+            model = {n: o for n, o in model.items() if o != owner}
+    for owner in range(4):
+        want = sorted((n for n, o in model.items() if o == owner),
+                      key=lambda n: (-n.prefixlen, int(n.network_address)))  # fmt: skip
+        assert list(table.networks(owner)) == want
+        assert all(table.owner(n) == owner for n in want)
+
+
+def _best_of(fn: object, repeat: int = 5) -> float:
+    import time
+
+    assert callable(fn)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_per_owner_operations_do_not_scan_every_prefix() -> None:
+    """Regression (#15): networks(), remove_value() and source_table() scanned every prefix
+    of every owner, so `wg show` and `up` of 10k peers were quadratic. Now one owner's work
+    does not grow with the others' (a generous ratio: the old code was ~100x here)."""
+
+    def build(owners: int) -> AllowedIPs[int]:
+        table: AllowedIPs[int] = AllowedIPs()
+        for i in range(owners):
+            table.insert(ipaddress.IPv4Network((0x0A000000 + i, 32)), i)
+        table.insert("10.0.0.0/8", -1)  # a covering prefix: its own deny entries are many
+        return table
+
+    small, large = build(100), build(10_000)
+
+    def per_owner(table: AllowedIPs[int]) -> None:
+        for owner in range(50):  # what a UAPI replace_allowed_ips does, and a `get`
+            nets = list(table.networks(owner))
+            table.remove_value(owner)
+            table.update(nets, owner)
+
+    ratio = _best_of(lambda: per_owner(large)) / _best_of(lambda: per_owner(small))
+    assert ratio < 10, ratio
+    # And the covering owner's source table denies exactly the 10000 /32s inside it.
+    t4, _ = large.source_table(-1)
+    assert len(t4) == 8 * (1 + 10_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +22,7 @@ from wiretun.wireguard.cookie import CookieGenerator
 from wiretun.wireguard.crypto import generate_private_key, public_key
 from wiretun.wireguard.device import Device
 from wiretun.wireguard.events import (
+    Endpoint,
     HandshakeCompleted,
     HandshakeFailed,
     KeysZeroed,
@@ -28,12 +30,22 @@ from wiretun.wireguard.events import (
 )
 from wiretun.wireguard.handshake import InitiatorHandshake, StaticIdentity
 from wiretun.wireguard.messages import MSG_INITIATION, MSG_TRANSPORT
+from wiretun.wireguard.pacing import HANDSHAKE_QUEUE_SIZE, INITIATION_BURST, INITIATION_RATE
+from wiretun.wireguard.peer import MAX_STAGED_PACKETS
+from wiretun.wireguard.timers import REKEY_TIMEOUT
 
 
 def kinds(pair: WgPair, start: int = 0) -> list[tuple[str, int, int]]:
     """(sender 'a'/'b', message type, length) of every datagram sent since `start`."""
     names = {pair.a_addr: "a", pair.b_addr: "b"}
     return [(names.get(s, "?"), d[0], len(d)) for s, _, d in pair.net.sent[start:]]
+
+
+def receive(dev: Device, datagrams: list[tuple[bytes, Endpoint]], now: float) -> list[bytes]:
+    """What the shell does with a UDP batch: the data at once, then the queued handshakes."""
+    packets = dev.receive_datagrams(datagrams, now)
+    dev.process_handshakes(now)
+    return packets
 
 
 def established(seed: int = 1, **kwargs: object) -> WgPair:
@@ -268,10 +280,65 @@ def test_automatic_under_load_and_rate_limit() -> None:
         for i in range(200)
     ]
     b.receive_datagrams([(m, ("198.51.100.7", 9)) for m in msgs], clock.now)
-    drops = b.stats().drops
-    assert b.is_under_load(clock.now)
-    assert drops["cookie_sent"] == 200 - 128  # over the threshold, mac2 is required
+    assert b.stats().handshakes_queued == 200
+    assert b.process_handshakes(clock.now, 10) == 190
+    # A backlog of 128 in the handshake queue is load (wireguard-go): mac2 is required.
+    assert b.stats().drops == {"cookie_sent": 10}
+    assert b.process_handshakes(clock.now) == 0
+    assert b.is_under_load(clock.now + 0.9)  # it lasts a second after the backlog
+    assert b.stats().drops == {"cookie_sent": 200}
     assert not b.is_under_load(clock.now + 1.5)
+
+
+def test_many_handshakes_in_a_second_are_load_even_without_a_backlog() -> None:
+    clock = FakeClock()
+    b = Device(generate_private_key(seeded_rng(5)), rng=seeded_rng(6))
+    gen = CookieGenerator(b.public_key)
+    stranger = StaticIdentity.from_private(generate_private_key(seeded_rng(7)))
+    msg = gen.add_macs(
+        InitiatorHandshake.create(stranger, b.public_key, None, 1, 1e9, rng=seeded_rng(1)).message,
+        clock.now,
+    )
+    for i in range(200):  # one at a time: the queue never backs up
+        receive(b, [(msg, ("198.51.100.7", 9))], clock.now + i * 0.001)
+    drops = b.stats().drops
+    assert drops["unknown_peer"] == 128 and drops["cookie_sent"] == 200 - 128
+    assert b.is_under_load(clock.now + 1.1) and not b.is_under_load(clock.now + 1.3)
+
+
+def test_the_handshake_queue_is_bounded_and_counts_what_it_sheds() -> None:
+    clock = FakeClock()
+    b = Device(generate_private_key(seeded_rng(5)), rng=seeded_rng(6))
+    gen = CookieGenerator(b.public_key)
+    stranger = StaticIdentity.from_private(generate_private_key(seeded_rng(7)))
+    msg = gen.add_macs(
+        InitiatorHandshake.create(stranger, b.public_key, None, 1, 1e9, rng=seeded_rng(1)).message,
+        clock.now,
+    )
+    b.receive_datagrams([(msg, ("198.51.100.7", 9))] * (HANDSHAKE_QUEUE_SIZE + 10), clock.now)
+    assert b.handshakes_waiting == HANDSHAKE_QUEUE_SIZE == 1024
+    assert b.stats().drops == {"handshake_queue_full": 10}
+    assert b.process_handshakes(clock.now, 16) == HANDSHAKE_QUEUE_SIZE - 16
+    assert b.stats().drops["cookie_sent"] == 16
+    # The answers wait in the outbox, one datagram each, for the shell's next flush.
+    assert sum(len(g) for _, g in b.datagrams_to_send()) == 16
+
+
+def test_data_does_not_wait_behind_queued_handshakes() -> None:
+    pair = established()
+    gen = CookieGenerator(pair.b.public_key)
+    stranger = StaticIdentity.from_private(generate_private_key(seeded_rng(7)))
+    flood = gen.add_macs(
+        InitiatorHandshake.create(
+            stranger, pair.b.public_key, None, 1, 1e9, rng=seeded_rng(1)
+        ).message,
+        pair.clock.now,
+    )
+    pkt = pair.a_to_b(b"data")
+    (_, [sealed]), *_ = pair.a.datagrams_to_send()
+    batch = [(flood, ("198.51.100.7", 9))] * 500 + [(sealed, pair.a_addr)]
+    assert pair.b.receive_datagrams(batch, pair.clock.now) == [pkt]
+    assert pair.b.handshakes_waiting == 500
 
 
 def test_replayed_transport_and_initiation_rejected() -> None:
@@ -281,7 +348,7 @@ def test_replayed_transport_and_initiation_rejected() -> None:
     to_b = [d for s, _, d in pair.net.sent if s == pair.a_addr]
     init, transport = to_b[0], to_b[1]
     assert pair.b.receive_datagrams([(transport, pair.a_addr)], pair.clock.now) == []
-    assert pair.b.receive_datagrams([(init, pair.a_addr)], pair.clock.now) == []
+    assert receive(pair.b, [(init, pair.a_addr)], pair.clock.now) == []
     drops = pair.b.stats().drops
     assert drops["replay"] == 1
     assert drops["handshake_replay"] == 1
@@ -302,9 +369,9 @@ def test_initiation_flood_limit() -> None:
         return gen.add_macs(hs.message, clock.now)
 
     src = ("198.51.100.7", 9)
-    b.receive_datagrams([(initiation(1, 1e9), src)], clock.now)
-    b.receive_datagrams([(initiation(2, 1e9 + 1), src)], clock.now + 0.01)
-    b.receive_datagrams([(initiation(3, 1e9 + 2), src)], clock.now + 0.05)
+    receive(b, [(initiation(1, 1e9), src)], clock.now)
+    receive(b, [(initiation(2, 1e9 + 1), src)], clock.now + 0.01)
+    receive(b, [(initiation(3, 1e9 + 2), src)], clock.now + 0.05)
     out = b.datagrams_to_send()
     assert sum(len(group) for _, group in out) == 2  # responses to 1 and 3
     assert b.stats().drops == {"handshake_flood": 1}
@@ -316,7 +383,8 @@ def test_bad_mac1_and_garbage_counted() -> None:
     (_, [init]), *_ = pair.a.datagrams_to_send()
     bad = init[:-32] + bytes(32)
     now = pair.clock.now
-    got = pair.b.receive_datagrams(
+    got = receive(
+        pair.b,
         [
             (bad, pair.a_addr),
             (b"", pair.a_addr),
@@ -419,15 +487,31 @@ def test_simultaneous_initiation_resolves() -> None:
 
 
 def test_staged_queue_is_bounded() -> None:
+    # 128 per peer, as wireguard-go (QueueStagedSize) and the kernel (MAX_STAGED_PACKETS).
     pair = make_pair()
     pair.net.filter = lambda s, d, m: False
-    pkts = [pair.a_to_b(i.to_bytes(2, "big")) for i in range(1030)]
+    pkts = [pair.a_to_b(i.to_bytes(2, "big")) for i in range(MAX_STAGED_PACKETS + 6)]
+    assert MAX_STAGED_PACKETS == 128
     assert pair.a.stats().drops["queue_full"] == 6
-    assert len(pair.a.peer(pair.b.public_key).staged) == 1024
+    assert len(pair.a.peer(pair.b.public_key).staged) == 128
+    assert pair.a.stats().peers[0].staged_packets == 128
     pair.net.roundtrip()  # the first initiation is lost
     pair.net.filter = None
     pair.net.tick(6)
     assert pair.delivered_to(pair.b) == pkts[6:]
+
+
+def test_a_staged_keepalive_pushed_out_is_not_counted_as_a_lost_packet() -> None:
+    pair = make_pair()
+    pair.net.filter = lambda s, d, m: False
+    key = pair.b.public_key
+    pair.a.set_persistent_keepalive(key, 25, pair.clock.now)  # stages b"" (no session yet)
+    assert list(pair.a.peer(key).staged) == [b""]
+    for i in range(MAX_STAGED_PACKETS):
+        pair.a_to_b(i.to_bytes(2, "big"))
+    assert "queue_full" not in pair.a.stats().drops  # the keepalive made room
+    pair.a_to_b(b"one more")
+    assert pair.a.stats().drops["queue_full"] == 1
 
 
 def test_no_endpoint_counted() -> None:
@@ -541,9 +625,9 @@ def test_retransmit_replaces_an_initiation_that_was_never_sent() -> None:
     out = [d for _, group in a.datagrams_to_send() for d in group]
     assert [d[0] for d in out] == [MSG_INITIATION]
     assert a.peers[0].tx_bytes == len(out[0])
-    b.receive_datagrams([(d, pair.a_addr) for d in out], clock.now)
+    receive(b, [(d, pair.a_addr) for d in out], clock.now)
     response = [d for _, group in b.datagrams_to_send() for d in group]
-    a.receive_datagrams([(d, pair.b_addr) for d in response], clock.now)
+    receive(a, [(d, pair.b_addr) for d in response], clock.now)
     assert a.stats().drops == {} and b.stats().drops == {}
     assert a.stats().peers[0].has_session
 
@@ -570,11 +654,11 @@ def test_key_confirmation_sends_staged_packets_to_the_new_endpoint() -> None:
     a, b, clock = pair.a, pair.b, pair.clock
     pair.a_to_b()  # a stages it and initiates
     init = [(d, pair.a_addr) for _, g in a.datagrams_to_send() for d in g]
-    b.receive_datagrams(init, clock.now)
+    receive(b, init, clock.now)
     response = [(d, pair.b_addr) for _, g in b.datagrams_to_send() for d in g]
     staged = pair.b_to_a(b"from-b")  # b holds only unconfirmed keys: staged
     assert b.datagrams_to_send() == []
-    a.receive_datagrams(response, clock.now)
+    receive(a, response, clock.now)
     confirming = [d for _, g in a.datagrams_to_send() for d in g]
     roamed = ("198.51.100.7", 4444)  # a moved before its first transport packet
     assert b.receive_datagrams([(d, roamed) for d in confirming], clock.now)
@@ -603,7 +687,7 @@ def test_set_private_key_starts_a_new_handshake_at_once() -> None:
     # b learns a's new key (as `wg set` would do there); the handshake then completes.
     b.remove_peer(old_public)
     b.add_peer(public_key(new_key), allowed_ips=["10.0.0.1/32"])
-    b.receive_datagrams([(d, pair.a_addr) for d in out], clock.now)
+    receive(b, [(d, pair.a_addr) for d in out], clock.now)
     pair.net.roundtrip()
     assert pair.delivered_to(b) == [staged]
 
@@ -641,3 +725,110 @@ def test_sealed_sizes_follow_padding_size_around_the_mtu() -> None:
     lengths = [len(p) for p in packets]
     assert lengths[-2] == mtu + 15  # the sizes above are what the Device sees
     assert [len(d) for d in sealed] == [32 + n + padding_size(n, mtu) for n in lengths]
+
+
+def test_next_timer_and_handle_timers_over_many_peers_match_the_scan() -> None:
+    # The Device answers from a heap (TimerQueue); the scan over every peer is the reference,
+    # and handle_timers visits the due peers in the order they were added, as the scan did.
+    rng = seeded_rng(9)
+    dev = Device(generate_private_key(rng), rng=rng)
+    keys = [public_key(generate_private_key(rng)) for _ in range(6)]
+    for i, key in enumerate(keys):
+        dev.add_peer(key, endpoint=(f"192.0.2.{i + 1}", 51820))
+    for key in reversed(keys):  # arm the later-added peers first
+        dev.set_persistent_keepalive(key, 25, 0.0)
+    dev.remove_peer(keys[2])
+
+    def scan() -> float | None:
+        deadlines = [d for p in dev.peers if (d := p.timers.next_deadline()) is not None]
+        return min(deadlines) if deadlines else None
+
+    first = [host for (host, _), _ in dev.datagrams_to_send()]
+    assert first == [f"192.0.2.{i}" for i in (6, 5, 4, 2, 1)]  # the initiations
+    now = 0.0
+    together = 0
+    for step in range(40):
+        assert dev.next_timer() == scan()
+        due = dev.next_timer()
+        assert due is not None
+        now = due + (1.0 if step % 4 == 0 else 0.0)  # late now and then: several are due
+        dev.handle_timers(now)
+        sent = [host for (host, _), _ in dev.datagrams_to_send()]
+        # Several peers due at once answer in the order they were added.
+        assert sent == sorted(sent, key=lambda h: int(h.rsplit(".", 1)[1]))
+        together = max(together, len(sent))
+    assert together >= 3 and now > 25  # retransmits and persistent keepalives came and went
+    dev.remove_all_peers()
+    assert dev.next_timer() is None
+
+
+def _many_peers(n: int) -> tuple[Device, list[bytes]]:
+    rng = seeded_rng(21)
+    dev = Device(generate_private_key(rng), rng=rng)
+    keys = [public_key(generate_private_key(rng)) for _ in range(n)]
+    for i, key in enumerate(keys):
+        host = f"10.1.{i // 250}.{i % 250 + 1}"
+        dev.add_peer(key, endpoint=(f"198.18.{i // 250}.{i % 250 + 1}", 51820),
+                     allowed_ips=[f"{host}/32"])  # fmt: skip
+    return dev, keys
+
+
+def _poke_all(dev: Device, n: int, now: float) -> None:
+    dev.send_packets(
+        [ipv4_packet("10.0.0.1", f"10.1.{i // 250}.{i % 250 + 1}", b"poke") for i in range(n)],
+        now,
+    )
+
+
+def test_initiations_over_all_peers_are_paced() -> None:
+    # One packet to each of 300 peers that never answer: a burst of INITIATION_BURST
+    # initiations, then INITIATION_RATE a second; no call pays for more than the burst.
+    n = 300
+    dev, _ = _many_peers(n)
+    now = 100.0
+    _poke_all(dev, n, now)
+    sent_at: dict[str, list[float]] = {host: [now] for (host, _), _ in dev.datagrams_to_send()}
+    assert len(sent_at) == INITIATION_BURST
+    assert dev.stats().initiations_waiting == n - INITIATION_BURST
+    assert dev.stats().peers[40].staged_packets == 1  # what waits for a handshake stays
+    while now < 116.0:
+        due = dev.next_timer()
+        assert due is not None
+        now = due
+        dev.handle_timers(now)
+        out = dev.datagrams_to_send()
+        assert sum(len(g) for _, g in out) <= INITIATION_BURST
+        for (host, _), group in out:
+            assert all(d[0] == MSG_INITIATION for d in group)
+            sent_at.setdefault(host, []).append(now)
+    # All 300 got their first initiation at the paced rate, and the per-peer rule still
+    # holds: retransmits every 5 s (plus jitter and their wait), never sooner.
+    assert len(sent_at) == n
+    first = sorted(times[0] for times in sent_at.values())
+    assert first[-1] - first[0] >= (n - INITIATION_BURST - 1) / INITIATION_RATE
+    assert first[-1] < 100.0 + n / INITIATION_RATE
+    for times in sent_at.values():
+        assert len(times) in (3, 4)
+        assert all(b - a >= REKEY_TIMEOUT for a, b in itertools.pairwise(times))
+
+
+def test_a_peer_waiting_for_the_pacer_keeps_its_place_and_leaves_when_removed() -> None:
+    n = INITIATION_BURST + 8
+    dev, keys = _many_peers(n)
+    now = 0.0
+    _poke_all(dev, n, now)
+    dev.datagrams_to_send()
+    assert dev.stats().initiations_waiting == 8
+    _poke_all(dev, n, now + 0.0001)  # a second packet each: no second place in the queue
+    assert dev.stats().initiations_waiting == 8
+    burst = INITIATION_BURST
+    dev.remove_peer(keys[burst + 3])
+    dev.set_endpoint(keys[burst + 4], None)  # no endpoint any more: leaves without a token
+    assert dev.stats().initiations_waiting == 7
+    hosts = []
+    while (due := dev.next_timer()) is not None and due < 1.0:
+        dev.handle_timers(due)
+        hosts += [h for (h, _), _ in dev.datagrams_to_send()]
+    # First come, first served: peers burst+1.. in order (hosts count from 1), minus the two.
+    assert hosts == [f"198.18.0.{burst + i}" for i in (1, 2, 3, 6, 7, 8)]
+    assert dev.stats().initiations_waiting == 0

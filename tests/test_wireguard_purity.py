@@ -91,3 +91,47 @@ def test_checker_catches_a_forbidden_import(tmp_path: Path) -> None:
     names = imports_of(bad, "wiretun.wireguard.bad")
     assert {"os.path", "time"} <= names
     assert any(n.split(".")[0] in FORBIDDEN for n in names)
+
+
+def foreign_private_attributes(path: Path) -> list[str]:
+    """`obj._name` uses in `path` (obj not self/cls) where no class of the same module
+    defines `_name`: one module reaching into another's private state."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    own: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store):
+                    own.add(sub.attr)
+                elif isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+                    own.add(sub.value)  # __slots__ entries
+                elif isinstance(sub, ast.FunctionDef | ast.AnnAssign):
+                    name = sub.name if isinstance(sub, ast.FunctionDef) else ast.unparse(sub.target)
+                    own.add(name)
+    found = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and not (isinstance(node.value, ast.Name) and node.value.id in {"self", "cls"})
+            and node.attr not in own
+        ):
+            found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_no_module_of_the_core_touches_another_modules_private_state() -> None:
+    offenders = [
+        hit for p in sorted(PACKAGE_DIR.glob("*.py")) for hit in foreign_private_attributes(p)
+    ]
+    assert offenders == []
+
+
+def test_private_state_checker_catches_a_reach_in(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "class A:\n    __slots__ = ('_mine',)\n    def f(self, o):\n"
+        "        return o._mine, o._theirs, self._x\n"
+    )
+    assert foreign_private_attributes(bad) == ["bad.py:4 o._theirs"]

@@ -134,8 +134,10 @@ def test_giving_up_keeps_the_last_initiation_answerable() -> None:
     last = [m for s, _, m in pair.net.sent if s == pair.a_addr][-1]
     assert last[0] == MSG_INITIATION
     pair.b.receive_datagrams([(last, pair.a_addr)], pair.clock.now)  # it arrives late
+    pair.b.process_handshakes(pair.clock.now)
     response = [(d, pair.b_addr) for _, g in pair.b.datagrams_to_send() for d in g]
     pair.a.receive_datagrams(response, pair.clock.now)
+    pair.a.process_handshakes(pair.clock.now)
     assert pair.a.stats().drops.get("unknown_index", 0) == 0
     assert peer.current is not None
     assert any(isinstance(e, HandshakeCompleted) for e in iter(pair.a.next_event, None))

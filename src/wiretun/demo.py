@@ -11,8 +11,12 @@ import signal
 import subprocess
 import time
 
-from wiretun.lab.netns import NetNS, Topology
+from wiretun.lab.netns import NetNS, Topology, unique_name
 from wiretun.lab.peers import PeerSpec, WireguardGoPeer, WiretunPeer, generate_psk, udp_ping
+
+# Interface names (and so UAPI socket names) of the demo start with this, so its tests can
+# tell its files from those of other tunnels on the machine.
+DEMO_IFACE = "wtdemo"
 
 LEFT_UNDER, RIGHT_UNDER = "192.168.241.1", "192.168.241.2"
 LEFT_OVER, RIGHT_OVER = "10.9.0.1", "10.9.0.2"
@@ -62,7 +66,10 @@ def _iperf(client: NetNS, server: NetNS, addr: str, seconds: int, reverse: bool)
 
 
 def _wiretun_pair(left: NetNS, right: NetNS, psk: str, seconds: int) -> bool:
-    with WiretunPeer(left) as a, WiretunPeer(right) as b:
+    with (
+        WiretunPeer(left, name=unique_name(DEMO_IFACE)) as a,
+        WiretunPeer(right, name=unique_name(DEMO_IFACE)) as b,
+    ):
         _step(f"`wiretun up` on both ends: {a.name} in {left.name}, {b.name} in {right.name}")
         a.write_config(
             addresses=OVERLAY_LEFT,
@@ -89,7 +96,10 @@ def _wiretun_pair(left: NetNS, right: NetNS, psk: str, seconds: int) -> bool:
 
 
 def _against_wireguard_go(left: NetNS, right: NetNS, psk: str, seconds: int) -> bool:
-    with WiretunPeer(left) as wt, WireguardGoPeer(right).start() as wg:
+    with (
+        WiretunPeer(left, name=unique_name(DEMO_IFACE)) as wt,
+        WireguardGoPeer(right, name=unique_name(DEMO_IFACE)).start() as wg,
+    ):
         _step(f"wiretun ({wt.name}) against Debian's wireguard-go ({wg.name}), set up with `wg`")
         wg.configure(listen_port=RIGHT_PORT)
         wg.add_peer(wt.keys.public, allowed_ips=LEFT_ALLOWED, preshared_key=psk)

@@ -13,6 +13,7 @@ IFNAMSIZ = 16  # the kernel's name buffer, NUL included: at most 15 bytes
 _FORBIDDEN = frozenset("/:%")
 # wg-quick's rule for interface names (and thus for config file stems).
 _WG_QUICK_RE = re.compile(r"[a-zA-Z0-9_=+.-]{1,15}")
+_WG_QUICK_BAD_RE = re.compile(r"[^a-zA-Z0-9_=+.-]")
 
 
 def ifname_problem(name: object) -> str | None:
@@ -44,3 +45,17 @@ def is_wg_quick_ifname(name: str) -> bool:
     """True if wg-quick would accept `name` (1-15 of a-z A-Z 0-9 _ = + . -) and the kernel
     takes it as it is (so not "." or "..")."""
     return _WG_QUICK_RE.fullmatch(name) is not None and ifname_problem(name) is None
+
+
+def wg_quick_ifname_problem(name: str) -> str | None:
+    """Why wg-quick would refuse `name`, in words for a person (None if it takes it)."""
+    if is_wg_quick_ifname(name):
+        return None
+    if not name:
+        return "it is empty"
+    if len(name) >= IFNAMSIZ:
+        return f"{len(name)} characters, and Linux allows at most {IFNAMSIZ - 1} (IFNAMSIZ)"
+    bad = sorted(set(_WG_QUICK_BAD_RE.findall(name)))
+    if bad:
+        return f"{''.join(bad)!r} not allowed (only a-z A-Z 0-9 _ = + . -)"
+    return "the kernel would not take it as it is"

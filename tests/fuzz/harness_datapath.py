@@ -30,12 +30,19 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from fuzz.harness_offload import flows
-from fuzz.mutate import BYTE_MUTATORS, Mutator, flip_bit, mutate, set_byte, set_word
+from fuzz.mutate import (
+    BYTE_MUTATORS,
+    HEADER_MUTATORS,
+    SAME_LENGTH,
+    header_mutator,
+    mutate,
+    set_byte,
+)
 from fuzz.runner import Harness
-from test_tun_offload import ACK, PSH, Flow, packet, segments, super_frame
+from test_tun_offload import ACK, PSH, Flow, packet, segments, super_frame, with_ipv6_ext
 from wiretun import datapath
 from wiretun.datapath import pure
-from wiretun.tun.gso import F_NEEDS_CSUM, GSO_NONE, VNET_HDR, ZERO_VNET_HDR
+from wiretun.tun.gso import F_NEEDS_CSUM, GSO_NONE, MAX_SEGMENTS, VNET_HDR, ZERO_VNET_HDR
 
 KEY = bytes(range(32))
 AEAD = ChaCha20Poly1305(KEY)
@@ -96,18 +103,6 @@ def _same_outcome(call: Callable[[], Any], twin: Callable[[], Any]) -> tuple[Any
     return call(), want  # native raising where the twin did not is a finding
 
 
-def header_mutator(rng: random.Random, data: bytes, pool: Sequence[bytes]) -> bytes:
-    """A set_byte/set_word/flip_bit within the first 80 bytes, where the headers are."""
-    if not data:
-        return data
-    cut = min(len(data), 80)
-    return rng.choice((flip_bit, set_byte, set_word))(rng, data[:cut], pool) + data[cut:]
-
-
-HEADER_MUTATORS: tuple[Mutator, ...] = (header_mutator, header_mutator, *BYTE_MUTATORS)
-SAME_LENGTH: tuple[Mutator, ...] = (header_mutator, header_mutator, flip_bit, set_byte, set_word)
-
-
 # --- seal -------------------------------------------------------------------------------
 
 
@@ -124,6 +119,10 @@ def _csum_partial(f: Flow, pkt: bytes) -> bytes:
 
 def super_packet(f: Flow, size: int, gso: int, *, flags: int = ACK | PSH) -> bytes:
     return super_frame(f, segments(f, payload(size, gso), gso, flags=flags), gso)
+
+
+def _forged_csum_start(frame: bytes, csum_start: int) -> bytes:
+    return frame[:6] + struct.pack("=H", csum_start) + frame[8:]
 
 
 def seal_input(
@@ -146,8 +145,10 @@ def seal_seeds() -> list[bytes]:
         seal_input([super_packet(v4, 300, 100), packet(v4, b"plain")]),
         seal_input([super_packet(v6, 257, 100)], mtu=0, max_bytes=1),
         seal_input([super_packet(u4, 250, 100), super_packet(u6, 99, 536)]),
-        seal_input([super_packet(v4, 256, 1)], counter=2),  # 256 segments: the limit
-        seal_input([super_packet(v4, 257, 1)]),  # 257: too_many_segments
+        seal_input([super_packet(v4, 256, 1)], counter=2),  # 256 segments: the old limit
+        seal_input([super_packet(v4, 257, 1)]),  # 257: dropped before #15, sealed now
+        seal_input([super_packet(v4, MAX_SEGMENTS, 1)]),  # the limit
+        seal_input([super_packet(v4, MAX_SEGMENTS + 1, 1)]),  # too_many_segments
         seal_input([_csum_partial(v4, packet(v4, b"x" * 33)), _csum_partial(u6, packet(u6, b""))]),
         seal_input([ZERO_VNET_HDR + packet(u4, b"zero"), b"\x01" * 5, b"", ZERO_VNET_HDR]),
         seal_input([packet(v4, payload(n)) for n in (0, 1, 15, 16, 17, 100)], vnet=False),
@@ -155,9 +156,14 @@ def seal_seeds() -> list[bytes]:
         seal_input([super_packet(v4, 400, 100)] * 3, counter=5),  # 12 counters below 2**64
         seal_input([packet(v4, b"last")], counter=6),  # counter 2**64 - 1: the very last one
         seal_input([super_packet(v4, 200, 100)], counter=6),  # past 2**64: ValueError
-        # Big ones: super-packets near 64 KB and the 256-segment limit (kept in code only).
+        # Big ones: super-packets near 64 KB, at MTU 280 (past the old 256 segments) and at
+        # the 48-byte minimum MSS, IPv6 with extension headers or a forged csum_start.
         seal_input([super_packet(v4, 65535 - 40, 1368), packet(v4, b"tail")]),
         seal_input([super_packet(v4, 256 * 255, 255)], mtu=0),
+        seal_input([super_packet(v4, 65535 - 40, 240)], mtu=4),
+        seal_input([super_packet(v6, 65535 - 72, 48)], max_bytes=4),
+        seal_input([with_ipv6_ext(super_packet(Flow(v6=True), 20000, 1000), [8, 16])]),
+        seal_input([_forged_csum_start(super_packet(Flow(v6=True), 65000, 48), 4000)]),
         seal_input([super_packet(v6, 65535 - 72, 1380)], max_bytes=4),
         seal_input([super_packet(u4, 65535 - 28, 1400), super_packet(u6, 30000, 536)]),
         seal_input([packet(v4, payload(1380), seq=i) for i in range(48)], vnet=False),

@@ -1,5 +1,11 @@
 """The virtio_net_hdr codec: GSO split of arbitrary and mutated frames, and GRO coalesce of
-mutated packet batches checked by splitting the result back."""
+mutated packet batches checked by splitting the result back.
+
+Inputs reach the sizes the TUN really hands over: super-packets up to 64 KB (down to the
+48-byte minimum MSS, past the old 256-segment limit; IPv6 with extension headers; forged
+csum_start), mutated mostly in their headers so they keep their size; coalesce batches up
+to 64 KB, with `verify=False` as `wiretun up` runs it (the packets passed the AEAD) as well
+as verifying checksums."""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import random
 import struct
 from collections.abc import Sequence
 
+from fuzz.mutate import HEADER_MUTATORS
 from fuzz.runner import Harness
 from wiretun.packet import (
     PROTO_TCP,
@@ -19,11 +26,14 @@ from wiretun.tun.gro import coalesce
 from wiretun.tun.gso import (
     F_NEEDS_CSUM,
     GSO_NONE,
+    MAX_SEGMENTS,
+    MAX_SPLIT_BYTES,
     VNET_HDR,
     VNET_HDR_LEN,
     ZERO_VNET_HDR,
     OffloadStats,
     decode_frame,
+    ipv6_l4_offset,
 )
 
 _V4_SRC, _V4_DST = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
@@ -82,21 +92,75 @@ def flows() -> list[tuple[bool, list[bytes]]]:
     return out
 
 
-def encode_batch(udp: bool, packets: Sequence[bytes]) -> bytes:
-    """GRO harness input: a flags byte, then each packet behind a big-endian u16 length."""
-    return bytes([udp]) + b"".join(struct.pack("!H", len(p)) + p for p in packets)
+def big_flows() -> list[tuple[bool, list[bytes]]]:
+    """Batches of about 64 KB: a TCP flow at MSS 1448 and 48, UDP at 64 datagrams."""
+    out: list[tuple[bool, list[bytes]]] = []
+    for v6 in (False, True):
+        out.append((False, [tcp_packet(v6, 1 + 1448 * i, bytes([i]) * 1448, ip_id=i)
+                            for i in range(45)]))  # fmt: skip
+        out.append((False, [tcp_packet(v6, 1 + 48 * i, bytes([i & 0xFF]) * 48, ip_id=i)
+                            for i in range(600)]))  # fmt: skip
+        out.append((True, [udp_packet(v6, bytes([i]) * 1000, ip_id=i) for i in range(64)]))
+    return out
+
+
+def encode_batch(udp: bool, packets: Sequence[bytes], *, verify: bool = True) -> bytes:
+    """GRO harness input: a flags byte (bit 0: UDP offload, bit 1: no checksum verification,
+    as `up` coalesces), then each packet behind a big-endian u16 length."""
+    flags = int(udp) | (0 if verify else 2)
+    return bytes([flags]) + b"".join(struct.pack("!H", len(p)) + p for p in packets)
 
 
 def decode_batch(data: bytes) -> tuple[bool, list[bytes]]:
+    return decode_batch_flags(data)[:2]
+
+
+def decode_batch_flags(data: bytes) -> tuple[bool, list[bytes], bool]:
+    """(udp, packets, verify)."""
     if not data:
-        return False, []
+        return False, [], True
     packets: list[bytes] = []
     at = 1
     while at + 2 <= len(data):
         (n,) = struct.unpack_from("!H", data, at)
         packets.append(data[at + 2 : at + 2 + n])
         at += 2 + n
-    return bool(data[0] & 1), packets
+    return bool(data[0] & 1), packets, not data[0] & 2
+
+
+def _with_ipv6_ext(frame: bytes, ext_lens: Sequence[int]) -> bytes:
+    """A vnet frame of IPv6 with destination-options headers before its L4 header."""
+    pkt = bytearray(frame[VNET_HDR_LEN:])
+    chain = b""
+    nh = pkt[6]
+    for n in reversed(ext_lens):
+        chain = bytes([nh, n // 8 - 1]) + bytes(n - 2) + chain
+        nh = 60
+    pkt[6] = nh
+    struct.pack_into("!H", pkt, 4, int.from_bytes(pkt[4:6], "big") + len(chain))
+    fl, gt, hl, gs, cs, co = VNET_HDR.unpack_from(frame)
+    head = VNET_HDR.pack(fl, gt, hl + len(chain), gs, cs + len(chain), co)
+    return head + bytes(pkt[:40]) + chain + bytes(pkt[40:])
+
+
+def super_frames() -> list[bytes]:
+    """Super-packets as the TUN reads them, up to 64 KB, and the hostile variants #15 found."""
+    out: list[bytes] = []
+    for v6 in (False, True):
+        iph = 40 if v6 else 20
+        for mss in (48, 240, 536, 1448):
+            n = (65535 - iph - 20) // mss
+            segs = [tcp_packet(v6, 1 + mss * i, bytes([i & 0xFF]) * mss, ip_id=i)
+                    for i in range(n)]  # fmt: skip
+            out += coalesce(segs, OffloadStats(), udp=False, verify=False)
+        udp = [udp_packet(v6, bytes([i]) * 1000, ip_id=i) for i in range(64)]
+        out += coalesce(udp, OffloadStats(), udp=True, verify=False)
+    v6_frame = next(f for f in out if f[1] == 4 and VNET_HDR.unpack_from(f)[3] == 536)
+    out.append(_with_ipv6_ext(v6_frame[: VNET_HDR_LEN + 40 + 20 + 536 * 20], [8, 16]))
+    forged = bytearray(next(f for f in out if f[1] == 4 and VNET_HDR.unpack_from(f)[3] == 48))
+    struct.pack_into("=H", forged, 6, 4000)  # csum_start far beyond the IPv6 header
+    out.append(bytes(forged))
+    return [f for f in out if f[1] != GSO_NONE]
 
 
 def _segment_checksums_ok(seg: bytes, iph: int, udp: bool) -> bool:
@@ -110,6 +174,7 @@ class SplitHarness(Harness):
     """decode_frame: a frame read from the TUN, header and packet both untrusted."""
 
     name = "offload_split"
+    mutators = HEADER_MUTATORS
 
     def seeds(self) -> list[bytes]:
         out: list[bytes] = []
@@ -120,7 +185,7 @@ class SplitHarness(Harness):
         struct.pack_into("!H", partial, 36, pseudo_header_sum(pkt, PROTO_TCP, len(pkt) - 20))
         out.append(VNET_HDR.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 16) + bytes(partial))
         out.append(ZERO_VNET_HDR + udp_packet(True, b"plain"))
-        return out
+        return out + super_frames()
 
     def check(self, data: bytes) -> None:
         stats = OffloadStats()
@@ -130,6 +195,7 @@ class SplitHarness(Harness):
             assert dropped == 1, f"empty result counted as {dict(stats.dropped)}"
             return
         assert dropped == 0 and stats.segments_out == len(segments)
+        assert len(segments) <= MAX_SEGMENTS and sum(map(len, segments)) <= MAX_SPLIT_BYTES
         if len(data) <= VNET_HDR_LEN or data[1] == GSO_NONE:
             return
         # A split super-packet: every segment must be a well-formed packet on its own.
@@ -142,8 +208,9 @@ class SplitHarness(Harness):
                 assert 40 + int.from_bytes(seg[4:6], "big") == len(seg)
             if udp:
                 assert int.from_bytes(seg[iph + 4 : iph + 6], "big") == len(seg) - iph
-            if seg[0] >> 4 == 4 or iph == 40:
-                assert _segment_checksums_ok(seg, iph, udp), f"bad checksum in {seg.hex()}"
+            if seg[0] >> 4 == 6:  # csum_start must be where the extension headers end
+                assert ipv6_l4_offset(seg) == (iph, PROTO_UDP if udp else PROTO_TCP)
+            assert _segment_checksums_ok(seg, iph, udp), f"bad checksum in {seg.hex()[:200]}"
         pkt = data[VNET_HDR_LEN:]
         hl = iph + (8 if udp else (pkt[iph + 12] >> 4) * 4)
         assert all(len(seg) <= hl + gso_size for seg in segments), "a segment over gso_size"
@@ -158,22 +225,24 @@ class CoalesceHarness(Harness):
     name = "offload_coalesce"
 
     def seeds(self) -> list[bytes]:
-        return [encode_batch(udp, packets) for udp, packets in flows()]
+        out = [encode_batch(udp, packets) for udp, packets in flows()]
+        out += [encode_batch(udp, packets, verify=False) for udp, packets in flows()]
+        return out + [encode_batch(udp, p, verify=False) for udp, p in big_flows()]
 
     def generate(self, rng: random.Random, pool: Sequence[bytes]) -> bytes:
         if rng.random() < 0.5 and pool:
             # Mutate one packet of a batch and keep the framing, to reach the merge rules.
-            udp, packets = decode_batch(rng.choice(pool))
+            udp, packets, verify = decode_batch_flags(rng.choice(pool))
             if packets:
                 i = rng.randrange(len(packets))
                 packets[i] = super().generate(rng, packets)
-                return encode_batch(udp, packets)
+                return encode_batch(udp, packets, verify=verify and rng.random() < 0.5)
         return super().generate(rng, pool)
 
     def check(self, data: bytes) -> None:
-        udp, packets = decode_batch(data)
+        udp, packets, verify = decode_batch_flags(data)
         stats = OffloadStats()
-        frames = coalesce(packets, stats, udp=udp)
+        frames = coalesce(packets, stats, udp=udp, verify=verify)
         assert stats.packets_in == len(packets) and stats.frames_out == len(frames)
         assert len(frames) + stats.coalesced == len(packets)
         used = [False] * len(packets)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fuzz.runner import Harness
+from wiretun.datapath import Backend
 from wiretun.testing.wgpair import WgPair, ipv4_packet, ipv6_packet, make_pair
 from wiretun.wireguard import messages as m
 from wiretun.wireguard.cookie import CookieChecker, CookieGenerator
@@ -53,9 +54,9 @@ class Scene:
     index_of: dict[int, int]  # id(device) -> its session's receiver index
 
 
-def build_scene() -> Scene:
+def build_scene(datapath: Backend | None = None) -> Scene:
     """Deterministic: the seeded rng and fake clock make every build send the same bytes."""
-    pair = make_pair(PAIR_SEED)
+    pair = make_pair(PAIR_SEED, datapath=datapath)
     pair.b.under_load = True  # first initiation gets a cookie reply, the retry carries mac2
     pair.a_to_b(b"one")
     pair.net.roundtrip()
@@ -187,6 +188,7 @@ class DeviceHarness(Harness):
         receiver.under_load = load
         try:
             delivered = receiver.receive_datagrams([(datagram, src)], pair.clock.now)
+            receiver.process_handshakes(pair.clock.now)  # what the datagram queued
         finally:
             receiver.under_load = False
             receiver.datagrams_to_send()  # cookie replies, responses: not needed here

@@ -97,6 +97,19 @@ BYTE_MUTATORS: tuple[Mutator, ...] = (
     splice,
 )
 
+
+def header_mutator(rng: random.Random, data: bytes, pool: Sequence[bytes]) -> bytes:
+    """A set_byte/set_word/flip_bit within the first 80 bytes, where the headers are (a
+    64 KB input keeps its size: the byte mutators would mostly cut or splice it)."""
+    if not data:
+        return data
+    cut = min(len(data), 80)
+    return rng.choice((flip_bit, set_byte, set_word))(rng, data[:cut], pool) + data[cut:]
+
+
+HEADER_MUTATORS: tuple[Mutator, ...] = (header_mutator, header_mutator, *BYTE_MUTATORS)
+SAME_LENGTH: tuple[Mutator, ...] = (header_mutator, header_mutator, flip_bit, set_byte, set_word)
+
 # Tokens that stress text parsers: separators, signs, huge numbers, odd whitespace.
 TEXT_TOKENS = (
     b"",

@@ -8,12 +8,14 @@ from fuzz.harness_offload import CoalesceHarness, SplitHarness
 from fuzz.harness_packet import PacketHarness
 from fuzz.harness_uapi import UapiHarness
 from fuzz.harness_wg_device import DeviceHarness
+from fuzz.harness_wg_device_batch import DeviceBatchHarness
 from fuzz.harness_wg_messages import MessagesHarness
 from fuzz.runner import Harness
 
 HARNESS_TYPES: tuple[type[Harness], ...] = (
     MessagesHarness,
     DeviceHarness,
+    DeviceBatchHarness,
     SplitHarness,
     CoalesceHarness,
     PacketHarness,

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from wiretun.demo import DEMO_IFACE
+
 pytestmark = pytest.mark.root
 
 
@@ -17,7 +19,7 @@ def _demo_leftovers() -> list[str]:
 
 
 def test_demo_succeeds_and_cleans_up() -> None:
-    before = set(glob.glob("/var/run/wireguard/*"))
+    before = set(glob.glob(f"/var/run/wireguard/{DEMO_IFACE}*"))
     proc = subprocess.run(
         [sys.executable, "-m", "wiretun", "demo", "--time", "1"],
         capture_output=True,
@@ -30,4 +32,4 @@ def test_demo_succeeds_and_cleans_up() -> None:
     assert "Gbit/s" in proc.stdout
     assert "3 received" in proc.stdout or "3/3" in proc.stdout
     assert _demo_leftovers() == []
-    assert set(glob.glob("/var/run/wireguard/*")) <= before
+    assert set(glob.glob(f"/var/run/wireguard/{DEMO_IFACE}*")) <= before

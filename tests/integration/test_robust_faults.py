@@ -217,7 +217,7 @@ def _sigterm(a: NetNS, wt: WiretunPeer) -> None:
 @pytest.mark.parametrize(
     ("fault", "reason", "warning"),
     [
-        (_delete_device, "TUN device gone", r"WARNING wiretun\.tunnel\.up: stopping: TUN device"),
+        (_delete_device, "TUN device gone", r"WARNING wiretun\.tunnel\.tunnel: stopping: TUN"),
         (_remove_socket, "UAPI socket removed", r"WARNING wiretun\.tunnel\.uapi: UAPI socket"),
         (_sigterm, "SIGTERM", None),
     ],

@@ -48,6 +48,7 @@ def test_each_kind_of_garbage_reaches_its_drop_reason() -> None:
         kinds_seen.add(kind)
         before = pair.b.stats().drops
         out = pair.b.receive_datagrams([(data, ("198.51.100.7", 4000))], pair.clock.now)
+        pair.b.process_handshakes(pair.clock.now)  # handshake messages wait in their queue
         after = pair.b.stats().drops
         grown = {r for r in after if after[r] != before.get(r, 0)}
         assert out == [], kind
@@ -63,12 +64,12 @@ def test_each_kind_of_garbage_reaches_its_drop_reason() -> None:
 
 
 LOG = """\
-2026-01-01 00:00:00,000 INFO wiretun.tunnel.up: stopping: SIGTERM
-2026-01-01 00:00:00,001 INFO wiretun.tunnel.up: wt0 down: SIGTERM
-2026-01-01 00:00:00,001 INFO wiretun.tunnel.up: loop LoopStats(packets_from_tun=3, \
+2026-01-01 00:00:00,000 INFO wiretun.tunnel.tunnel: stopping: SIGTERM
+2026-01-01 00:00:00,001 INFO wiretun.tunnel.tunnel: wt0 down: SIGTERM
+2026-01-01 00:00:00,001 INFO wiretun.tunnel.tunnel: loop LoopStats(packets_from_tun=3, \
 drops={'core_receive_error': 1}, events={'HandshakeCompleted': 1})
-2026-01-01 00:00:00,001 INFO wiretun.tunnel.up: udp UdpStats(port=1, drops={})
-2026-01-01 00:00:00,002 INFO wiretun.tunnel.up: core drops {'mac1': 3, 'replay': 40}
+2026-01-01 00:00:00,001 INFO wiretun.tunnel.tunnel: udp UdpStats(port=1, drops={})
+2026-01-01 00:00:00,002 INFO wiretun.tunnel.tunnel: core drops {'mac1': 3, 'replay': 40}
 """
 
 

@@ -10,6 +10,8 @@ import base64
 import os
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,13 @@ def test_live_daemon_keeps_its_secrets(topology: Topology) -> None:
         run_dir = os.stat(SOCKET_DIR)
         assert stat.S_IMODE(run_dir.st_mode) == 0o755 and run_dir.st_uid == 0
 
+        # No core file can hold the keys (harden_process; PR_SET_DUMPABLE has no /proc view).
+        assert wt.proc is not None
+        limits = Path(f"/proc/{wt.proc.pid}/limits").read_text()
+        assert [ln.split()[4:6] for ln in limits.splitlines() if ln.startswith("Max core")] == [
+            ["0", "0"]
+        ]
+
         assert udp_ping(a, b, "10.9.0.2") == 3  # a full handshake with the psk
         assert wt.dump()[0][0] == wt.keys.private  # a UAPI get carries it: must not be logged
         wt.wg("set", wt.name, "peer", wg.keys.public, "preshared-key", "/dev/stdin", stdin=new_psk)
@@ -84,6 +93,47 @@ def test_live_daemon_keeps_its_secrets(topology: Topology) -> None:
         for secret in (wt.keys.private, new_key.private, psk, new_psk):
             for form in _forms(secret):
                 assert form not in log, f"secret form {form[:6]}... in the log"
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not have_wireguard_go(), reason="needs wireguard-go and wg")
+def test_background_start_runs_no_code_from_the_working_directory(
+    topology: Topology, tmp_path: Path
+) -> None:
+    """Regression (#15): `wiretun up --background` re-executed `python -m wiretun`, which
+    imports a `wiretun/` from the working directory first: a fake one ran as root. Started
+    from such a directory (with a relative config path), the daemon runs our code, in `/`."""
+    a = topology.netns()
+    marker = tmp_path / "PWNED"
+    for package in ("wiretun", "pyroute2", "cryptography"):
+        (tmp_path / package).mkdir()
+        for module in ("__init__.py", "__main__.py"):
+            (tmp_path / package / module).write_text(f"open({str(marker)!r}, 'w').close()\n")
+    with WiretunPeer(a) as wt:
+        path = wt.write_config(
+            addresses=["10.9.0.1/24"],
+            peers=[PeerSpec(KeyPair.generate().public, ["10.9.0.2/32"])],
+        )
+        (tmp_path / f"{wt.name}.conf").write_text(Path(path).read_text())
+        os.chmod(tmp_path / f"{wt.name}.conf", 0o600)
+        # `python -P -m wiretun` is the installed `wiretun` script: the parent itself does not
+        # look in the working directory, only the child it re-executed did.
+        cmd = [sys.executable, "-P", "-m", "wiretun", "up", f"{wt.name}.conf", "--background"]
+        out = subprocess.run(["ip", "netns", "exec", a.name, *cmd], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        try:
+            assert out.returncode == 0, out.stderr
+            assert f"{wt.name} is up" in out.stdout
+            assert not marker.exists(), "code from the working directory ran"
+            pid = int(Path(wt.pid_path).read_text().split()[0])
+            assert os.readlink(f"/proc/{pid}/cwd") == "/"
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert cmdline[1] == b"-I"
+            assert str(tmp_path / f"{wt.name}.conf").encode() in cmdline  # made absolute
+            assert wt.dump()[0][1] == wt.keys.public
+        finally:
+            subprocess.run([*wt.command("down", wt.name)], timeout=30, check=False)
+        assert not os.path.exists(wt.socket_path)
 
 
 def _identifiers(node: ast.AST) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 from wiretun.lab.netns import NetNS
 from wiretun.lab.procs import SOCKET_DIR
@@ -18,10 +19,10 @@ def wiretun_leftovers(
     table: str = str(AUTO_TABLE_START),
 ) -> list[str]:
     """What a stopped `wiretun up` for `name` in `ns` left behind (empty if nothing): its
-    device, policy rules, routes in its fwmark table, UDP socket, UAPI socket, pid file and
-    leftovers record. Rules: any besides the kernel's three (a test's namespace has no
-    others), or with `fwmark` (e.g. "0x1234") when given. The default table is the one the
-    first full-tunnel instance in a namespace gets."""
+    device, policy rules, routes in its fwmark table, nftables tables, UDP socket, UAPI
+    socket, pid file and leftovers record. Rules: any besides the kernel's three (a test's
+    namespace has no others), or with `fwmark` (e.g. "0x1234") when given. The default table
+    is the one the first full-tunnel instance in a namespace gets."""
     left: list[str] = []
     if ns.run("ip", "link", "show", "dev", name, check=False).strip():
         left.append(f"device {name}")
@@ -36,6 +37,9 @@ def wiretun_leftovers(
         # A table without routes may not exist at all (an error for `ip -6`): empty either way.
         routes = ns.run("ip", family, "route", "show", "table", table, check=False).strip()
         left += [f"route {ln.strip()} (table {table})" for ln in routes.splitlines()]
+    if shutil.which("nft"):
+        tables = ns.run("nft", "list", "tables", check=False).splitlines()
+        left += [f"nft {t.strip()}" for t in tables if f"wiretun-{name}" in t]
     if listen_port is not None:
         udp = ns.run("ss", "-uanH", f"sport = :{listen_port}").strip()
         left += [f"udp socket {ln.split()[3]}" for ln in udp.splitlines() if ln.strip()]

@@ -4,19 +4,17 @@ the command line."""
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
 from pathlib import Path
 from types import FrameType
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from wiretun.bench.env import environment_problems
 from wiretun.bench.paths import path_kind, resolve_program
 from wiretun.bench.plan import DEFAULT_PATHS, WORKLOADS, make_plan
-from wiretun.bench.report import path_versions, rich_table, write_reports
+from wiretun.bench.report import busy_warning, path_versions, rich_tables, write_reports
 from wiretun.bench.results import aggregate
 from wiretun.bench.runner import run_bench
 
@@ -89,7 +87,19 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # A report piped to a file should not be squeezed to 80 columns.
+    try:  # rich (progress, tables) comes with the bench extra, not with wiretun itself
+        from rich.console import Console  # noqa: PLC0415
+        from rich.progress import (  # noqa: PLC0415
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+    except ImportError:
+        print("wiretun bench: needs the bench extra: pip install 'wiretun[bench]'", file=sys.stderr)
+        return 2
+    # The tables fit 80 columns; piped to a file, long notes and paths stay on one line.
     console = Console() if sys.stdout.isatty() else Console(width=200)
     err = Console(stderr=True)
     try:
@@ -132,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     rows = aggregate(result)
-    console.print(rich_table(rows, header=path_versions(result)))
+    warning = busy_warning(result.load_before, os.cpu_count())
+    console.print(rich_tables(rows, header=path_versions(result), warning=warning))
     files, problems = write_reports(result, rows, args.out, command_line(args))
     for problem in problems:
         err.print(f"wiretun bench: {problem}", markup=False)

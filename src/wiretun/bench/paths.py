@@ -103,7 +103,7 @@ class VethPath(PathKind):
 class TunnelEnd:
     ns: NetNS
     ifname: str
-    private_key: str
+    private_key: str = field(repr=False)
     public_key: str
     overlay: str  # address without prefix
     underlay: str

@@ -1,11 +1,13 @@
-"""Writes a bench result as a rich table, results.json, results.md and throughput.png.
+"""Writes a bench result as terminal tables (80 columns), results.json, results.md and
+throughput.png.
 
 results.json (schema "wiretun-bench/1"):
 
     schema      "wiretun-bench/1"
     date        ISO 8601 UTC time the report was written
     command     the command line that produced it
-    host        {kernel, machine, cpu_count, python}
+    host        {kernel, machine, cpu_count, python, load_before, load_after (the load
+                 average [1, 5, 15 min] as the run began and ended; null if unknown)}
     versions    {wiretun, iperf3, wireguard-go (first line of the binary's --version),
                  kernel-wg (the wireguard module's version), cryptography}: strings, null
                  when unknown
@@ -37,51 +39,113 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from wiretun.bench.iperf import iperf3_version
 from wiretun.bench.results import Row
 from wiretun.bench.runner import BenchResult
 
+if TYPE_CHECKING:  # rich is the bench extra's: imported where the terminal report is drawn
+    from rich.console import Group
+
 SCHEMA = "wiretun-bench/1"
-COLUMNS = (
-    "path", "workload", "median Gbit/s", "min-max", "retransmits", "CPU s/GB",
-    "peak RSS MB", "ratio vs wireguard-go", "ratio vs veth", "notes",
+# Terminal and results.md: throughput rows and ping rows in two tables, notes below them.
+THROUGHPUT_COLUMNS = (
+    "path", "workload", "Gbit/s", "min-max", "retr", "CPU s/GB", "RSS MB", "x wg-go", "x veth",
 )  # fmt: skip
+PING_COLUMNS = ("path", "RTT ms", "min-max", "x wg-go", "x veth", "replies")
+TWO_LINE_HEADERS = frozenset({"CPU s/GB", "RSS MB", "x wg-go", "x veth"})
+LEGEND = (
+    "Gbit/s: median over the runs (iperf3, received); min-max: the runs' range.",
+    "retr: TCP retransmits, median over the runs (iperf3's sender side).",
+    "CPU s/GB: CPU seconds of the path's tunnel processes, both ends, per GB carried.",
+    "RSS MB: the largest peak resident memory (VmHWM) of one tunnel process.",
+    "x wg-go, x veth: this median / that path's median, same workload; for throughput",
+    "  above 1 is faster than it, for ping (a ratio of RTTs) below 1 is faster.",
+)
+BUSY_LOAD = 0.5  # load average per CPU above which the host counts as busy
 
 
-def _num(value: float | None, unit: str = "") -> str:
+def _num(value: float | None) -> str:
     if value is None:
         return "-"
-    text = f"{value:.3f}" if value < 10 else f"{value:.1f}"
-    return f"{text} ms" if unit == "ms" else text
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _short(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
 
 
 def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
+    return "-" if value is None else f"{value:.2f}"
 
 
-def cells(row: Row) -> list[str]:
-    """The row's table cells, in COLUMNS order."""
-    span = "-"
-    if row.min is not None and row.max is not None:
-        span = f"{_num(row.min)}-{_num(row.max, row.unit)}"
+def _span(row: Row, digits: Callable[[float | None], str] = _short) -> str:
+    if row.min is None or row.max is None:
+        return "-"
+    return f"{digits(row.min)}-{digits(row.max)}"
+
+
+def _note(row: Row) -> str | None:
+    # Process output may span lines; a note line may not.
+    lines = [line.strip() for line in (row.note or "").splitlines() if line.strip()]
+    return " / ".join(lines) or None
+
+
+def is_ping(row: Row) -> bool:
+    return row.unit == "ms"
+
+
+def throughput_cells(row: Row) -> list[str]:
     return [
         row.path,
         row.workload,
-        _num(row.median, row.unit),  # Gbit/s is the column's unit; ms is spelled out
-        span,
+        _num(row.median),
+        _span(row),
         "-" if row.retransmits is None else f"{row.retransmits:g}",
         "-" if row.cpu_s_per_gb is None else f"{row.cpu_s_per_gb:.2f}",
         "-" if row.peak_rss_mb is None else f"{row.peak_rss_mb:.1f}",
         _ratio(row.ratio_vs_wireguard_go),
         _ratio(row.ratio_vs_veth),
-        # Process output may span lines; a table cell may not.
-        " / ".join(line.strip() for line in (row.note or "").splitlines() if line.strip()),
     ]
+
+
+def ping_cells(row: Row) -> list[str]:
+    replies = row.note if row.note and row.note.endswith(" replies") else "-"
+    return [
+        row.path,
+        _num(row.median),
+        _span(row, _num),  # RTTs below a millisecond: three decimals
+        _ratio(row.ratio_vs_wireguard_go),
+        _ratio(row.ratio_vs_veth),
+        replies.removesuffix(" replies"),
+    ]
+
+
+def notes(rows: list[Row]) -> list[str]:
+    """One line per row with something to say (failures, UDP loss, partial runs); a ping
+    row's "N/M replies" is its own column."""
+    out = []
+    for row in rows:
+        text = _note(row)
+        if text is None or (is_ping(row) and text.endswith(" replies") and "/" in text):
+            continue
+        out.append(f"{row.path} {row.workload}: {text}")
+    return out
+
+
+def busy_warning(load: tuple[float, float, float] | None, cpus: int | None) -> str | None:
+    """A warning when the host was busy as the run began (1-minute load per CPU)."""
+    if load is None or not cpus or load[0] <= BUSY_LOAD * cpus:
+        return None
+    return (
+        f"warning: the host was busy (load {load[0]:.2f} on {cpus} CPUs as the run began): "
+        "other work shared the cores; compare only runs made side by side"
+    )
 
 
 def path_versions(result: BenchResult) -> str | None:
@@ -97,25 +161,77 @@ def path_versions(result: BenchResult) -> str | None:
     return "; ".join(parts) or None
 
 
-def rich_table(rows: list[Row], title: str = "wiretun bench", header: str | None = None) -> Table:
-    table = Table(title=f"{title}\n{header}" if header else title)
-    for name in COLUMNS:
-        if name == "notes":
-            table.add_column(name, max_width=60, overflow="ellipsis", no_wrap=True)
-        else:
-            table.add_column(name, justify="left" if name in {"path", "workload"} else "right")
-    for row in rows:
-        style = {"ok": None, "failed": "red", "skipped": "yellow"}[row.status]
-        table.add_row(*cells(row), style=style)
-    return table
+def rich_tables(
+    rows: list[Row],
+    title: str = "wiretun bench",
+    header: str | None = None,
+    warning: str | None = None,
+) -> Group:
+    """The terminal report, within 80 columns: the throughput table, the ping table, the
+    notes, the column legend and the busy-host warning."""
+    from rich import box  # noqa: PLC0415
+    from rich.console import Group  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    def table(
+        name: str, columns: tuple[str, ...], items: list[list[str]], styles: list[str | None]
+    ) -> Table:
+        # One space between columns (the box's divider), none at the edges: 80 columns.
+        t = Table(title=name, box=box.SIMPLE_HEAD, padding=0, show_edge=False,
+                  title_justify="left")  # fmt: skip
+        for column in columns:
+            left = column in {"path", "workload", "replies"}
+            # Two-line headers ("CPU" over "s/GB") keep the columns as narrow as their figures.
+            head = column.replace(" ", "\n", 1) if column in TWO_LINE_HEADERS else column
+            t.add_column(head, justify="left" if left else "right", no_wrap=True)
+        for cells_, style in zip(items, styles, strict=True):
+            t.add_row(*cells_, style=style)
+        return t
+
+    style = {"ok": None, "failed": "red", "skipped": "yellow"}
+    flow = [r for r in rows if not is_ping(r)]
+    ping = [r for r in rows if is_ping(r)]
+    parts: list[object] = [Text(title if header is None else f"{title}: {header}", style="bold")]
+    if warning is not None:
+        parts.append(Text(warning, style="bold red"))
+    if flow:
+        parts.append(Text(""))
+        parts.append(table("throughput", THROUGHPUT_COLUMNS, [throughput_cells(r) for r in flow],
+                           [style[r.status] for r in flow]))  # fmt: skip
+    if ping:
+        parts.append(Text(""))
+        parts.append(table("ping (round-trip time)", PING_COLUMNS, [ping_cells(r) for r in ping],
+                           [style[r.status] for r in ping]))  # fmt: skip
+    if notes(rows):
+        parts.append(Text(""))
+    for line in notes(rows):
+        parts.append(Text(line, overflow="fold"))
+    parts.append(Text(""))
+    parts.append(Text("\n".join(LEGEND), style="dim"))
+    return Group(*parts)  # type: ignore[arg-type]
 
 
-def markdown_table(rows: list[Row]) -> str:
+def markdown_tables(rows: list[Row]) -> str:
+    """results.md's tables: throughput, ping, then the notes and the legend."""
+
     def line(items: list[str]) -> str:
         return "| " + " | ".join(i.replace("|", "\\|") for i in items) + " |"
 
-    out = [line(list(COLUMNS)), "|" + "---|" * len(COLUMNS)]
-    out += [line(cells(row)) for row in rows]
+    def table(columns: tuple[str, ...], items: list[list[str]]) -> list[str]:
+        return [line(list(columns)), "|" + "---|" * len(columns), *(line(c) for c in items)]
+
+    out: list[str] = []
+    flow = [throughput_cells(r) for r in rows if not is_ping(r)]
+    ping = [ping_cells(r) for r in rows if is_ping(r)]
+    if flow:
+        out += ["Throughput:", "", *table(THROUGHPUT_COLUMNS, flow), ""]
+    if ping:
+        out += ["Ping (round-trip time):", "", *table(PING_COLUMNS, ping), ""]
+    out += [f"- {n}" for n in notes(rows)]
+    if notes(rows):
+        out.append("")
+    out += [f"{text.strip()}  " for text in LEGEND]
     return "\n".join(out) + "\n"
 
 
@@ -138,6 +254,8 @@ def metadata(result: BenchResult, command: str) -> dict[str, Any]:
             "machine": platform.machine(),
             "cpu_count": os.cpu_count(),
             "python": sys.version.split()[0],
+            "load_before": None if result.load_before is None else list(result.load_before),
+            "load_after": None if result.load_after is None else list(result.load_after),
         },
         "versions": {
             "wiretun": _version("wiretun"),
@@ -188,9 +306,25 @@ def write_markdown(
         f"`{meta['command']}`: kernel {host['kernel']}, {host['cpu_count']} CPUs, "
         f"{versions['iperf3']}, {tunnels or 'no wireguard-go'}, "
         f"wiretun {versions['wiretun'] or '-'}; {meta['settings']['repeats']} repeat(s) of "
-        f"{meta['settings']['duration_s']:g} s, runs interleaved. Ping rows give RTT in ms.\n\n"
+        f"{meta['settings']['duration_s']:g} s, runs interleaved{_load_text(host)}.\n\n"
     )
-    path.write_text(header + markdown_table(rows))
+    warning = busy_warning(_load_of(host), host["cpu_count"])
+    if warning is not None:
+        header += f"**{warning}**\n\n"
+    path.write_text(header + markdown_tables(rows))
+
+
+def _load_of(host: dict[str, Any]) -> tuple[float, float, float] | None:
+    load = host.get("load_before")
+    return None if load is None else (load[0], load[1], load[2])
+
+
+def _load_text(host: dict[str, Any]) -> str:
+    before, after = host.get("load_before"), host.get("load_after")
+    if before is None:
+        return ""
+    text = f"; host load {before[0]:.2f} at the start"
+    return text + (f", {after[0]:.2f} at the end" if after is not None else "")
 
 
 def write_plot(path: Path, rows: list[Row]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import tempfile
@@ -65,6 +66,10 @@ class BenchResult:
     namespaces: tuple[str, str]
     paths: list[PathStatus] = field(default_factory=list)
     runs: list[RunRecord] = field(default_factory=list)
+    # The host's load average (1, 5, 15 min) as the run began and ended: a busy machine
+    # (other work on the cores) makes figures that do not compare with a quiet run's.
+    load_before: tuple[float, float, float] | None = None
+    load_after: tuple[float, float, float] | None = None
 
 
 def _one_run(
@@ -127,6 +132,7 @@ def run_bench(
         bench_topology(ns_prefix) as topo,
     ):
         result = BenchResult(plan, topo.namespaces, list(statuses.values()))
+        result.load_before = os.getloadavg()
         try:
             for slot, kind in enumerate(kinds, start=1):
                 tick(f"setting up {kind.name}")
@@ -161,6 +167,7 @@ def run_bench(
                     statuses[name].peak_rss_bytes = max(peak, statuses[name].peak_rss_bytes or 0)
             if progress is not None:
                 progress("done", total, total)
+            result.load_after = os.getloadavg()
         finally:
             with deferred_signals():
                 for kind, handle in handles.values():

@@ -26,7 +26,11 @@
 #define GSO_TCPV6 4
 #define GSO_UDP_L4 5
 #define GSO_ECN 0x80
-#define MAX_SEGMENTS 256
+/* gso.MAX_SEGMENTS (64 KB at the 48-byte minimum MSS), MAX_SPLIT_BYTES, MAX_IPV6_EXT. */
+#define MIN_MSS 48
+#define MAX_SEGMENTS ((0xFFFF + MIN_MSS - 1) / MIN_MSS)
+#define MAX_SPLIT_BYTES ((size_t)1 << 18)
+#define MAX_IPV6_EXT 4
 #define PROTO_TCP 6
 #define PROTO_UDP 17
 #define TCP_FIN 0x01
@@ -259,11 +263,11 @@ static int buf_reserve(buf_t *b, size_t extra) {
 /* Drop reasons of the frame decoder, in the order of wiretun.datapath.pure.FRAME_DROPS. */
 enum {
     FD_SHORT_FRAME, FD_BAD_CSUM_OFFSET, FD_BAD_GSO_TYPE, FD_BAD_GSO, FD_BAD_GSO_HEADER,
-    FD_BAD_GSO_FRAGMENT, FD_BAD_GSO_VERSION, FD_TOO_MANY_SEGMENTS, FD_COUNT
+    FD_BAD_GSO_FRAGMENT, FD_BAD_GSO_VERSION, FD_TOO_MANY_SEGMENTS, FD_SPLIT_TOO_LARGE, FD_COUNT
 };
 static const char *const frame_drop_names[FD_COUNT] = {
     "short_frame", "bad_csum_offset", "bad_gso_type", "bad_gso", "bad_gso_header",
-    "bad_gso_fragment", "bad_gso_version", "too_many_segments",
+    "bad_gso_fragment", "bad_gso_version", "too_many_segments", "split_too_large",
 };
 
 /* One frame, parsed: how it becomes segments. */
@@ -274,6 +278,22 @@ typedef struct {
     int tcp, v4;
     size_t iph, hl, gso, last, nseg, csum_at, csum_start;
 } frame_t;
+
+/* gso.ipv6_l4_offset: where an IPv6 packet's extension header chain (hop-by-hop, routing,
+ * destination options) ends and the protocol after it; 0 if the chain runs past the packet
+ * or is longer than MAX_IPV6_EXT headers. The caller guarantees n >= 28. */
+static size_t ipv6_l4_offset(const uint8_t *pkt, size_t n, int *proto) {
+    int nh = pkt[6];
+    size_t off = 40;
+    for (int i = 0; i <= MAX_IPV6_EXT; i++) {
+        if (nh != 0 && nh != 43 && nh != 60) { *proto = nh; return off; }
+        if (off + 2 > n) return 0;
+        size_t len = ((size_t)pkt[off + 1] + 1) * 8;
+        nh = pkt[off];
+        off += len;
+    }
+    return 0;
+}
 
 /* gso.decode_frame's checks; fills f and returns -1 (ok) or a drop reason. */
 static int parse_frame(const uint8_t *frame, size_t len, int vnet, frame_t *f) {
@@ -309,7 +329,8 @@ static int parse_frame(const uint8_t *frame, size_t len, int vnet, frame_t *f) {
         if (iph != (size_t)(pkt[0] & 0x0F) * 4 || iph < 20 || pkt[9] != proto) return FD_BAD_GSO_HEADER;
         if ((pkt[6] & 0x3F) || pkt[7]) return FD_BAD_GSO_FRAGMENT;
     } else if (version == 6 && gso_type != GSO_TCPV4) {
-        if (iph < 40 || (iph & 3) || (iph == 40 && pkt[6] != proto)) return FD_BAD_GSO_HEADER;
+        int l4 = -1; /* csum_start must be where the chain ends, not taken on trust */
+        if (ipv6_l4_offset(pkt, n, &l4) != iph || l4 != proto) return FD_BAD_GSO_HEADER;
     } else {
         return FD_BAD_GSO_VERSION;
     }
@@ -324,6 +345,7 @@ static int parse_frame(const uint8_t *frame, size_t len, int vnet, frame_t *f) {
     size_t plen = n - hl;
     size_t nseg = (plen + gso_size - 1) / gso_size;
     if (nseg > MAX_SEGMENTS) return FD_TOO_MANY_SEGMENTS;
+    if (nseg * hl + plen > MAX_SPLIT_BYTES) return FD_SPLIT_TOO_LARGE;
     size_t last = plen - (nseg - 1) * gso_size;
     size_t seg_len = hl + (nseg > 1 ? gso_size : last);
     if (seg_len > 0xFFFF) return FD_BAD_GSO;

@@ -41,7 +41,7 @@ class PeerDump:
     """One peer line of `wg show NAME dump`."""
 
     public_key: str
-    preshared_key: str
+    preshared_key: str = field(repr=False)
     endpoint: str
     allowed_ips: list[str]
     latest_handshake: int

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -37,7 +37,7 @@ class StartError(RuntimeError):
 class KeyPair:
     """A Curve25519 key pair in wg's base64 form."""
 
-    private: str
+    private: str = field(repr=False)
     public: str
 
     @classmethod
@@ -59,7 +59,7 @@ class PeerSpec:
     public_key: str
     allowed_ips: Sequence[str]
     endpoint: str | None = None
-    preshared_key: str | None = None
+    preshared_key: str | None = field(default=None, repr=False)
     persistent_keepalive: int | None = None
 
 

@@ -123,6 +123,9 @@ class PolicyRouting:
         self._ifindex = 0
         self._lock = asyncio.Lock()
         self._routes: list[tuple[Network, int]] = []
+        # Our device's main-table prefixes as (version, length, network int): read once,
+        # then kept up to date with the routes we add (see covered_in_main).
+        self._main: set[tuple[int, int, int]] | None = None
         self.rules: list[RuleSpec] = []
         self.fwmark = 0  # the mark the `not fwmark` rules exclude (0 = none installed)
         self.fwmark_table: int | None = None
@@ -168,31 +171,45 @@ class PolicyRouting:
 
     async def covered_in_main(self, net: Network) -> bool:
         """True if a main-table route of our device already covers `net` (the prefix route
-        of an Address, say): wg-quick adds no route then (`ip route show dev D match N`)."""
+        of an Address, say): wg-quick adds no route then (`ip route show dev D match N`).
+
+        The device's main routes are dumped once (the first call) and then followed through
+        our own add_route: one dump per AllowedIP made `up` of 10k peers quadratic (each
+        dump lists every route added so far). Routes others add to our brand-new device
+        between two calls are not seen; wg-quick's per-IP check would see them."""
+        if self._main is None:
+            self._main = await self._main_prefixes()
+        main, bits = self._main, net.max_prefixlen
+        addr = int(net.network_address)
+        return any(
+            (net.version, n, addr >> (bits - n) << (bits - n)) in main
+            for n in range(net.prefixlen + 1)
+        )
+
+    async def _main_prefixes(self) -> set[tuple[int, int, int]]:
         ipr = self._started()
 
-        async def dump() -> list[Any]:
+        async def dump(family: int) -> list[Any]:
             return [
                 m
                 async for m in await ipr.get_routes(
-                    family=family_of(net), table=MAIN_TABLE, oif=self._ifindex
+                    family=family, table=MAIN_TABLE, oif=self._ifindex
                 )
             ]
 
-        async with self._lock:
-            routes = await nl_call("list routes of", self.name, dump()) or []
-        for msg in routes:
-            if int(msg.get("table") or msg["table"]) != MAIN_TABLE:
-                continue
-            if int(msg.get("oif") or 0) != self._ifindex:
-                continue
-            dst_len = int(msg["dst_len"])
-            if dst_len > net.prefixlen:
-                continue
-            dst = msg.get("dst") or ("0.0.0.0" if net.version == 4 else "::")
-            if net.supernet(new_prefix=dst_len).network_address == ipaddress.ip_address(dst):
-                return True
-        return False
+        found: set[tuple[int, int, int]] = set()
+        for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+            async with self._lock:
+                routes = await nl_call("list routes of", self.name, dump(family)) or []
+            for msg in routes:
+                if int(msg.get("table") or msg["table"]) != MAIN_TABLE:
+                    continue
+                if int(msg.get("oif") or 0) != self._ifindex:
+                    continue
+                dst = msg.get("dst") or ("0.0.0.0" if version == 4 else "::")
+                net = ipaddress.ip_network(f"{dst}/{int(msg['dst_len'])}", strict=False)
+                found.add((version, net.prefixlen, int(net.network_address)))
+        return found
 
     async def add_route(self, net: Network, table: int) -> None:
         """`ip route add NET dev D table T`. A route to NET already in T (another device's
@@ -205,6 +222,8 @@ class PolicyRouting:
         async with self._lock:
             await nl_call("add route", f"{net} dev {self.name} table {table}", call)
         self._routes.append((net, table))
+        if table == MAIN_TABLE and self._main is not None:
+            self._main.add((net.version, net.prefixlen, int(net.network_address)))
 
     async def add_default(self, net: Network, table: int, fwmark: int) -> None:
         """A default route: into `table`, plus (once per family) `not fwmark M lookup T` and

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from wiretun.tunnel.uapi_protocol import DeviceSnapshot, SetOperation, apply_to_snapshot
+from collections.abc import Iterable
+
+from wiretun.tunnel.uapi_protocol import (
+    DeviceSnapshot,
+    SetOperation,
+    apply_to_snapshot,
+    format_get_pieces,
+)
 
 
 class MemoryBackend:
@@ -14,6 +21,9 @@ class MemoryBackend:
 
     def get_snapshot(self) -> DeviceSnapshot:
         return self.snapshot
+
+    def get_pieces(self) -> Iterable[str]:
+        return format_get_pieces(self.snapshot)
 
     def apply(self, ops: list[SetOperation]) -> None:
         self.snapshot = apply_to_snapshot(self.snapshot, ops)

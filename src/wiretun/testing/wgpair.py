@@ -115,7 +115,9 @@ class Network:
                         continue
                     batches.setdefault(dst, []).append((datagram, src))
         for dst, batch in batches.items():
-            packets = self.devices[dst].receive_datagrams(batch, self.clock.now)
+            dev = self.devices[dst]
+            packets = dev.receive_datagrams(batch, self.clock.now)
+            dev.process_handshakes(self.clock.now)
             self.delivered[dst].extend(packets)
         self._drain_events()
         return moved

@@ -25,3 +25,13 @@ class TunBroken(TunError):  # noqa: N818 (names fixed by the API)
 
 class QueueFull(TunError):  # noqa: N818 (names fixed by the API)
     """No room to queue a packet for writing now; wait with `send_ready()`."""
+
+
+class TunBusy(TunError, RuntimeError):  # noqa: N818 (names fixed by the API)
+    """Another task is already waiting in `recv_many`: one receiver at a time, or packets
+    would go to whichever waiter the loop happens to wake first."""
+
+
+class InvalidPacket(TunError, ValueError):  # noqa: N818 (names fixed by the API)
+    """What was given to `send`/`send_many` is not an IP packet the TUN can take (not bytes,
+    not IPv4/IPv6, its IP length does not match, or over 64 KiB); nothing was sent."""

@@ -29,8 +29,19 @@ TCP_FIN = 0x01
 TCP_PSH = 0x08
 TCP_ACK = 0x10
 
-# A 64 KB super-packet with a 536-byte MSS has 123 segments; beyond this we drop (and count).
-MAX_SEGMENTS = 256
+# The most segments the kernel cuts a TUN super-packet into: 64 KB at the smallest MSS TCP
+# sends (net.ipv4.tcp_min_snd_mss, 48 bytes); USO stops at 128. Beyond it we drop and count.
+# (It was 256, which silently dropped every super-packet of a flow with an MSS below 256.)
+MIN_MSS = 48
+MAX_SEGMENTS = -(-0xFFFF // MIN_MSS)  # 1366
+# What one frame may become in all: every segment repeats the headers, so a forged header
+# length times a tiny gso_size would otherwise turn 64 KB into megabytes. The largest real
+# split (IPv4 with 60+60 header bytes at MAX_SEGMENTS) is 229 KB.
+MAX_SPLIT_BYTES = 1 << 18
+# IPv6 extension headers a GSO packet may carry before its TCP/UDP header (hop-by-hop,
+# routing, destination options: (length + 1) * 8 bytes each); a longer chain is dropped.
+IPV6_EXT_HEADERS = frozenset((0, 43, 60))
+MAX_IPV6_EXT = 4
 
 _U16 = struct.Struct("!H")
 _LITTLE = sys.byteorder == "little"
@@ -79,6 +90,20 @@ def _complete_csum(pkt: memoryview, start: int, offset: int, stats: OffloadStats
     _U16.pack_into(out, at, csum)
     stats.csum_completed += 1
     return bytes(out)
+
+
+def ipv6_l4_offset(pkt: bytes | bytearray | memoryview) -> tuple[int, int] | None:
+    """(offset, protocol) of the header after an IPv6 packet's extension headers, or None
+    if the chain runs past the packet or is longer than MAX_IPV6_EXT headers."""
+    n = len(pkt)
+    nh, off = pkt[6], 40
+    for _ in range(MAX_IPV6_EXT + 1):
+        if nh not in IPV6_EXT_HEADERS:
+            return off, nh
+        if off + 2 > n:
+            return None
+        nh, off = pkt[off], off + (pkt[off + 1] + 1) * 8
+    return None
 
 
 def _l4_proto(pkt: bytes | bytearray | memoryview, start: int) -> int:
@@ -155,8 +180,9 @@ def split_gso(
             return _bad(stats, "bad_gso_fragment")
         addr_at = 12
     elif version == 6 and gso_type != GSO_TCPV4:
-        # With extension headers csum_start lies beyond 40; the chain itself is copied as is.
-        if iph < 40 or iph & 3 or (iph == 40 and pkt[6] != proto):
+        # With extension headers csum_start lies beyond 40: it must be where the chain ends
+        # (copied as is into every segment), never just taken on trust.
+        if ipv6_l4_offset(pkt) != (iph, proto):
             return _bad(stats, "bad_gso_header")
         addr_at = 8
     else:
@@ -176,6 +202,8 @@ def split_gso(
     nseg = -(-plen // gso_size)
     if nseg > MAX_SEGMENTS:
         return _bad(stats, "too_many_segments")
+    if nseg * hl + plen > MAX_SPLIT_BYTES:
+        return _bad(stats, "split_too_large")
     last = plen - (nseg - 1) * gso_size
     seg_len = hl + (gso_size if nseg > 1 else last)  # a gso_size beyond the payload is harmless
     if seg_len > 0xFFFF:

@@ -15,10 +15,10 @@ import select
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from wiretun.tun.base import TunBase
+from wiretun.tun.base import TunBase, check_packets
 from wiretun.tun.codec import Codec
 from wiretun.tun.device import LinkProbe
-from wiretun.tun.errors import QueueFull, TunBroken, TunError
+from wiretun.tun.errors import QueueFull, TunBroken, TunBusy, TunError
 from wiretun.tun.queue import encode_batch, read_batch, try_write
 from wiretun.tun.stats import QueueCounters, count
 from wiretun.tun.tun import (
@@ -106,6 +106,7 @@ class InlineTun(TunBase):
         self._pending_packets = 0  # over all fds
         self._room: asyncio.Future[None] | None = None
         self._read_waiter: asyncio.Future[None] | None = None
+        self._receiving = False  # a task is in recv_many (one at a time)
         self._reader_fd: int | None = None  # the fd our reader is registered on, if any
         self._stale = False  # the reader's next call reports what the woken waiter reads
         self._busy = False  # the last recv_many returned without waiting
@@ -140,61 +141,68 @@ class InlineTun(TunBase):
 
     async def recv_many(self, max: int = DEFAULT_MAX_BATCH) -> list[bytes]:
         """Wait for at least one packet; return up to `max` packets, each fd's in arrival
-        order. Raises TunClosed after close, TunBroken once a fd failed (read error or EOF)."""
+        order. Raises TunClosed after close, TunBroken once a fd failed (read error or EOF),
+        and TunBusy while another task waits here (its wake-up would be lost to one of us)."""
         if max < 1:
             raise ValueError("max must be positive")
-        # A read that finds packets does not suspend: after a call that returned without
-        # waiting, yield once, or a busy TUN would starve the caller's other tasks (the other
-        # direction, timers). After a wait there is no need: an idle packet goes straight on.
-        # When the last read emptied the fds, waiting is the yield (no read to find nothing).
-        if self._busy and not self._drained:
-            await asyncio.sleep(0)
-        self._busy = True
-        qs = self._qs
-        n = len(qs)
-        while True:
-            self._check_open()
-            if self._leftover:
-                out, self._leftover = self._leftover[:max], self._leftover[max:]
-                return out
-            if self._error is not None:
-                raise self._error
-            if self._drained:
-                self._busy = False
-                await self._readable()
-                self._drained = False
-                continue
-            ready: Sequence[_Queue]
-            if n == 1:
-                ready = qs
-            else:
-                # Only the fds with packets: an EAGAIN read costs ~4x an epoll poll.
-                by_fd = self._by_fd
-                ready = [by_fd[fd] for fd, _ in self._epoll.poll(0)] if self._epoll else []
-            out = []
-            m = len(ready)
-            start = self._next_read % m if m > 1 else 0
-            self._next_read += 1
-            drained = True
-            for k in range(m):
-                q = ready[(start + k) % m]
-                batch, empty, error = read_batch(
-                    q.fd, q.decode, max - len(out), q.counters, q.index
-                )
-                out += batch
-                if error is not None:
-                    self._error = error
-                    drained = False
-                    break
-                drained = drained and empty
-                if len(out) >= max:
-                    drained = drained and k == m - 1
-                    break
-            if len(out) > max:  # a GSO frame split into more than was asked for
-                out, self._leftover = out[:max], out[max:]
-            self._drained = drained
-            if out:
-                return out
+        if self._receiving:
+            raise TunBusy(f"TUN {self._name!r}: another task is already waiting in recv_many")
+        self._receiving = True
+        try:
+            # A read that finds packets does not suspend: after a call that returned without
+            # waiting, yield once, or a busy TUN would starve the caller's other tasks (the other
+            # direction, timers). After a wait there is no need: an idle packet goes straight on.
+            # When the last read emptied the fds, waiting is the yield (no read to find nothing).
+            if self._busy and not self._drained:
+                await asyncio.sleep(0)
+            self._busy = True
+            qs = self._qs
+            n = len(qs)
+            while True:
+                self._check_open()
+                if self._leftover:
+                    out, self._leftover = self._leftover[:max], self._leftover[max:]
+                    return out
+                if self._error is not None:
+                    raise self._error
+                if self._drained:
+                    self._busy = False
+                    await self._readable()
+                    self._drained = False
+                    continue
+                ready: Sequence[_Queue]
+                if n == 1:
+                    ready = qs
+                else:
+                    # Only the fds with packets: an EAGAIN read costs ~4x an epoll poll.
+                    by_fd = self._by_fd
+                    ready = [by_fd[fd] for fd, _ in self._epoll.poll(0)] if self._epoll else []
+                out = []
+                m = len(ready)
+                start = self._next_read % m if m > 1 else 0
+                self._next_read += 1
+                drained = True
+                for k in range(m):
+                    q = ready[(start + k) % m]
+                    batch, empty, error = read_batch(
+                        q.fd, q.decode, max - len(out), q.counters, q.index
+                    )
+                    out += batch
+                    if error is not None:
+                        self._error = error
+                        drained = False
+                        break
+                    drained = drained and empty
+                    if len(out) >= max:
+                        drained = drained and k == m - 1
+                        break
+                if len(out) > max:  # a GSO frame split into more than was asked for
+                    out, self._leftover = out[:max], out[max:]
+                self._drained = drained
+                if out:
+                    return out
+        finally:
+            self._receiving = False
 
     async def _readable(self) -> None:
         """Wait until some fd is readable (or we are closed).
@@ -258,8 +266,10 @@ class InlineTun(TunBase):
 
     def send(self, packet: bytes) -> None:
         """Write one IP packet now (or queue it behind earlier ones of its fd); QueueFull when
-        there is no room (exactly when `send_ready()` would wait)."""
+        there is no room (exactly when `send_ready()` would wait); InvalidPacket (a
+        ValueError) for what is not an IP packet."""
         self._check_open()
+        check_packets((packet,), self._offset)
         q = self._queue_of(packet)
         if not self._has_room():
             q.counters.refused += 1
@@ -268,8 +278,10 @@ class InlineTun(TunBase):
 
     def send_many(self, packets: Sequence[bytes]) -> int:
         """Write as many of `packets` as fit (one encode per fd), each flow in order; return
-        how many were taken (the rest count as refused). Never blocks."""
+        how many were taken (the rest count as refused). Never blocks. InvalidPacket (a
+        ValueError) if any is not an IP packet: then none is written."""
         self._check_open()
+        check_packets(packets, self._offset)
         room = self._capacity - self._pending_packets
         accepted = list(packets[: max(room, 0)]) if room < len(packets) else list(packets)
         for p in packets[len(accepted) :]:

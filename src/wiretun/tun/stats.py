@@ -46,7 +46,8 @@ class QueueStats:
         return sum(self.rx_drops.values()) + sum(self.tx_drops.values())
 
 
-def _merge(maps: list[Mapping[str, int]]) -> Mapping[str, int]:
+def merge_drops(maps: list[Mapping[str, int]]) -> Mapping[str, int]:
+    """Drop counts by reason, summed over `maps` (read-only)."""
     out: dict[str, int] = {}
     for m in maps:
         for reason, n in m.items():
@@ -82,8 +83,8 @@ class TunStats:
             tx_frames=sum(q.tx_frames for q in qs),
             refused=sum(q.refused for q in qs),
             reader_paused=sum(q.reader_paused for q in qs),
-            rx_drops=_merge([q.rx_drops for q in qs]),
-            tx_drops=_merge([q.tx_drops for q in qs]),
+            rx_drops=merge_drops([q.rx_drops for q in qs]),
+            tx_drops=merge_drops([q.tx_drops for q in qs]),
         )
 
 

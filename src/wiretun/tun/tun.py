@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 
 from wiretun.packet import PROTO_TCP, PROTO_UDP, flow_hash
-from wiretun.tun.base import TunBase
+from wiretun.tun.base import TunBase, check_packets
 from wiretun.tun.codec import Codec, CodecFactory, IdentityCodec, OffloadFeatures
 from wiretun.tun.codec import offload_codec_factory as _offload_codec_factory
 from wiretun.tun.device import (
@@ -22,7 +22,7 @@ from wiretun.tun.device import (
     set_offload,
     validate_name,
 )
-from wiretun.tun.errors import QueueFull, TunClosed, TunError
+from wiretun.tun.errors import QueueFull, TunBusy, TunClosed, TunError
 from wiretun.tun.queue import Inbound, TunQueue, Wakeup
 from wiretun.tun.stats import count
 
@@ -149,6 +149,7 @@ class Tun(TunBase):
         self._inbound = Inbound(inbound_capacity, len(fds))
         self._writable = Wakeup()
         self._out_capacity = outbound_capacity
+        self._receiving = False  # a task is in recv_many (one at a time)
         self._queued = 0  # packets accepted by send/send_many; producer-owned
         self._done_seen = 0  # last sum of the writers' `done` counters
         self._probe_lock = threading.Lock()
@@ -255,15 +256,22 @@ class Tun(TunBase):
 
     async def recv_many(self, max: int = DEFAULT_MAX_BATCH) -> list[bytes]:
         """Wait for at least one packet; return up to `max` packets in arrival order.
-        Raises TunClosed after close, TunBroken once a queue failed (read error or EOF)."""
+        Raises TunClosed after close, TunBroken once a queue failed (read error or EOF), and
+        TunBusy while another task waits here."""
         if max < 1:
             raise ValueError("max must be positive")
-        while True:
-            self._check_open()
-            packets = self._inbound.take(max)
-            if packets:
-                return packets
-            await self._inbound.readable.wait_async(self._recv_ready)
+        if self._receiving:
+            raise TunBusy(f"TUN {self._name!r}: another task is already waiting in recv_many")
+        self._receiving = True
+        try:
+            while True:
+                self._check_open()
+                packets = self._inbound.take(max)
+                if packets:
+                    return packets
+                await self._inbound.readable.wait_async(self._recv_ready)
+        finally:
+            self._receiving = False
 
     def recv_batch(self, max: int = DEFAULT_MAX_BATCH, timeout: float | None = None) -> list[bytes]:
         """Blocking `recv_many` for code without an event loop; [] when `timeout` passes."""
@@ -304,9 +312,11 @@ class Tun(TunBase):
 
     def send(self, packet: bytes) -> None:
         """Queue one IP packet for its flow's writer; never blocks. QueueFull when there is no
-        room (exactly when `send_ready()` would wait)."""
+        room (exactly when `send_ready()` would wait); InvalidPacket (a ValueError) for what
+        is not an IP packet."""
         if self._closed:
             raise TunClosed(f"TUN {self._name!r} is closed")
+        check_packets((packet,), self._offset)
         qs = self._qs
         q = qs[queue_of(packet, len(qs), self._offset)]
         if self._queued - self._done_seen >= self._out_capacity and self._room() <= 0:
@@ -317,8 +327,10 @@ class Tun(TunBase):
 
     def send_many(self, packets: Sequence[bytes]) -> int:
         """Queue as many of `packets` as fit, in order, one hand-off per writer; return how
-        many were queued (the rest count as refused). Never blocks."""
+        many were queued (the rest count as refused). Never blocks. InvalidPacket (a
+        ValueError) if any is not an IP packet: then none is queued."""
         self._check_open()
+        check_packets(packets, self._offset)
         qs = self._qs
         n = len(qs)
         room = max(0, self._room())

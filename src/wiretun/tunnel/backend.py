@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from wiretun.tunnel.uapi_protocol import (
+    GET_END,
     ZERO_KEY,
     DeviceSnapshot,
     PeerSnapshot,
@@ -17,8 +19,11 @@ from wiretun.tunnel.uapi_protocol import (
     SetOperation,
     SetPrivateKey,
     UapiError,
+    format_device,
+    format_peer,
 )
 from wiretun.wireguard.device import Device
+from wiretun.wireguard.peer import Peer, check_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +54,23 @@ class DeviceBackend:
         self._changed = changed
 
     def get_snapshot(self) -> DeviceSnapshot:
+        return replace(self._device_snapshot(), peers=tuple(map(_peer_snapshot, self.device.peers)))
+
+    def get_pieces(self) -> Iterator[str]:
+        """A `get=1` reply in pieces, from the peers there are now: each peer's lines are
+        built when its piece is asked for, so the caller can spread the work (a peer removed
+        meanwhile is still shown, as of the moment the get began)."""
+        header = self._device_snapshot()
+        peers = self.device.peers  # a new list: later adds/removes do not change it
+        yield format_device(header)
+        for peer in peers:
+            yield format_peer(_peer_snapshot(peer))
+        yield GET_END
+
+    def _device_snapshot(self) -> DeviceSnapshot:
         d = self.device
-        peers = tuple(
-            PeerSnapshot(
-                public_key=p.public_key,
-                preshared_key=p.preshared_key,
-                endpoint=p.endpoint,
-                last_handshake_ns=(
-                    0 if p.last_handshake is None else int(p.last_handshake * 1_000_000_000)
-                ),
-                tx_bytes=p.tx_bytes,
-                rx_bytes=p.rx_bytes,
-                persistent_keepalive=p.persistent_keepalive,
-                allowed_ips=tuple(p.allowed_ips),
-            )
-            for p in d.peers
-        )
         return DeviceSnapshot(
-            private_key=d.private_key,
-            listen_port=d.listen_port or 0,
-            fwmark=d.fwmark or 0,
-            peers=peers,
+            private_key=d.private_key, listen_port=d.listen_port or 0, fwmark=d.fwmark or 0
         )
 
     def apply(self, ops: list[SetOperation]) -> None:
@@ -118,14 +119,18 @@ class DeviceBackend:
         key = op.public_key
         if key == d.public_key:
             return  # wireguard-go ignores a peer with our own key
-        exists = any(p.public_key == key for p in d.peers)
+        exists = _has_peer(d, key)
         if op.remove:
             if exists:
                 d.remove_peer(key)
             return
+        if not exists and op.update_only:
+            return
+        # What the Device would refuse, refused before anything changes: an operation
+        # applies whole or not at all (found by the uapi fuzzer: an endpoint with port 0
+        # failed after the peer had been created and its preshared key set).
+        _device_call(check_endpoint, op.endpoint)
         if not exists:
-            if op.update_only:
-                return
             _device_call(d.add_peer, key)
         if op.preshared_key is not None:
             psk = None if op.preshared_key == ZERO_KEY else op.preshared_key
@@ -140,6 +145,27 @@ class DeviceBackend:
             _device_call(d.remove_allowed_ips, key, op.remove_allowed_ips)
         if op.add_allowed_ips:
             _device_call(d.add_allowed_ips, key, op.add_allowed_ips)
+
+
+def _has_peer(device: Device, key: bytes) -> bool:
+    try:
+        device.peer(key)
+    except KeyError:
+        return False
+    return True
+
+
+def _peer_snapshot(p: Peer) -> PeerSnapshot:
+    return PeerSnapshot(
+        public_key=p.public_key,
+        preshared_key=p.preshared_key,
+        endpoint=p.endpoint,
+        last_handshake_ns=0 if p.last_handshake is None else int(p.last_handshake * 1_000_000_000),
+        tx_bytes=p.tx_bytes,
+        rx_bytes=p.rx_bytes,
+        persistent_keepalive=p.persistent_keepalive,
+        allowed_ips=tuple(p.allowed_ips),
+    )
 
 
 def _device_call(fn: Callable[..., object], *args: object) -> None:

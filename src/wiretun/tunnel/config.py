@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from wiretun.ifname import is_wg_quick_ifname
+from wiretun.ifname import wg_quick_ifname_problem
 from wiretun.wireguard.crypto import KEY_LEN
 from wiretun.wireguard.events import Endpoint
 
@@ -177,7 +177,7 @@ def _split_list(value: str) -> list[str]:
 @dataclass
 class _InterfaceDraft:
     line: int
-    private_key: bytes | None = None
+    private_key: bytes | None = field(default=None, repr=False)
     listen_port: int | None = None
     addresses: list[IPInterface] = field(default_factory=list)
     mtu: int | None = None
@@ -196,7 +196,7 @@ class _PeerDraft:
     line: int
     public_key: bytes | None = None
     public_key_line: int = 0
-    preshared_key: bytes | None = None
+    preshared_key: bytes | None = field(default=None, repr=False)
     allowed_ips: list[IPNetwork] = field(default_factory=list)
     endpoint: Endpoint | None = None
     persistent_keepalive: int | None = None
@@ -209,6 +209,7 @@ class _Parser:
         self.lineno = 0
         self.interface: _InterfaceDraft | None = None
         self.peers: list[_PeerDraft] = []
+        self.peer_lines: dict[bytes, int] = {}  # public key -> its peer's line (10k peers)
         self.section: str | None = None
         self.warnings: list[ConfigWarning] = []
         # lower-case key -> (spelling in messages, handler, may repeat)
@@ -368,11 +369,9 @@ class _Parser:
 
     def _public_key(self, value: str) -> None:
         key = parse_key(value)
-        for other in self.peers[:-1]:
-            if other.public_key == key:
-                raise _FieldError(
-                    f"duplicate peer: the peer at line {other.line} has the same public key"
-                )
+        other = self.peer_lines.setdefault(key, self.peers[-1].line)
+        if other != self.peers[-1].line:
+            raise _FieldError(f"duplicate peer: the peer at line {other} has the same public key")
         self.peers[-1].public_key = key
         self.peers[-1].public_key_line = self.lineno
 
@@ -466,13 +465,13 @@ def parse_config(text: str, filename: str, *, name: str | None = None) -> Tunnel
     """Parse wg-quick config text. The interface name is `name`, or else the file name
     without `.conf` (as wg-quick does). Raises ConfigError."""
     ifname = _name_from_filename(filename) if name is None else name
-    if not is_wg_quick_ifname(ifname):
+    problem = wg_quick_ifname_problem(ifname)
+    if problem is not None:
         raise ConfigError(
-            filename,
-            None,
-            None,
-            f"{ifname!r} is not a valid interface name (1-15 of a-z A-Z 0-9 _ = + . -)",
+            filename, None, None, f"{ifname!r} is not a valid interface name: {problem}"
         )
+    # A UTF-8 byte order mark (Windows editors write one) is not part of the first line.
+    text = text.removeprefix("\ufeff")
     parser = _Parser(filename)
     for lineno, raw in enumerate(text.splitlines(), start=1):
         parser.lineno = lineno

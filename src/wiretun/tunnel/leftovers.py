@@ -18,6 +18,7 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 
 from wiretun.netdev.policy import RuleSpec, delete_rules
+from wiretun.tunnel.runfiles import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,7 @@ class Leftovers:
             "dns": self.dns,
             "nft": self.nft,
         }
-        tmp = f"{self.path}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(data).encode(), 0o600)
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -7,6 +7,8 @@ import contextlib
 import os
 from dataclasses import dataclass
 
+from wiretun.tunnel.runfiles import write_atomic
+
 # Field 22 of /proc/PID/stat, counted from 1; fields after the ")" of comm start at 3.
 _STARTTIME_AFTER_COMM = 22 - 3
 
@@ -39,14 +41,12 @@ def is_alive(proc: ProcessId) -> bool:
 
 
 def write_pid_file(path: str) -> ProcessId:
-    """Atomically write "PID STARTTIME" for this process to `path`."""
+    """Atomically write "PID STARTTIME" for this process to `path` (never through a
+    symlink planted at it or at a temporary name)."""
     me = process_id(os.getpid())
     if me is None:  # only without /proc; `down` then finds no process to stop
         raise OSError(f"cannot read /proc/{os.getpid()}/stat")
-    tmp = f"{path}.{me.pid}.tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{me.pid} {me.start_time}\n")
-    os.replace(tmp, path)
+    write_atomic(path, f"{me.pid} {me.start_time}\n".encode(), 0o644)
     return me
 
 

@@ -4,11 +4,11 @@ interface as it is then (peers and endpoints learnt or set with `wg set`, addres
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 from collections.abc import Sequence
 
 from wiretun.tunnel.config import InterfaceConfig
+from wiretun.tunnel.runfiles import write_atomic
 from wiretun.tunnel.uapi_protocol import DeviceSnapshot, format_endpoint
 
 
@@ -63,16 +63,4 @@ def render_config(
 def write_config(path: str, text: str) -> None:
     """Replace `path` atomically with a mode-0600 file (it holds the private key); a symlink
     is followed, as wg-quick writes through `readlink -f`."""
-    target = os.path.realpath(path)
-    tmp = f"{target}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(os.path.realpath(path), text.encode(), 0o600, sync=True)

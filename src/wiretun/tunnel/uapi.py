@@ -5,40 +5,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import socket
 import stat
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from wiretun.ifname import is_wg_quick_ifname
+from wiretun.tunnel.runfiles import ensure_dir
 from wiretun.tunnel.uapi_protocol import (
     ERRNO_UNKNOWN,
     DeviceSnapshot,
     GetRequest,
     SetOperation,
+    SetParser,
     SetRequest,
+    StatsRequest,
     UapiError,
     UapiProtocolError,
     UapiRequestReader,
-    format_get,
     format_set_reply,
-    parse_set,
+    format_stats,
 )
 
 logger = logging.getLogger(__name__)
 
 SOCKET_DIR = "/var/run/wireguard"
 _READ_SIZE = 64 * 1024
+# `wg` connects, asks, reads and closes; nothing legitimate holds dozens of connections or
+# sits silent for long. (wireguard-go has neither limit.)
+MAX_CONNECTIONS = 32
+IDLE_TIMEOUT = 30.0
+# A large `get` is formatted and sent in slices of about this much work, with a loop turn
+# between them, so the data path never waits behind `wg show` of 10k peers.
+GET_SLICE_SECONDS = 0.005
+GET_SLICE_BYTES = 64 * 1024
 
 
 class UapiBackend(Protocol):
-    """What the server needs from a device. Both are called on the event loop thread, one
-    request at a time. `apply` raises UapiError (e.g. EADDRINUSE for a busy port)."""
+    """What the server needs from a device, called on the event loop thread.
+
+    `get_pieces` gives a `get=1` reply in pieces (see format_get_pieces) from a consistent
+    view taken when it is called; the server may run the loop between pieces. `apply` gets a
+    set's operations in order, a piece at a time as they arrive; it raises UapiError (e.g.
+    EADDRINUSE for a busy port)."""
 
     def get_snapshot(self) -> DeviceSnapshot: ...
+    def get_pieces(self) -> Iterable[str]: ...
     def apply(self, ops: list[SetOperation]) -> None: ...
 
 
@@ -53,6 +70,8 @@ class UapiStats:
     sets: int = 0
     failed: int = 0  # requests answered with a non-zero errno
     dropped: int = 0  # connections closed for sending something that is not an operation
+    refused: int = 0  # connections closed at once: MAX_CONNECTIONS were open
+    idle_closed: int = 0  # connections closed after IDLE_TIMEOUT without a byte
 
 
 def socket_path(name: str, socket_dir: str = SOCKET_DIR) -> str:
@@ -79,8 +98,9 @@ def _bind(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # umask is process-wide, but it is the only way to create the file 0600 from the
-        # start; wireguard-go does the same.
-        old_umask = os.umask(0o077)
+        # start (wireguard-go uses 077 and gets 0700). No chmod afterwards: by path it would
+        # follow a symlink put in the socket's place, and fchmod does not reach the file.
+        old_umask = os.umask(0o177)
         try:
             try:
                 sock.bind(path)
@@ -102,8 +122,6 @@ def _bind(path: str) -> socket.socket:
                 sock.bind(path)
         finally:
             os.umask(old_umask)
-        # umask 077 leaves 0700 (as wireguard-go's socket); nobody needs execute on it.
-        os.chmod(path, 0o600)
         sock.listen(16)
         sock.setblocking(False)
     except BaseException:
@@ -127,6 +145,9 @@ class UapiServer:
         socket_dir: str = SOCKET_DIR,
         poll_interval: float = 1.0,
         on_removed: Callable[[], None] | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT,
+        stats: Callable[[], object] | None = None,
     ) -> None:
         if not is_wg_quick_ifname(name):
             raise ValueError(f"{name!r} is not a valid interface name")
@@ -137,6 +158,9 @@ class UapiServer:
         self._socket_dir = socket_dir
         self._poll_interval = poll_interval
         self._on_removed = on_removed
+        self._max_connections = max_connections
+        self._idle_timeout = idle_timeout
+        self._stats_source = stats  # JSON-able counters for `wiretun-stats=1`, if any
         self._listener: socket.socket | None = None
         self._identity: tuple[int, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -151,7 +175,7 @@ class UapiServer:
         Raises UapiInUseError if another process serves this name."""
         if self._listener is not None or self._closed:
             raise RuntimeError("UapiServer.start() called twice or after close()")
-        os.makedirs(self._socket_dir, mode=0o755, exist_ok=True)
+        ensure_dir(self._socket_dir)  # others must not be able to swap our socket
         self._listener = _bind(self.path)
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
@@ -221,6 +245,16 @@ class UapiServer:
                 await asyncio.sleep(0.1)
                 continue
             conn.setblocking(False)
+            if len(self._connections) >= self._max_connections:
+                if not self._stats.refused:
+                    logger.warning(
+                        "UAPI %s: %d connections open, refusing more",
+                        self.name,
+                        len(self._connections),
+                    )
+                self._stats = replace(self._stats, refused=self._stats.refused + 1)
+                conn.close()
+                continue
             self._stats = replace(self._stats, connections=self._stats.connections + 1)
             task = asyncio.create_task(self._serve(conn), name=f"uapi-conn-{self.name}")
             self._connections[task] = conn
@@ -229,14 +263,39 @@ class UapiServer:
     async def _serve(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         requests = UapiRequestReader()
+        setting: _SetInProgress | None = None
+        replies: list[str] = []
         try:
-            while data := await loop.sock_recv(conn, _READ_SIZE):
+            while True:
+                try:
+                    data = await asyncio.wait_for(
+                        loop.sock_recv(conn, _READ_SIZE), self._idle_timeout
+                    )
+                except TimeoutError:
+                    self._stats = replace(self._stats, idle_closed=self._stats.idle_closed + 1)
+                    logger.info("UAPI %s: closing a connection idle for %ss", self.name,
+                                self._idle_timeout)  # fmt: skip
+                    return
+                if not data:
+                    return
                 requests.feed(data)
-                replies: list[str] = []
-                while (request := requests.next_request()) is not None:
-                    replies.append(self._handle(request))
-                if replies:
-                    await loop.sock_sendall(conn, "".join(replies).encode())
+                try:
+                    while (request := requests.next_request()) is not None:
+                        if isinstance(request, GetRequest):
+                            await self._send(conn, replies)
+                            await self._get(conn, request)
+                            continue
+                        if isinstance(request, StatsRequest):
+                            replies.append(self._stats_reply(request))
+                            continue
+                        setting = setting or _SetInProgress(SetParser())
+                        self._set_piece(setting, request)
+                        if request.final:
+                            replies.append(self._end_set(setting))
+                            setting = None
+                finally:
+                    # Replies to the requests before a malformed one still go out.
+                    await self._send(conn, replies)
         except UapiProtocolError as exc:
             self._stats = replace(self._stats, dropped=self._stats.dropped + 1)
             logger.warning("UAPI %s: closing connection: %s", self.name, exc)
@@ -245,29 +304,92 @@ class UapiServer:
         finally:
             conn.close()
 
-    def _handle(self, request: GetRequest | SetRequest) -> str:
-        if isinstance(request, GetRequest):
-            self._stats = replace(self._stats, gets=self._stats.gets + 1)
-            if request.error is not None:
-                return self._failed("get", request.error)
-            try:
-                return format_get(self._backend.get_snapshot())
-            except Exception:
-                logger.exception("UAPI %s: get failed in the backend", self.name)
-                return self._failed("get", UapiError(ERRNO_UNKNOWN, "backend error"))
-        self._stats = replace(self._stats, sets=self._stats.sets + 1)
+    @staticmethod
+    async def _send(conn: socket.socket, replies: list[str]) -> None:
+        if replies:
+            data = "".join(replies).encode()
+            replies.clear()
+            await asyncio.get_running_loop().sock_sendall(conn, data)
+
+    async def _get(self, conn: socket.socket, request: GetRequest) -> None:
+        """Answer a get in slices: format for GET_SLICE_SECONDS or GET_SLICE_BYTES, send,
+        let the loop run, go on. The backend's view was taken when the get began."""
+        self._stats = replace(self._stats, gets=self._stats.gets + 1)
+        if request.error is not None:
+            await self._send(conn, [self._failed("get", request.error)])
+            return
+        loop = asyncio.get_running_loop()
         try:
-            ops = parse_set(request.lines)
-            logger.debug("UAPI %s: set %r", self.name, ops)
-            self._backend.apply(ops)
-        except UapiError as exc:
-            return self._failed("set", exc)
+            pieces = iter(self._backend.get_pieces())
+            while True:
+                out: list[str] = []
+                size = 0
+                until = time.monotonic() + GET_SLICE_SECONDS
+                for piece in pieces:
+                    out.append(piece)
+                    size += len(piece)
+                    if size >= GET_SLICE_BYTES or time.monotonic() >= until:
+                        break
+                else:
+                    await loop.sock_sendall(conn, "".join(out).encode())
+                    return
+                await loop.sock_sendall(conn, "".join(out).encode())
+                await asyncio.sleep(0)  # a send that did not block did not yield
+        except (ConnectionError, asyncio.CancelledError):
+            raise
         except Exception:
-            logger.exception("UAPI %s: set failed in the backend", self.name)
-            return self._failed("set", UapiError(ERRNO_UNKNOWN, "backend error"))
+            logger.exception("UAPI %s: get failed in the backend", self.name)
+            # The client may have part of a reply: an errno line ends it either way.
+            failed = self._failed("get", UapiError(ERRNO_UNKNOWN, "backend error"))
+            await loop.sock_sendall(conn, failed.encode())
+
+    def _set_piece(self, setting: _SetInProgress, request: SetRequest) -> None:
+        """Parse and apply a piece of a set now (as wireguard-go applies line by line);
+        after the first error the rest of the request is read and ignored."""
+        ops, error = setting.parser.feed(request.lines)
+        if request.final and error is None:
+            ops += setting.parser.finish()
+        if ops and setting.error is None:
+            try:
+                logger.debug("UAPI %s: set %r", self.name, ops)
+                self._backend.apply(ops)
+            except UapiError as exc:
+                setting.error = exc
+                setting.parser.failed = True
+            except Exception:
+                logger.exception("UAPI %s: set failed in the backend", self.name)
+                setting.error = UapiError(ERRNO_UNKNOWN, "backend error")
+                setting.parser.failed = True
+        if setting.error is None and error is not None:
+            setting.error = error
+
+    def _end_set(self, setting: _SetInProgress) -> str:
+        self._stats = replace(self._stats, sets=self._stats.sets + 1)
+        if setting.error is not None:
+            return self._failed("set", setting.error)
         return format_set_reply(None)
+
+    def _stats_reply(self, request: StatsRequest) -> str:
+        self._stats = replace(self._stats, gets=self._stats.gets + 1)
+        if request.error is not None:
+            return self._failed("stats", request.error)
+        if self._stats_source is None:
+            return self._failed("stats", UapiError(errno.EOPNOTSUPP, "no stats here"))
+        try:
+            return format_stats(json.dumps(self._stats_source(), separators=(",", ":")))
+        except Exception:
+            logger.exception("UAPI %s: stats failed", self.name)
+            return self._failed("stats", UapiError(ERRNO_UNKNOWN, "stats error"))
 
     def _failed(self, what: str, error: UapiError) -> str:
         self._stats = replace(self._stats, failed=self._stats.failed + 1)
         logger.warning("UAPI %s: %s failed (errno %d): %s", self.name, what, -error.errno, error)
         return format_set_reply(error)
+
+
+@dataclass
+class _SetInProgress:
+    """A set whose lines are still arriving: its parser and its first error."""
+
+    parser: SetParser
+    error: UapiError | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno as errno_codes
 import ipaddress
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -13,13 +13,18 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from wiretun.tunnel.config import IPNetwork, TunnelConfig, resolve_endpoint
 from wiretun.wireguard.crypto import KEY_LEN
 from wiretun.wireguard.events import Endpoint
+from wiretun.wireguard.keys import keyed_repr
 
 ZERO_KEY = bytes(KEY_LEN)
 # wireguard-go answers errors it cannot classify with -55 (ENOANO).
 ERRNO_UNKNOWN = errno_codes.ENOANO
 # Same as Go's bufio.Scanner default token limit, which bounds wireguard-go's lines.
 MAX_LINE = 64 * 1024
-MAX_SET_BYTES = 32 * 1024 * 1024
+# A set's lines are handed on (parsed and applied) in pieces as they arrive, as wireguard-go
+# applies each line as it reads it: no request size limit, nothing buffered beyond a read.
+# A peer with more allowed IPs than this is applied in several PeerUpdates.
+MAX_DRAFT_NETWORKS = 1024
+STATS_OP = b"wiretun-stats=1"
 
 _HEX_KEY_RE = re.compile(r"[0-9a-fA-F]{64}")
 _UINT_RE = re.compile(r"[0-9]+")
@@ -70,12 +75,13 @@ class ReplacePeers:
     """Remove every peer (later operations in the same set may add some back)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class PeerUpdate:
     """Everything one `public_key=` block asks for. None means "leave unchanged";
     a zero preshared key removes it; keepalive 0 turns it off. Allowed-ips are removed
     first, then added (an IP added elsewhere is taken from its previous peer)."""
 
+    __repr__ = keyed_repr
     public_key: bytes
     remove: bool = False
     update_only: bool = False
@@ -93,8 +99,9 @@ SetOperation = SetPrivateKey | SetListenPort | SetFwmark | ReplacePeers | PeerUp
 # ---- device state for `get=1` ----
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class PeerSnapshot:
+    __repr__ = keyed_repr
     public_key: bytes
     preshared_key: bytes | None = field(default=None, repr=False)
     endpoint: Endpoint | None = None
@@ -124,22 +131,32 @@ class GetRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class StatsRequest:
+    """`wiretun-stats=1`: wiretun's own request (wireguard-go closes the connection on it),
+    answered with `stats=<one line of JSON>` (wiretun.tunnel.stats.TunnelStats) before the
+    errno; `error` as for GetRequest."""
+
+    error: UapiError | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SetRequest:
-    """`set=1` and its lines, without the terminating blank line."""
+    """Lines of a `set=1` (without the terminating blank line): all of them, or, while the
+    request is still arriving, the next piece (`final` False; more pieces follow)."""
 
     lines: tuple[str, ...]
+    final: bool = True
 
 
 class UapiRequestReader:
-    """Splits the bytes of one connection into requests; bounded line and request sizes."""
+    """Splits the bytes of one connection into requests. Lines are bounded; a set is handed
+    out in pieces as its lines arrive (never more than one read's worth held)."""
 
-    def __init__(self, max_line: int = MAX_LINE, max_set_bytes: int = MAX_SET_BYTES) -> None:
+    def __init__(self, max_line: int = MAX_LINE) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._set_lines: list[str] | None = None
-        self._set_bytes = 0
         self._max_line = max_line
-        self._max_set_bytes = max_set_bytes
 
     def feed(self, data: bytes) -> None:
         if self._pos > 4096 and self._pos * 2 > len(self._buf):
@@ -164,8 +181,8 @@ class UapiRequestReader:
         self._pos = nl + 1
         return line
 
-    def next_request(self) -> GetRequest | SetRequest | None:
-        """The next complete request, or None until more bytes arrive.
+    def next_request(self) -> GetRequest | SetRequest | StatsRequest | None:
+        """The next request (or piece of a set), or None until more bytes arrive.
         Raises UapiProtocolError when the connection should be closed."""
         while True:
             if self._set_lines is None:
@@ -173,19 +190,20 @@ class UapiRequestReader:
                 op = self._line()
                 if op is None:
                     return None
-                if op == b"get=1":
+                if op in (b"get=1", STATS_OP):
                     if self._pos >= len(self._buf):
                         self._pos = start  # wait for the byte after the newline
                         return None
                     after = self._buf[self._pos]
                     self._pos += 1
+                    kind = GetRequest if op == b"get=1" else StatsRequest
                     if after == ord("\n"):
-                        return GetRequest()
-                    return GetRequest(
+                        return kind()
+                    return kind(
                         UapiError(errno_codes.EINVAL, f"trailing character in get: {after!r}")
                     )
                 if op == b"set=1":
-                    self._set_lines, self._set_bytes = [], 0
+                    self._set_lines = []
                     continue
                 # Quote only a short name, never the value: the line may be a key sent
                 # without `set=1` (or a bare key with no '=').
@@ -194,6 +212,10 @@ class UapiRequestReader:
                 raise UapiProtocolError(f"invalid operation {shown}")
             line = self._line()
             if line is None:
+                if self._set_lines:  # what arrived so far goes on now
+                    piece = SetRequest(tuple(self._set_lines), final=False)
+                    self._set_lines = []
+                    return piece
                 return None
             if line.endswith(b"\r"):  # as Go's line scanner does
                 line = line[:-1]
@@ -201,9 +223,6 @@ class UapiRequestReader:
                 request = SetRequest(tuple(self._set_lines))
                 self._set_lines = None
                 return request
-            self._set_bytes += len(line) + 1
-            if self._set_bytes > self._max_set_bytes:
-                raise UapiProtocolError("set request too large")
             self._set_lines.append(line.decode("utf-8", "replace"))
 
 
@@ -269,7 +288,7 @@ class _PeerDraft:
     public_key: bytes
     remove: bool = False
     update_only: bool = False
-    preshared_key: bytes | None = None
+    preshared_key: bytes | None = field(default=None, repr=False)
     endpoint: Endpoint | None = None
     persistent_keepalive: int | None = None
     replace_allowed_ips: bool = False
@@ -335,30 +354,74 @@ def _peer_line(peer: _PeerDraft, key: str, value: str) -> None:
         raise UapiError(errno_codes.EINVAL, f"invalid UAPI peer key: {_shown(key)}")
 
 
-def parse_set(lines: Iterable[str]) -> list[SetOperation]:
-    """The lines of one `set=1` request as typed operations; raises UapiError (EPROTO for a
-    line without '=', EINVAL for an unknown key or bad value) before anything is applied."""
-    ops: list[SetOperation] = []
-    peer: _PeerDraft | None = None
-    for number, line in enumerate(lines, start=1):
+class SetParser:
+    """The lines of one `set=1` as typed operations, fed in pieces as they arrive.
+
+    `feed` returns the operations its lines completed and the UapiError of a bad line (EPROTO
+    for a line without '=', EINVAL for an unknown key or bad value), if any: the operations
+    are then everything before that line (the open peer's included), as wireguard-go has
+    applied those when it stops at a bad line; nothing after it counts. `finish` closes the
+    request. A peer's lines become one PeerUpdate, or several once it has more than
+    MAX_DRAFT_NETWORKS allowed IPs pending (the later ones update the peer the first made).
+    """
+
+    def __init__(self, max_networks: int = MAX_DRAFT_NETWORKS) -> None:
+        self._peer: _PeerDraft | None = None
+        self._number = 0
+        self._max_networks = max_networks
+        self.failed = False
+
+    def feed(self, lines: Iterable[str]) -> tuple[list[SetOperation], UapiError | None]:
+        if self.failed:
+            return [], None  # the rest of a failed request is read and ignored
+        ops: list[SetOperation] = []
+        try:
+            for line in lines:
+                self._number += 1
+                self._line(line, ops)
+        except UapiError as exc:
+            self.failed = True
+            return ops + self._close(), exc
+        return ops, None
+
+    def finish(self) -> list[SetOperation]:
+        return [] if self.failed else self._close()
+
+    def _close(self) -> list[SetOperation]:
+        peer, self._peer = self._peer, None
+        return [] if peer is None else [peer.freeze()]
+
+    def _line(self, line: str, ops: list[SetOperation]) -> None:
         key, sep, value = line.partition("=")
         if not sep:
             # The line itself is not quoted: it might hold a key.
-            raise UapiError(errno_codes.EPROTO, f"line {number} has no '='")
+            raise UapiError(errno_codes.EPROTO, f"line {self._number} has no '='")
+        peer = self._peer
         if key == "public_key":
-            if peer is not None:
-                ops.append(peer.freeze())
-            peer = _PeerDraft(_hex_key(value, "public_key"))
+            public_key = _hex_key(value, "public_key")
+            ops += self._close()
+            self._peer = _PeerDraft(public_key)
         elif peer is None:
             ops.append(_device_line(key, value))
         elif not peer.remove:
             _peer_line(peer, key, value)
+            if len(peer.add) + len(peer.drop) >= self._max_networks:
+                ops.append(peer.freeze())
+                # The peer exists now if it was to be created: the rest only updates it.
+                self._peer = _PeerDraft(peer.public_key, update_only=True)
         else:
             # After remove=true wireguard-go configures a throwaway peer: check, then ignore.
             _peer_line(_PeerDraft(peer.public_key), key, value)
-    if peer is not None:
-        ops.append(peer.freeze())
-    return ops
+
+
+def parse_set(lines: Iterable[str]) -> list[SetOperation]:
+    """The lines of one whole `set=1` request as typed operations; raises the UapiError of
+    the first bad line (see SetParser) instead of returning anything."""
+    parser = SetParser()
+    ops, error = parser.feed(lines)
+    if error is not None:
+        raise error
+    return ops + parser.finish()
 
 
 # ---- formatting `get=1` ----
@@ -369,8 +432,24 @@ def format_endpoint(endpoint: Endpoint) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+GET_END = "errno=0\n\n"
+
+
 def format_get(snapshot: DeviceSnapshot) -> str:
     """The full reply to `get=1`, ending with `errno=0` and the blank line."""
+    return "".join(format_get_pieces(snapshot))
+
+
+def format_get_pieces(snapshot: DeviceSnapshot) -> Iterator[str]:
+    """`format_get` in pieces: the device's lines, one piece per peer, GET_END."""
+    yield format_device(snapshot)
+    for peer in snapshot.peers:
+        yield format_peer(peer)
+    yield GET_END
+
+
+def format_device(snapshot: DeviceSnapshot) -> str:
+    """The device's lines of a `get=1` reply (its peers not included)."""
     out: list[str] = []
     if snapshot.private_key is not None and snapshot.private_key != ZERO_KEY:
         out.append(f"private_key={snapshot.private_key.hex()}")
@@ -378,21 +457,32 @@ def format_get(snapshot: DeviceSnapshot) -> str:
         out.append(f"listen_port={snapshot.listen_port}")
     if snapshot.fwmark:
         out.append(f"fwmark={snapshot.fwmark}")
-    for peer in snapshot.peers:
-        out.append(f"public_key={peer.public_key.hex()}")
-        out.append(f"preshared_key={(peer.preshared_key or ZERO_KEY).hex()}")
-        out.append("protocol_version=1")
-        if peer.endpoint is not None:
-            out.append(f"endpoint={format_endpoint(peer.endpoint)}")
-        seconds, nanoseconds = divmod(peer.last_handshake_ns, 1_000_000_000)
-        out.append(f"last_handshake_time_sec={seconds}")
-        out.append(f"last_handshake_time_nsec={nanoseconds}")
-        out.append(f"tx_bytes={peer.tx_bytes}")
-        out.append(f"rx_bytes={peer.rx_bytes}")
-        out.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
-        out.extend(f"allowed_ip={network}" for network in peer.allowed_ips)
-    out.append("errno=0")
-    return "\n".join(out) + "\n\n"
+    return "".join(f"{line}\n" for line in out)
+
+
+def format_peer(peer: PeerSnapshot) -> str:
+    """One peer's lines of a `get=1` reply."""
+    out: list[str] = []
+    out.append(f"public_key={peer.public_key.hex()}")
+    out.append(f"preshared_key={(peer.preshared_key or ZERO_KEY).hex()}")
+    out.append("protocol_version=1")
+    if peer.endpoint is not None:
+        out.append(f"endpoint={format_endpoint(peer.endpoint)}")
+    seconds, nanoseconds = divmod(peer.last_handshake_ns, 1_000_000_000)
+    out.append(f"last_handshake_time_sec={seconds}")
+    out.append(f"last_handshake_time_nsec={nanoseconds}")
+    out.append(f"tx_bytes={peer.tx_bytes}")
+    out.append(f"rx_bytes={peer.rx_bytes}")
+    out.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
+    out.extend(f"allowed_ip={network}" for network in peer.allowed_ips)
+    return "".join(f"{line}\n" for line in out)
+
+
+def format_stats(stats_json: str) -> str:
+    """The reply to `wiretun-stats=1`: the JSON (one line) and `errno=0`."""
+    if "\n" in stats_json:
+        raise ValueError("stats JSON must be one line")
+    return f"stats={stats_json}\nerrno=0\n\n"
 
 
 def format_set_reply(error: UapiError | None) -> str:

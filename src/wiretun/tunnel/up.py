@@ -1,74 +1,40 @@
-"""`wiretun up CONFIG` / `wiretun down NAME`: run a WireGuard interface from a wg-quick file.
+"""`wiretun up CONFIG`: run a WireGuard interface from a wg-quick file, as a command.
 
-`up` does what `wg-quick up` does (routes, rules and nftables rules as wg-quick installs
-them, hooks, DNS, the default MTU, SaveConfig on the way down), with wiretun as the WireGuard
-device. It runs in the foreground until SIGINT/SIGTERM, until its UAPI socket is removed or
-until its TUN device disappears, then removes everything it made (device, routes, rules,
-nftables tables, DNS, socket, pid file); what a crash left behind is removed by the next
-`up` of the same interface.
-`--background` re-executes itself detached and returns once the interface is up.
-`wiretun down` (wiretun.tunnel.down) stops it through the pid file written here.
+The interface itself is a `wiretun.tunnel.Tunnel`; this module is what a command adds around
+it: arguments, the privilege check, wg-quick's hooks, DNS and SaveConfig (`WgQuickHooks`),
+the record of rules and nftables tables a crash would leave (removed by the next `up` of the
+same interface), the pid file `wiretun down` reads, signals, `--background`, exit codes.
+It runs in the foreground until SIGINT/SIGTERM (SIGHUP too, unless ignored at start), until
+its UAPI socket is removed or until its TUN device disappears, printing what it sets up as
+wg-quick does ("[#] ..." on stderr).
+
+Imports stay light at module level: `wiretun up --help` needs none of the tunnel.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pyroute2 import AsyncIPRoute
+from wiretun.ifname import is_wg_quick_ifname, wg_quick_ifname_problem
+from wiretun.tunnel.config import ConfigError, load_config
 
-from wiretun import datapath
-from wiretun.ifname import is_wg_quick_ifname
-from wiretun.netdev.errors import NetdevError
-from wiretun.netdev.manager import TunDeviceManager
-from wiretun.netdev.policy import MAIN_TABLE, PolicyRouting
-from wiretun.tun import Tun, TunBroken, TunClosed
-from wiretun.tun.inline import InlineTun
-from wiretun.tunnel.backend import DeviceBackend
-from wiretun.tunnel.config import ConfigError, TunnelConfig, load_config
-from wiretun.tunnel.detach import start_detached
-from wiretun.tunnel.dns import DnsError, set_dns, unset_dns
-from wiretun.tunnel.firewall import Firewall, FirewallError, delete_tables
-from wiretun.tunnel.hooks import HookError, run_hooks
-from wiretun.tunnel.leftovers import Leftovers, read_leftovers, remove_rules
-from wiretun.tunnel.loop import FramePath, TunnelLoop
-from wiretun.tunnel.mtu import default_mtu
-from wiretun.tunnel.pidfile import remove_pid_file, write_pid_file
-from wiretun.tunnel.routing import (
-    FwmarkFollower,
-    RoutePlan,
-    configured_fwmark,
-    plan_routes,
-    routing_table,
-)
-from wiretun.tunnel.saveconfig import render_config, write_config
-from wiretun.tunnel.uapi import UapiInUseError, UapiServer
-from wiretun.tunnel.uapi_protocol import (
-    PeerUpdate,
-    SetFwmark,
-    SetListenPort,
-    SetOperation,
-    SetPrivateKey,
-    UapiError,
-    set_operations_from_config,
-)
-from wiretun.tunnel.udp import UdpBind
-from wiretun.wireguard.device import Device
+if TYPE_CHECKING:
+    from wiretun.tunnel.config import TunnelConfig
+    from wiretun.tunnel.leftovers import Leftovers
+    from wiretun.tunnel.tunnel import Tunnel, TunnelHooks
 
 log = logging.getLogger(__name__)
 
 RUN_DIR = "/var/run/wireguard"
 CONFIG_DIR = "/etc/wireguard"
-TXQUEUELEN = 10_000
 EXIT_CONFIG = 2
+CAP_NET_ADMIN = 12
 
 
 def pid_path(name: str) -> str:
@@ -95,6 +61,8 @@ class UpOptions:
     offload: bool
     ready_fd: int | None
     tun_threads: bool = False
+    metrics: tuple[str, int] | None = None  # HOST, PORT of the Prometheus endpoint
+    print_steps: bool = True  # "[#] ..." lines as wg-quick prints (not for wiretun-go)
     keep_output: bool = False  # after 'ready', keep stdout/stderr (see --keep-output)
 
 
@@ -124,6 +92,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: off)",
     )
     parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        type=metrics_address,
+        help="serve Prometheus metrics (per-peer bytes, handshake age, drops by reason) "
+        "over HTTP at http://HOST:PORT/metrics",
+    )
+    parser.add_argument(
         "--background",
         action="store_true",
         help="detach and return once the interface is up",
@@ -133,34 +108,76 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Internal, with --ready-fd: keep writing the log to stdout/stderr after 'ready' instead of
     # letting go of them, for a supervisor that keeps it (the lab's launcher).
     parser.add_argument("--keep-output", action="store_true", help=argparse.SUPPRESS)
+    # Internal: a --background parent has printed the config's warnings already.
+    parser.add_argument("--warned", action="store_true", help=argparse.SUPPRESS)
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """HOST:PORT or [V6]:PORT (argparse type: ArgumentTypeError for anything else)."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (say 127.0.0.1:9586)")
+    return host, int(port)
 
 
 def interface_name(config_path: str, override: str | None) -> str:
     return override if override is not None else Path(config_path).name.removesuffix(".conf")
 
 
+def missing_privilege() -> str | None:
+    """What `up` lacks to create a TUN and set routes, in words; None if it has it."""
+    try:
+        with open("/proc/self/status") as f:
+            caps = next((ln.split()[1] for ln in f if ln.startswith("CapEff:")), None)
+    except OSError:
+        caps = None
+    if caps is not None and int(caps, 16) >> CAP_NET_ADMIN & 1:
+        return None
+    if caps is None and os.geteuid() == 0:
+        return None
+    return "needs CAP_NET_ADMIN to create the TUN device and set its routes (run it as root)"
+
+
 def run(args: argparse.Namespace) -> int:
     args.config = config_path(args.config)
     name = interface_name(args.config, args.interface)
-    if not is_wg_quick_ifname(name):
-        print(f"wiretun up: invalid interface name {name!r}", file=sys.stderr)
+    problem = wg_quick_ifname_problem(name)
+    if problem is not None:
+        print(f"wiretun up: invalid interface name {name!r}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     if not 1 <= args.queues <= 64:
         print(f"wiretun up: --queues must be 1..64, not {args.queues}", file=sys.stderr)
         return EXIT_CONFIG
+    from wiretun.tunnel.hardening import harden_process  # noqa: PLC0415
+
+    harden_process()  # before the private key is read
     try:
         config = load_config(args.config, name=name)
     except ConfigError as e:
         print(f"wiretun up: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    for warning in config.warnings:
-        print(f"wiretun up: warning: {warning}", file=sys.stderr)
+    lacking = missing_privilege()
+    if lacking is not None:
+        print(f"wiretun up: {lacking}", file=sys.stderr)
+        return 1
+    if not args.warned:  # a --background child: its parent has said them already
+        for warning in config.warnings:
+            print(f"wiretun up: warning: {warning}", file=sys.stderr)
     if args.background:
         return _start_background(args, name)
     opts = UpOptions(
-        args.config, name, args.queues, args.offload, args.ready_fd, args.tun_threads,
-        args.keep_output,
-    )  # fmt: skip
+        args.config,
+        name,
+        args.queues,
+        args.offload,
+        args.ready_fd,
+        args.tun_threads,
+        metrics=args.metrics,
+        keep_output=args.keep_output,
+    )
+    import asyncio  # noqa: PLC0415
+
     return asyncio.run(run_device(config, opts))
 
 
@@ -168,13 +185,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start_background(args: argparse.Namespace, name: str) -> int:
-    """Re-execute in the foreground, detached, and wait for its 'ready' on a pipe."""
-    cmd = [sys.executable, "-m", "wiretun"]
-    cmd += ["-v"] * int(getattr(args, "verbose", 0) or 0)
-    cmd += ["up", args.config, "--interface", name, "--queues", str(args.queues)]
-    cmd += ["--offload" if args.offload else "--no-offload"]
-    cmd += ["--tun-threads" if args.tun_threads else "--no-tun-threads"]
-    up, child, code = start_detached(cmd)
+    """Re-execute in the foreground, detached, and wait for its 'ready' on a pipe (safely:
+    wiretun.tunnel.detach.module_command; the child runs in `/`, so the config path is made
+    absolute here, SaveConfig writes back to the same file). The child is told the config's
+    warnings were printed here (--warned), so they are said once."""
+    from wiretun.tunnel.detach import module_command, start_detached  # noqa: PLC0415
+
+    argv = ["-v"] * int(getattr(args, "verbose", 0) or 0)
+    argv += ["up", os.path.abspath(args.config), "--interface", name, "--warned"]
+    argv += ["--queues", str(args.queues), "--offload" if args.offload else "--no-offload"]
+    argv += ["--tun-threads" if args.tun_threads else "--no-tun-threads"]
+    if args.metrics is not None:
+        host, port = args.metrics
+        argv += ["--metrics", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    up, child, code = start_detached(module_command("wiretun", argv))
     if up:
         print(f"wiretun: {name} is up (pid {child.pid})")
     return code
@@ -194,91 +218,44 @@ def _signal_ready(fd: int | None, keep_output: bool = False) -> None:
     os.close(devnull)
 
 
-# -- the tunnel ------------------------------------------------------------------------------
+# -- the tunnel, with wg-quick's additions ---------------------------------------------------
 
 
-class _Sockets:
-    """The current UDP sockets (a UAPI listen_port change replaces them)."""
+def _stop_signals() -> list[int]:
+    """SIGINT, SIGTERM and SIGHUP stop the tunnel, with its teardown. SIGHUP is what ends
+    wireguard-go too (a Go program exits on it: device gone, socket left behind); like it, a
+    SIGHUP ignored when we were started (`nohup`) stays ignored."""
+    import signal  # noqa: PLC0415
 
-    def __init__(self, udp: UdpBind) -> None:
-        self.udp = udp
-
-    def close(self) -> None:
-        self.udp.close()
-
-
-class _Stop:
-    """Why the tunnel is going down (first reason wins), and the loop to stop."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self.event = asyncio.Event()
-
-    def __call__(self, reason: str, level: int = logging.INFO) -> None:
-        if self.reason is None:
-            self.reason = reason
-            log.log(level, "stopping: %s", reason)
-        self.event.set()
+    sigs: list[int] = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        sigs.append(signal.SIGHUP)
+    return sigs
 
 
-def _write_pid_file(name: str) -> str:
-    os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
-    path = pid_path(name)
-    write_pid_file(path)  # pid and start time: `down` checks both before signalling
-    return path
+def _write_pid_file(name: str) -> None:
+    from wiretun.tunnel.pidfile import write_pid_file  # noqa: PLC0415
+    from wiretun.tunnel.runfiles import ensure_dir  # noqa: PLC0415
+
+    ensure_dir(RUN_DIR)  # UapiServer.start checked it already; this is its own guard
+    write_pid_file(pid_path(name))  # pid and start time: `down` checks both before signalling
 
 
-def _remove_pid_file(path: str) -> None:
-    remove_pid_file(path)  # only if it still names us: a newer instance may own it now
+async def _remove_pid_file(name: str) -> None:
+    from wiretun.tunnel.pidfile import remove_pid_file  # noqa: PLC0415
+
+    remove_pid_file(pid_path(name))  # only if it still names us: a newer one may own it now
 
 
-async def _close_manager(manager: TunDeviceManager) -> None:
-    """Remove routes and rules; failures (the device already gone) are logged, not raised,
-    so the rest of the teardown still runs."""
-    try:
-        await manager.close()
-    except (NetdevError, OSError) as e:
-        log.warning("teardown of %s: %s", manager.name, e)
+async def remove_leftovers(name: str) -> None:
+    """Rules, nftables tables and DNS a crashed run of `name` (in this namespace) recorded
+    and never removed. Called once our UAPI socket is bound: no live instance owns them."""
+    import contextlib  # noqa: PLC0415
 
+    from wiretun.tunnel.dns import DnsError, unset_dns  # noqa: PLC0415
+    from wiretun.tunnel.firewall import delete_tables  # noqa: PLC0415
+    from wiretun.tunnel.leftovers import read_leftovers, remove_rules  # noqa: PLC0415
 
-async def _configure_device(manager: TunDeviceManager, config: TunnelConfig) -> None:
-    """Addresses, MTU, link up; raises NetdevError (or ValueError for what the kernel's
-    rules forbid, e.g. IPv6 with an MTU below 1280)."""
-    await manager.start()
-    if config.interface.addresses:
-        await manager.set_addresses(config.interface.addresses)
-    else:
-        await manager.set_mtu(manager.mtu)
-        await manager.set_up()
-    try:
-        await manager.set_txqueuelen(TXQUEUELEN)
-    except NetdevError as e:
-        log.info("%s: keeping the default txqueuelen: %s", manager.name, e)
-
-
-async def _install_routes(
-    policy: PolicyRouting, firewall: Firewall, plan: RoutePlan, fwmark: int
-) -> int:
-    """wg-quick's add_route for each AllowedIP (add_default's nftables rules included);
-    returns the mark the sockets must carry (the fwmark table's number when a default
-    route needed one and FwMark was not set)."""
-    for net, given in plan.routes:
-        if given is None and await policy.covered_in_main(net):
-            continue
-        await policy.add_route(net, MAIN_TABLE if given is None else given)
-    if plan.defaults:
-        table = fwmark or await policy.free_table()
-        fwmark = fwmark or table
-        addresses = await _current_addresses(policy.name)
-        for net in plan.defaults:
-            await policy.add_default(net, table, fwmark)
-            await firewall.add_default(net.version, fwmark, addresses)
-    return fwmark
-
-
-async def _remove_leftovers(name: str) -> None:
-    """Rules and DNS a crashed run of `name` (in this namespace) recorded and never removed.
-    Called once our UAPI socket is bound: no live instance of `name` owns them."""
     path = leftovers_path(name)
     found = read_leftovers(path)
     if found is None:
@@ -298,255 +275,156 @@ async def _remove_leftovers(name: str) -> None:
         os.unlink(path)
 
 
-async def _unset_dns(handle: str, record: Leftovers) -> None:
-    try:
-        await unset_dns(handle)
-    except (DnsError, OSError) as e:
-        log.warning("teardown DNS: %s", e)
-    record.set_dns(None)
+def wg_quick_hooks(config: TunnelConfig, opts: UpOptions) -> TunnelHooks:
+    """The TunnelHooks of `wiretun up` (a function: the class needs the tunnel imported)."""
+    from wiretun.netdev.policy import RuleSpec  # noqa: PLC0415
+    from wiretun.tunnel.dns import DnsError, set_dns, unset_dns  # noqa: PLC0415
+    from wiretun.tunnel.hooks import HookError, run_hooks  # noqa: PLC0415
+    from wiretun.tunnel.leftovers import Leftovers  # noqa: PLC0415
+    from wiretun.tunnel.saveconfig import render_config, write_config  # noqa: PLC0415
+    from wiretun.tunnel.tunnel import (  # noqa: PLC0415
+        TunnelError,
+        TunnelHooks,
+        current_addresses,
+    )
 
-
-async def _current_addresses(name: str) -> list[str]:
-    """The device's addresses as `ip -brief address` lists them, for SaveConfig."""
-    ipr = AsyncIPRoute(groups=0)
-    try:
-        index = await ipr.link_lookup(ifname=name)
-        if not index:
-            return []
-        return [
-            f"{m.get('address')}/{m['prefixlen']}" async for m in await ipr.get_addr(index=index[0])
-        ]
-    finally:
-        ipr.close()
-
-
-async def _save_config(config: TunnelConfig, backend: DeviceBackend, path: str, mtu: int) -> None:
-    addresses = await _current_addresses(config.interface.name)
-    text = render_config(config.interface, backend.get_snapshot(), addresses=addresses, mtu=mtu)
-    print(f"[#] saving the configuration to {path}", file=sys.stderr, flush=True)
-    write_config(path, text)
-
-
-def _endpoint_hosts(ops: list[SetOperation]) -> list[str]:
-    return [op.endpoint[0] for op in ops if isinstance(op, PeerUpdate) and op.endpoint]
-
-
-async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
-    """Bring the interface up as wg-quick would, serve it until told to stop, tear down."""
-    loop = asyncio.get_running_loop()
-    stop = _Stop()
-    for sig, label in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
-        loop.add_signal_handler(sig, stop, label)
     iface = config.interface
     name = opts.name
-    try:
-        plan = plan_routes(config, routing_table(config))
-    except ConfigError as e:
-        print(f"wiretun up: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    fwmark = configured_fwmark(config) or 0
-    try:
-        ops = set_operations_from_config(config)
-    except OSError as e:
-        print(f"wiretun up: {name}: cannot resolve an endpoint: {e}", file=sys.stderr)
-        return 1
-    # Key, port and mark are already in place (wiretun-go starts without a key).
-    ops = [op for op in ops if not isinstance(op, SetPrivateKey | SetListenPort | SetFwmark)]
-    mtu = iface.mtu or await default_mtu(_endpoint_hosts(ops))
-    went_up = False
 
-    async with contextlib.AsyncExitStack() as stack:
-        try:
-            udp = UdpBind.open(iface.listen_port or 0, fwmark=fwmark)
-        except OSError as e:
-            print(f"wiretun up: cannot bind UDP port {iface.listen_port}: {e}", file=sys.stderr)
-            return 1
-        socks = _Sockets(udp)
-        stack.callback(socks.close)
-        # The native batch data path unless WIRETUN_PURE=1 or it is not built; the pure
-        # twin is slower than the per-packet path, so without native we run that one.
-        data_path = datapath.load()
-        batched = data_path is datapath.NATIVE
-        device = Device(
-            iface.private_key,
-            listen_port=udp.port,
-            fwmark=fwmark or None,
-            wall_clock_offset=time.time() - loop.time(),
-            mtu=mtu,
-            datapath=data_path if batched else None,
-        )
-        tunnel: TunnelLoop | None = None
+    class WgQuickHooks(TunnelHooks):
+        """PreUp/PostUp/PreDown/PostDown, DNS, SaveConfig and the crash record."""
 
-        def rebind(port: int) -> int:
-            new = UdpBind.open(port, fwmark=socks.udp.fwmark)
-            if tunnel is not None:
-                tunnel.replace_udp(new)  # closes the old sockets once nothing waits on them
+        def __init__(self) -> None:
+            self.record: Leftovers | None = None
+            self.post_down_failed = False
+
+        def step(self, text: str) -> None:
+            if opts.print_steps:
+                print(f"[#] {text}", file=sys.stderr, flush=True)
             else:
-                socks.udp.close()
-            socks.udp = new
-            return new.port
+                log.info("%s", text)
 
-        def remark_sockets(mark: int) -> None:
-            socks.udp.set_fwmark(mark)
+        async def claimed(self, tunnel: Tunnel) -> None:
+            await remove_leftovers(name)
+            record = self.record = Leftovers(leftovers_path(name))
 
-        set_mark = FwmarkFollower(remark_sockets)
+            async def remove() -> None:
+                record.remove()
 
-        def changed() -> None:
-            if tunnel is not None:
-                tunnel.kick()
+            tunnel.on_teardown(remove)
 
-        backend = DeviceBackend(
-            device, now=loop.time, rebind=rebind, set_fwmark=set_mark, changed=changed
-        )
-        try:
-            backend.apply(ops)
-        except UapiError as e:
-            print(f"wiretun up: {name}: {e}", file=sys.stderr)
-            return EXIT_CONFIG
+        async def before_device(self, tunnel: Tunnel) -> None:
+            try:
+                await run_hooks("PreUp", iface.pre_up, name)
+            except HookError as e:
+                raise TunnelError(f"{name}: {e}") from e
 
-        uapi = UapiServer(name, backend, on_removed=lambda: stop("UAPI socket removed"))
-        try:
-            await uapi.start()
-        except UapiInUseError as e:
-            print(f"wiretun up: {name} is already running: {e}", file=sys.stderr)
-            return 1
-        stack.push_async_callback(uapi.close)
-        await _remove_leftovers(name)
-        record = Leftovers(leftovers_path(name))
-        stack.callback(record.remove)
-
-        try:
-            await run_hooks("PreUp", iface.pre_up, name)
-        except HookError as e:
-            print(f"wiretun up: {name}: {e}", file=sys.stderr)
-            return 1
-
-        try:
-            # Packets to the TUN passed the peer's AEAD: merging them need not re-verify L4
-            # checksums (the kernel's WireGuard marks them CHECKSUM_UNNECESSARY likewise).
-            tun: Tun | InlineTun
-            if not opts.tun_threads:
-                # Under the GIL the threads run no work in parallel, and their hand-offs cost:
-                # the event loop reads and writes the TUN queue fds itself.
-                tun = InlineTun.open(
-                    name,
-                    queues=opts.queues,
-                    mtu=mtu,
-                    offload=opts.offload,
-                    verify_checksums=False,
-                    frames=batched and opts.offload,
-                )
-            else:
-                tun = Tun.open(
-                    name,
-                    queues=opts.queues,
-                    mtu=mtu,
-                    offload=opts.offload,
-                    verify_checksums=False,
-                    frames=batched and opts.offload,
-                )
-        except OSError as e:
-            print(f"wiretun up: cannot create TUN {name}: {e}", file=sys.stderr)
-            return 1
-        stack.callback(tun.close)
-
-        try:
-            manager = TunDeviceManager(name, mtu=mtu, fwmark=None, table="off")
-        except ValueError as e:
-            print(f"wiretun up: {name}: {e}", file=sys.stderr)
-            return EXIT_CONFIG
-        stack.push_async_callback(_close_manager, manager)
-        try:
-            await _configure_device(manager, config)
-        except (NetdevError, ValueError) as e:
-            print(f"wiretun up: cannot configure {name}: {e}", file=sys.stderr)
-            return 1
-
-        if iface.dns:
+        async def device_configured(self, tunnel: Tunnel) -> None:
+            if not iface.dns:
+                return
             try:
                 handle = await set_dns(name, iface.dns, iface.dns_search)
             except (DnsError, OSError) as e:
-                print(f"wiretun up: {name}: {e}", file=sys.stderr)
-                return 1
-            record.set_dns(handle)
-            stack.push_async_callback(_unset_dns, handle, record)
+                raise TunnelError(f"{name}: {e}") from e
+            record = self.record
+            if record is not None:
+                record.set_dns(handle)
 
-        policy = PolicyRouting(name, on_rules=record.set_rules)
-        firewall = Firewall(name, on_tables=record.set_nft)
-        try:
-            await policy.start()
-            stack.push_async_callback(policy.close)
-            stack.push_async_callback(set_mark.settle)
-            stack.push_async_callback(firewall.close)
-            mark = await _install_routes(policy, firewall, plan, fwmark)
-        except (NetdevError, ValueError, FirewallError, OSError) as e:
-            print(f"wiretun up: cannot install the routes of {name}: {e}", file=sys.stderr)
-            return 1
-        if mark != socks.udp.fwmark:  # the mark of a table picked just now
-            socks.udp.set_fwmark(mark)
-            device.fwmark = mark
-        set_mark.rules = policy
+            async def undo() -> None:
+                try:
+                    await unset_dns(handle)
+                except (DnsError, OSError) as e:
+                    log.warning("teardown DNS: %s", e)
+                if record is not None:
+                    record.set_dns(None)
 
-        try:
-            await run_hooks("PostUp", iface.post_up, name)
-        except HookError as e:
-            print(f"wiretun up: {name}: {e}", file=sys.stderr)
-            return 1
+            tunnel.on_teardown(undo)
 
-        frames = None
-        if batched:
-            vnet = opts.offload
-            frames = FramePath(vnet, data_path.coalescer(vnet=vnet, udp=tun.uso))
-        tunnel = TunnelLoop(tun, device, socks.udp, frames=frames)
-        stack.callback(lambda: _remove_pid_file(pid_path(name)))
-        _write_pid_file(name)
-        log.info(
-            "%s up: port %d, %d peer(s), mtu %d, queues %d, offload %s, data path %s",
-            name,
-            socks.udp.port,
-            len(device.peers),
-            mtu,
-            opts.queues,
-            opts.offload,
-            "native" if batched else "pure",
-        )
-        _signal_ready(opts.ready_fd, opts.keep_output)
+        def rules_changed(self, rules: list[RuleSpec]) -> None:
+            if self.record is not None:
+                self.record.set_rules(rules)
 
-        run_task = asyncio.create_task(tunnel.run(), name=f"tunnel-{name}")
-        stop_task = asyncio.create_task(stop.event.wait())
-        await asyncio.wait([run_task, stop_task], return_when=asyncio.FIRST_COMPLETED)
-        tunnel.stop()
-        stop_task.cancel()
-        failed = False
-        try:
-            await run_task
-        except (TunBroken, TunClosed) as e:
-            # Not asked for: say why at the default verbosity, not only with -v.
-            stop(f"TUN device gone ({e})", logging.WARNING)
-        except Exception:
-            log.exception("%s: the data path failed", name)
-            failed = True
-        finally:
-            log.info("%s down: %s", name, stop.reason)
-            log.info("loop %s", tunnel.stats())
-            log.info("udp %s", socks.udp.stats())
-            log.info("core drops %s", device.stats().drops)
-            log.info("tun %s", tun.stats().total)
-        try:
-            await run_hooks("PreDown", iface.pre_down, name)
-        except HookError as e:
-            log.warning("%s: %s", name, e)  # going down all the same
-        if iface.save_config:
+        def tables_changed(self, tables: list[str]) -> None:
+            if self.record is not None:
+                self.record.set_nft(tables)
+
+        async def started(self, tunnel: Tunnel) -> None:
             try:
-                await _save_config(config, backend, opts.config, mtu)
-            except OSError as e:
-                log.warning("%s: cannot save the configuration: %s", name, e)
-        went_up = not failed
-    if went_up:
+                await run_hooks("PostUp", iface.post_up, name)
+            except HookError as e:
+                raise TunnelError(f"{name}: {e}") from e
+
+        async def stopping(self, tunnel: Tunnel) -> None:
+            try:
+                await run_hooks("PreDown", iface.pre_down, name)
+            except HookError as e:
+                log.warning("%s: %s", name, e)  # going down all the same
+            if iface.save_config:
+                try:
+                    addresses = await current_addresses(name)
+                    text = render_config(
+                        iface, tunnel.snapshot(), addresses=addresses, mtu=tunnel.mtu
+                    )
+                    print(
+                        f"[#] saving the configuration to {opts.config}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    write_config(opts.config, text)
+                except OSError as e:
+                    log.warning("%s: cannot save the configuration: %s", name, e)
+
+        async def stopped(self, tunnel: Tunnel) -> None:
+            try:
+                await run_hooks("PostDown", iface.post_down, name)
+            except HookError as e:
+                log.warning("%s: %s", name, e)
+                self.post_down_failed = True
+
+    return WgQuickHooks()
+
+
+async def run_device(config: TunnelConfig, opts: UpOptions) -> int:
+    """Bring the interface up as wg-quick would, serve it until told to stop, tear down;
+    the exit code (0, 1, or EXIT_CONFIG for a configuration the kernel or core refused)."""
+    import asyncio  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    from wiretun.tunnel.hardening import harden_process  # noqa: PLC0415
+    from wiretun.tunnel.tunnel import Tunnel, TunnelError, TunnelOptions  # noqa: PLC0415
+
+    harden_process()  # wiretun-go comes here directly; keys arrive over UAPI
+    hooks = wg_quick_hooks(config, opts)
+    tunnel = Tunnel(
+        config,
+        options=TunnelOptions(
+            queues=opts.queues, offload=opts.offload, tun_threads=opts.tun_threads
+        ),
+        hooks=hooks,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in _stop_signals():
+        loop.add_signal_handler(sig, tunnel.stop, signal.Signals(sig).name)
+    try:
+        await tunnel.start()
+    except TunnelError as e:
+        print(f"wiretun up: {e}", file=sys.stderr)
+        return EXIT_CONFIG if e.config else 1
+    if opts.metrics is not None:
+        from wiretun.tunnel.metrics import MetricsServer  # noqa: PLC0415
+
+        server = MetricsServer(tunnel, *opts.metrics)
         try:
-            await run_hooks("PostDown", iface.post_down, name)
-        except HookError as e:
-            log.warning("%s: %s", name, e)
+            await server.start()
+        except OSError as e:
+            print(f"wiretun up: cannot serve metrics on {opts.metrics}: {e}", file=sys.stderr)
+            await tunnel.close()
             return 1
-        return 0
-    return 1
+        tunnel.on_teardown(server.close)
+        hooks.step(f"metrics http://{server.address}/metrics")
+    _write_pid_file(opts.name)
+    tunnel.on_teardown(lambda: _remove_pid_file(opts.name))
+    _signal_ready(opts.ready_fd, opts.keep_output)
+    await tunnel.wait_closed()
+    post_down_failed = bool(getattr(hooks, "post_down_failed", False))
+    return 1 if tunnel.failure is not None or post_down_failed else 0

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 # Only this: the daemonizing parent imports nothing heavy (the child does, once).
 from wiretun.ifname import is_wg_quick_ifname
-from wiretun.tunnel.detach import start_detached
+from wiretun.tunnel.detach import module_command, start_detached
 
 if TYPE_CHECKING:
     from wiretun.tunnel.config import TunnelConfig
@@ -60,8 +60,7 @@ def bare_config(name: str) -> TunnelConfig:
 
 def _daemonize(name: str) -> int:
     """Run ourselves in the foreground, detached; return once the device is up."""
-    cmd = [sys.executable, "-m", "wiretun.tunnel.wiretun_go", "-f", name]
-    return start_detached(cmd)[2]
+    return start_detached(module_command("wiretun.tunnel.wiretun_go", ["-f", name]))[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         return _daemonize(name)
     from wiretun.tunnel import up  # noqa: PLC0415
 
-    opts = up.UpOptions(config="", name=name, queues=1, offload=True, ready_fd=args.ready_fd)
+    opts = up.UpOptions(
+        config="", name=name, queues=1, offload=True, ready_fd=args.ready_fd, print_steps=False
+    )
     try:
         return asyncio.run(up.run_device(bare_config(name), opts))
     except KeyboardInterrupt:

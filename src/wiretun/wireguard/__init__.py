@@ -1,7 +1,7 @@
 """Sans-I/O WireGuard protocol core: crypto, messages, handshake, cookies, sessions, timers."""
 
 from wiretun.wireguard.allowedips import AllowedIPs
-from wiretun.wireguard.device import DROP_REASONS, Device, DeviceStats, PeerStats
+from wiretun.wireguard.device import DROP_REASONS, Device, DeviceStats, DropReason, PeerStats
 from wiretun.wireguard.errors import CryptoError, HandshakeError, MessageError, WireGuardError
 from wiretun.wireguard.events import (
     Event,
@@ -22,6 +22,7 @@ __all__ = [
     "CryptoError",
     "Device",
     "DeviceStats",
+    "DropReason",
     "Event",
     "HandshakeCompleted",
     "HandshakeError",

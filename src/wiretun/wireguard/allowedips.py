@@ -4,10 +4,16 @@ Outbound it routes a packet to the peer owning its destination; inbound it check
 decrypted packet's source belongs to the peer that sent it. One dict per prefix length,
 probed from the longest length present to the shortest, is faster in Python than walking a
 bit trie; a small cache of recent addresses makes the common case one dict lookup.
+
+Every per-owner operation costs what that owner has, not what the table has (10k peers):
+each owner's prefixes are indexed, and the prefixes inside one of them (the deny entries of
+`source_table`) are found by bisecting a sorted key list per length, built when first needed
+after a change.
 """
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Iterable, Iterator
 from typing import Final, Generic, TypeVar
@@ -38,12 +44,14 @@ def parse_network(value: str | IPNetwork) -> IPNetwork:
 class _Family(Generic[V]):
     """The prefixes of one address family: prefix length -> (prefix int -> owner)."""
 
-    __slots__ = ("bits", "lengths", "tables")
+    __slots__ = ("bits", "lengths", "owned", "sorted_keys", "tables")
 
     def __init__(self, bits: int) -> None:
         self.bits = bits
         self.tables: dict[int, dict[int, V]] = {}
         self.lengths: list[int] = []
+        self.owned: dict[V, dict[tuple[int, int], None]] = {}  # owner -> {(plen, prefix)}
+        self.sorted_keys: dict[int, list[int]] = {}  # plen -> sorted prefixes, lazily
 
     def _reindex(self) -> None:
         self.lengths = sorted((n for n, t in self.tables.items() if t), reverse=True)
@@ -52,30 +60,56 @@ class _Family(Generic[V]):
         table = self.tables.setdefault(plen, {})
         old = table.get(prefix)
         table[prefix] = value
+        if old is not None:
+            self._disown(old, plen, prefix)
+        else:
+            self.sorted_keys.pop(plen, None)
+        self.owned.setdefault(value, {})[(plen, prefix)] = None
         if plen not in self.lengths:
             self._reindex()
         return old
 
+    def _disown(self, value: V, plen: int, prefix: int) -> None:
+        mine = self.owned.get(value)
+        if mine is not None:
+            mine.pop((plen, prefix), None)
+            if not mine:
+                del self.owned[value]
+
     def delete(self, plen: int, prefix: int) -> None:
         table = self.tables.get(plen)
         if table is not None and prefix in table:
-            del table[prefix]
+            self._disown(table.pop(prefix), plen, prefix)
+            self.sorted_keys.pop(plen, None)
             if not table:
                 self._reindex()
+
+    def of(self, value: V) -> list[tuple[int, int]]:
+        """(plen, prefix) of what `value` owns, longest prefixes first."""
+        return sorted(self.owned.get(value, ()), key=lambda e: (-e[0], e[1]))
+
+    def inside(self, plen: int, prefix: int, longer: int) -> Iterator[tuple[int, V]]:
+        """The prefixes of length `longer` inside plen/prefix, with their owners."""
+        keys = self.sorted_keys.get(longer)
+        if keys is None:
+            keys = self.sorted_keys[longer] = sorted(self.tables[longer])
+        shift = longer - plen
+        lo, hi = prefix << shift, (prefix + 1) << shift
+        table = self.tables[longer]
+        for i in range(bisect.bisect_left(keys, lo), bisect.bisect_left(keys, hi)):
+            yield keys[i], table[keys[i]]
 
     def source_table(self, value: V, pad: int) -> bytes:
         """See AllowedIPs.source_table: entries of address, length, allow, `pad` zeros."""
         bits = self.bits
         nbytes = bits // 8
-        own = [(n, p) for n in self.lengths for p, v in self.tables[n].items() if v is value]
+        own = self.of(value)
         entries = [(p, n, 1) for n, p in own]
         for n, p in own:
             for longer in self.lengths:
                 if longer <= n:
-                    continue
-                for q, v in self.tables[longer].items():
-                    if v is not value and q >> (longer - n) == p:
-                        entries.append((q, longer, 0))
+                    break  # lengths run longest first
+                entries += [(q, longer, 0) for q, v in self.inside(n, p, longer) if v is not value]
         tail = bytes(pad)
         return b"".join(
             (p << (bits - n)).to_bytes(nbytes, "big") + bytes((n, allow)) + tail
@@ -156,19 +190,22 @@ class AllowedIPs(Generic[V]):
 
     def remove_value(self, value: V) -> None:
         """Remove every prefix `value` owns."""
-        for net in list(self.networks(value)):
-            self.remove(net, value)
+        changed = False
+        for fam in (self._v4, self._v6):
+            for plen, prefix in list(fam.owned.get(value, ())):
+                fam.delete(plen, prefix)
+                changed = True
+        if changed:
+            self._changed()
 
     def networks(self, value: V) -> Iterator[IPNetwork]:
-        """The prefixes `value` owns, IPv4 first, longest prefixes first."""
+        """The prefixes `value` owns, IPv4 first, longest prefixes first (then by address)."""
         for fam, cls in (
             (self._v4, ipaddress.IPv4Network),
             (self._v6, ipaddress.IPv6Network),
         ):
-            for plen in fam.lengths:
-                for prefix, owner in fam.tables[plen].items():
-                    if owner is value:
-                        yield cls((prefix << (fam.bits - plen), plen))
+            for plen, prefix in fam.of(value):
+                yield cls((prefix << (fam.bits - plen), plen))
 
     def owner(self, network: str | IPNetwork) -> V | None:
         """The exact owner of `network` (not a longest-prefix match), or None."""

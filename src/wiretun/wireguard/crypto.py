@@ -52,7 +52,7 @@ XNONCE_LEN = 24
 Rng = Callable[[int], bytes]
 """Source of random bytes; injectable so tests can be deterministic."""
 
-_NONCE = struct.Struct("<4xQ")  # 4 zero bytes, then the counter as u64 LE
+NONCE = struct.Struct("<4xQ")  # 4 zero bytes, then the counter as u64 LE
 _MAX_COUNTER = (1 << 64) - 1
 
 
@@ -141,7 +141,7 @@ def kdf3(key: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
 def _nonce(counter: int) -> bytes:
     if not 0 <= counter <= _MAX_COUNTER:
         raise CryptoError(f"counter {counter} outside u64")
-    return _NONCE.pack(counter)
+    return NONCE.pack(counter)
 
 
 class AeadKey:

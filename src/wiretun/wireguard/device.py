@@ -1,19 +1,24 @@
 """The WireGuard Device: peers, sessions, routing and timers as a sans-I/O state machine.
 
-The shell (wiretun.tunnel) drives it with three inputs and drains four outputs; the Device
+The shell (wiretun.tunnel) drives it with four inputs and drains four outputs; the Device
 never reads a clock, touches a socket or starts a thread. ``now`` is monotonic seconds
 (``loop.time()``); handshake timestamps use ``now + wall_clock_offset`` as wall time.
+The Device keeps the configuration, the routing and the two transport loops; the handshake
+side (identity, cookies, load, indices, initiations) is its `Handshaker`.
 
 Inputs::
 
     packets = device.receive_datagrams([(datagram, (host, port)), ...], now)
         # -> inner IP packets to write to the TUN (authenticated, replay-checked, source
         #    checked against the peer's allowed-ips, trimmed to the IP length). Handshake
-        #    and cookie messages are consumed here; their answers are queued.
+        #    and cookie messages only wait in a bounded queue here (1024) ...
+    device.process_handshakes(now, limit)
+        # ... until this handles `limit` of them (None: all) and queues their answers;
+        # returns how many still wait (also `device.handshakes_waiting`).
     device.send_packets([ip_packet, ...], now)
         # routes each packet by destination (longest prefix), pads it to 16 (never past
-        # `mtu`) and seals it; packets for a peer without a session are staged (last 1024)
-        # and a handshake is started.
+        # `mtu`) and seals it; packets for a peer without a session are staged (last 128)
+        # and a handshake is started (paced over all peers: bursts of 8, then 1000/s).
     device.handle_timers(now)   # call at (or after) device.next_timer()
 
 Outputs::
@@ -32,9 +37,9 @@ network is only counted in ``stats().drops``.
 
 Load: handshake messages need a valid mac1 always; while ``under_load`` they also need a
 valid mac2 (otherwise a cookie reply is sent) and pass a per-source-IP rate limiter. The
-shell may force ``device.under_load = True``; otherwise the Device judges itself under load
-for one second after it received more than 128 handshake messages within one second (the
-spirit of wireguard-go's "handshake queue 1/8 full" rule, measured without a queue).
+shell may force ``device.under_load = True``; otherwise the Device is under load for one
+second after 128 handshake messages waited in its queue (wireguard-go's "handshake queue
+1/8 full") or more than 128 arrived within one second.
 """
 
 from __future__ import annotations
@@ -42,38 +47,30 @@ from __future__ import annotations
 import secrets
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
 from typing import TYPE_CHECKING, Final
 
-from cryptography.exceptions import InvalidTag
-
 from wiretun.wireguard.allowedips import AllowedIPs, IPNetwork, parse_network
-from wiretun.wireguard.control import (
-    UNDER_LOAD_HANDSHAKES,
-    UNDER_LOAD_HOLD,
-    Seen,
-    handshake_complete,
-    receive_control,
-    send_initiation,
-)
-from wiretun.wireguard.cookie import CookieChecker, RateLimiter
 from wiretun.wireguard.events import (
     Endpoint,
     Event,
     HandshakeFailed,
     KeypairExpired,
     KeysZeroed,
-    PeerEndpointChanged,
 )
 from wiretun.wireguard.handshake import StaticIdentity
-from wiretun.wireguard.index import IndexTable
+from wiretun.wireguard.handshaker import UNDER_LOAD_HANDSHAKES, UNDER_LOAD_HOLD, Handshaker
+from wiretun.wireguard.keys import key_to_base64
 from wiretun.wireguard.messages import MSG_TRANSPORT, TRANSPORT_MIN_SIZE
+from wiretun.wireguard.outbox import Outbox
 from wiretun.wireguard.peer import Peer, check_endpoint, check_keepalive, check_key
-from wiretun.wireguard.replay import REJECT_AFTER_MESSAGES, RING_MASK, WINDOW_SIZE
-from wiretun.wireguard.session import NONCE, TRANSPORT_HEADER, Keypair, padding_size
-from wiretun.wireguard.stats import DROP_REASONS, DeviceStats, PeerStats
+from wiretun.wireguard.replay import REJECT_AFTER_MESSAGES
+from wiretun.wireguard.session import TRANSPORT_HEADER, Buffer, Keypair
+from wiretun.wireguard.stats import DROP_REASONS, DeviceStats, DropReason, Drops, PeerStats
 from wiretun.wireguard.timers import (
     REJECT_AFTER_TIME,
     TimerAction,
+    TimerQueue,
     needs_rekey_on_receive,
     needs_rekey_on_send,
 )
@@ -89,16 +86,13 @@ __all__ = [
     "Buffer",
     "Device",
     "DeviceStats",
+    "DropReason",
     "PeerStats",
 ]
 
 DEFAULT_MTU: Final = 1420
 
-Buffer = bytes | bytearray | memoryview
-
 _HEADER = TRANSPORT_HEADER
-_NONCE = NONCE
-_PAD = [bytes(n) for n in range(16)]
 _VNET = 10  # virtio_net_hdr before each TUN frame when offloads are on
 # The most bytes one UDP_SEGMENT send may carry, by family (the IP datagram limit).
 _GSO_MAX_BYTES_V4 = 65535 - 20 - 8
@@ -108,6 +102,17 @@ _MAX_FRAME_SEGMENTS = 256
 Gso = tuple[Endpoint, bytes, list[tuple[int, int]]]
 """One batch of sealed messages for an endpoint: the buffer and its (segment size, bytes)
 UDP_SEGMENT groups, in order."""
+
+
+class Seen:
+    """What one receive batch saw from a peer: newest source, last keypair, any data."""
+
+    __slots__ = ("data", "keypair", "src")
+
+    def __init__(self, src: Endpoint, keypair: Keypair | None) -> None:
+        self.src = src
+        self.keypair = keypair
+        self.data = False
 
 
 class Device:
@@ -126,42 +131,50 @@ class Device:
     ) -> None:
         self.listen_port = listen_port
         self.fwmark = fwmark
-        self.wall_clock_offset = wall_clock_offset
         self.mtu = mtu
         self._rng = rng
-        self._identity = StaticIdentity.from_private(check_key("private key", private_key))
-        self._checker = CookieChecker(self._identity.public, rng)
-        self._limiter = RateLimiter()
         self._peers: dict[bytes, Peer] = {}
         self._allowed: AllowedIPs[Peer] = AllowedIPs()
-        self._index = IndexTable(rng)
-        self._out: dict[Endpoint, list[bytes]] = {}
+        self._timers: TimerQueue[Peer] = TimerQueue()  # every peer's timers, by deadline
+        # The outputs, shared with the handshaker: datagrams per endpoint, events, drops.
+        self._outbox = Outbox()
         self._gso_out: list[Gso] = []
+        self._events: deque[Event] = deque()
+        self._drops = Drops()
+        self._frame_drops: Counter[str] = Counter()  # TUN frames send_frames could not split
+        # Identity, cookies, load, receiver indices, queued handshakes, paced initiations.
+        self._handshaker = Handshaker(
+            StaticIdentity.from_private(check_key("private key", private_key)),
+            peers=self._peers,
+            outbox=self._outbox,
+            events=self._events,
+            drops=self._drops,
+            rng=rng,
+            wall_clock_offset=wall_clock_offset,
+        )
         # The batch data path (wiretun.datapath.load()): only send_frames/receive_gro use it.
         self._datapath = datapath
-        # Initiations still waiting in `_out`: a newer one for the same peer replaces its
-        # stale predecessor, whose response could only be dropped as unknown_index.
-        self._unsent_initiations: dict[Peer, tuple[Endpoint, bytes]] = {}
-        self._events: deque[Event] = deque()
-        self._drops: Counter[str] = Counter()
-        self._frame_drops: Counter[str] = Counter()  # TUN frames send_frames could not split
         self._sealed = 0
         self._opened = 0
-        self._completed = 0
-        self._forced_load = False
-        self._load_window = float("-inf")
-        self._load_count = 0
-        self._loaded_until = float("-inf")
 
     # ---------------------------------------------------------------- configuration
 
     @property
     def public_key(self) -> bytes:
-        return self._identity.public
+        return self._handshaker.identity.public
 
     @property
     def private_key(self) -> bytes:
-        return self._identity.private
+        return self._handshaker.identity.private
+
+    @property
+    def wall_clock_offset(self) -> float:
+        """Seconds to add to `now` for wall time (handshake timestamps, last_handshake)."""
+        return self._handshaker.wall_clock_offset
+
+    @wall_clock_offset.setter
+    def wall_clock_offset(self, value: float) -> None:
+        self._handshaker.wall_clock_offset = value
 
     @property
     def peers(self) -> list[Peer]:
@@ -171,7 +184,7 @@ class Device:
         try:
             return self._peers[public_key]
         except KeyError:
-            raise KeyError(f"no peer with public key {public_key.hex()}") from None
+            raise KeyError(f"no peer with public key {key_to_base64(public_key)}") from None
 
     def set_private_key(self, private_key: bytes) -> None:
         """Change identity; a peer whose public key is our new one is removed, as wg does.
@@ -181,18 +194,14 @@ class Device:
         rate limit is reset so the next packet starts a handshake under the new key at once.
         """
         identity = StaticIdentity.from_private(check_key("private key", private_key))
-        if identity.public == self._identity.public:
+        handshaker = self._handshaker
+        if identity.public == handshaker.identity.public:
             return
-        self._identity = identity
-        self._checker = CookieChecker(identity.public, self._rng)
+        handshaker.change_identity(identity)
         if identity.public in self._peers:
             self.remove_peer(identity.public)
         for peer in self._peers.values():
-            self._forget_pending(peer)
-            peer.handshake_sent_at = float("-inf")
-            for kp in (peer.current, peer.next):
-                if kp is not None:
-                    kp.stop_sending()
+            handshaker.expire_current_keypairs(peer)
 
     def add_peer(
         self,
@@ -206,8 +215,8 @@ class Device:
         """Add a peer (ValueError if it exists or is ourselves)."""
         public_key = check_key("public key", public_key)
         if public_key in self._peers:
-            raise ValueError(f"peer {public_key.hex()} already exists")
-        if public_key == self._identity.public:
+            raise ValueError(f"peer {key_to_base64(public_key)} already exists")
+        if public_key == self._handshaker.identity.public:
             raise ValueError("a peer cannot have the device's own public key")
         nets = [parse_network(n) for n in allowed_ips]
         peer = Peer(
@@ -219,14 +228,16 @@ class Device:
             persistent_keepalive=persistent_keepalive,
         )
         self._peers[public_key] = peer
+        self._timers.add(peer.timers, peer)
         self._allowed.update(nets, peer)
         return peer
 
     def remove_peer(self, public_key: bytes) -> None:
         peer = self.peer(public_key)
-        self._forget_sessions(peer)
-        self._drop_staged(peer, "peer_removed")
+        self._handshaker.forget(peer)
+        self._drop_staged(peer, DropReason.PEER_REMOVED)
         peer.timers.stop_all()
+        self._timers.discard(peer.timers)
         self._allowed.remove_value(peer)
         del self._peers[public_key]
 
@@ -269,23 +280,21 @@ class Device:
 
     @property
     def under_load(self) -> bool:
-        return self._forced_load
+        return self._handshaker.forced_load
 
     @under_load.setter
     def under_load(self, value: bool) -> None:
-        self._forced_load = bool(value)
+        self._handshaker.forced_load = bool(value)
 
     def is_under_load(self, now: float) -> bool:
-        """Forced by the shell, or busy with handshakes in the last second."""
-        return self._forced_load or now < self._loaded_until
+        """Forced by the shell, or busy with handshakes in the last second (a backlog of
+        128 in the handshake queue, or more than 128 handshake messages in one second)."""
+        return self._handshaker.is_under_load(now)
 
     # ---------------------------------------------------------------- outputs
 
     def datagrams_to_send(self) -> list[tuple[Endpoint, list[bytes]]]:
-        out = list(self._out.items())
-        self._out = {}
-        self._unsent_initiations.clear()
-        return out
+        return self._outbox.drain()
 
     def gso_to_send(self) -> list[Gso]:
         """What `send_frames` sealed: (endpoint, buffer, groups) per batch, in order; send it
@@ -297,8 +306,18 @@ class Device:
         return self._events.popleft() if self._events else None
 
     def next_timer(self) -> float | None:
-        deadlines = [d for p in self._peers.values() if (d := p.timers.next_deadline()) is not None]
-        return min(deadlines) if deadlines else None
+        """The earliest deadline of any peer (from a heap: cheap enough to ask per batch),
+        or when the next paced initiation is due."""
+        at = self._timers.next_deadline()
+        paced = self._handshaker.next_initiation_due()
+        if paced is None:
+            return at
+        return paced if at is None or paced < at else at
+
+    @property
+    def handshakes_waiting(self) -> int:
+        """Received handshake and cookie messages that wait for `process_handshakes`."""
+        return self._handshaker.waiting
 
     def stats(self) -> DeviceStats:
         peers = tuple(
@@ -314,12 +333,14 @@ class Device:
             for p in self._peers.values()
         )
         return DeviceStats(
-            drops=dict(self._drops),
+            drops=self._drops.snapshot(),
             peers=peers,
             packets_sealed=self._sealed,
             packets_opened=self._opened,
-            handshakes_completed=self._completed,
+            handshakes_completed=self._handshaker.completed,
             frame_drops=dict(self._frame_drops),
+            handshakes_queued=self._handshaker.waiting,
+            initiations_waiting=self._handshaker.initiations_waiting,
         )
 
     # ---------------------------------------------------------------- inbound
@@ -331,116 +352,69 @@ class Device:
 
         Datagrams may be memoryviews (of a GRO receive buffer): none is kept past the call.
         """
-        # The hot loop: per packet a header unpack, an inlined replay check, one AEAD call
-        # and a slice. Per-keypair work (index lookup, expiry, bookkeeping) happens once per
-        # run of datagrams with the same receiver index, kept in locals and written back by
-        # `_end_run` when the run ends.
+        # Per run of datagrams with the same receiver index: one index lookup, one expiry
+        # check, then the keypair's own `open_run` (per packet: replay check, one AEAD call,
+        # inner checks); per-peer bookkeeping once per batch (`_after_receive`).
+        batch = datagrams if isinstance(datagrams, list) else list(datagrams)
         out: list[bytes] = []
-        keypairs = self._index.keypairs
+        keypairs = self._handshaker.sessions
+        accept = self._handshaker.accept
         drops = self._drops
         lookup = self._allowed.lookup
         cached_owner = self._allowed.cache.get
         header = _HEADER.unpack_from
-        nonce = _NONCE.pack
         end_run = self._end_run
         seen: dict[Peer, Seen] = {}
         opened = 0
-        last_receiver = -1
-        peer: Peer | None = None
-        kp: Keypair | None = None
-        run_src: Endpoint | None = None
-        run_rx = 0
-        run_data = False
-        unconfirmed = False
-        for data, src in datagrams:
+        i = 0
+        total = len(batch)
+        while i < total:
+            data, src = batch[i]
             if len(data) < TRANSPORT_MIN_SIZE or data[0] != MSG_TRANSPORT:
-                if run_src is not None:
-                    end_run(seen, peer, kp=kp, src=run_src, rx=run_rx, data=run_data)
-                    run_src, run_rx, run_data = None, 0, False
-                last_receiver = -1  # a handshake may replace keypairs
-                receive_control(self, data, src, now, seen)
+                accept(data, src)  # queued for process_handshakes
+                i += 1
                 continue
-            kind, receiver, counter = header(data)
+            kind, receiver, _ = header(data)
             if kind != MSG_TRANSPORT:
-                drops["bad_type"] += 1
+                drops.add(DropReason.BAD_TYPE)
+                i += 1
                 continue
-            if receiver != last_receiver:
-                if run_src is not None:
-                    end_run(seen, peer, kp=kp, src=run_src, rx=run_rx, data=run_data)
-                    run_src, run_rx, run_data = None, 0, False
-                last_receiver = -1
-                entry = keypairs.get(receiver)
-                if entry is None:
-                    drops["unknown_index"] += 1
-                    continue
-                kp, peer = entry
-                recv = kp.recv
-                if recv is None or now - kp.created >= REJECT_AFTER_TIME:
-                    drops["expired"] += 1
-                    continue
-                decrypt = recv.decrypt
-                replay = kp.replay
-                ring = replay.ring
-                unconfirmed = kp is peer.next
-                last_receiver = receiver
-            last = replay.last
-            if counter <= last:
-                if last - counter > WINDOW_SIZE or ring[counter & RING_MASK]:
-                    drops["replay"] += 1
-                    continue
-            elif counter >= REJECT_AFTER_MESSAGES:
-                drops["replay"] += 1
+            entry = keypairs.get(receiver)
+            if entry is None:
+                drops.add(DropReason.UNKNOWN_INDEX)
+                i += 1
                 continue
-            try:
-                plain = decrypt(nonce(counter), data[16:], None)
-            except InvalidTag:
-                drops["decrypt"] += 1
+            kp, peer = entry
+            if kp.recv is None or now - kp.created >= REJECT_AFTER_TIME:
+                drops.add(DropReason.EXPIRED)
+                i += 1
                 continue
-            # Mark only after authentication; the next-in-order case inline.
-            if counter == last + 1:
-                ring[counter & RING_MASK] = 1
-                replay.last = counter
-            elif not replay.check_and_mark(counter):
-                drops["replay"] += 1
-                continue
-            opened += 1
-            run_rx += len(data)
-            run_src = src
-            if unconfirmed:
-                unconfirmed = False
-                self._confirm(peer, kp, src, now)  # type: ignore[arg-type]
-            if not plain:
-                continue  # keepalive
-            n = len(plain)
-            version = plain[0] >> 4
-            if version == 4 and n >= 20:
-                length = (plain[2] << 8) | plain[3]
-                source = plain[12:16]
-                if length < 20:
-                    length = n + 1  # force the bad_packet drop below
-            elif version == 6 and n >= 40:
-                length = 40 + ((plain[4] << 8) | plain[5])
-                source = plain[8:24]
-            else:
-                drops["bad_packet"] += 1
-                continue
-            if length > n:
-                drops["bad_packet"] += 1
-                continue
-            owner = cached_owner(source)
-            if owner is None:
-                owner = lookup(source)
-            if owner is not peer:
-                drops["allowed_ips"] += 1
-                continue
-            run_data = True
-            out.append(plain if length == n else plain[:length])
-        if run_src is not None:
-            end_run(seen, peer, kp=kp, src=run_src, rx=run_rx, data=run_data)
+            unconfirmed = kp is peer.next
+            i, n, rx, first, last, got_data = kp.open_run(
+                batch, i, owner=peer, cached_owner=cached_owner, owner_of=lookup, out=out,
+                drops=drops,
+            )  # fmt: skip
+            if n:
+                opened += n
+                if unconfirmed:
+                    self._confirm(peer, kp, first, now)  # type: ignore[arg-type]
+                end_run(seen, peer, kp=kp, src=last, rx=rx, data=got_data)  # type: ignore[arg-type]
         self._opened += opened
         for p, st in seen.items():
             self._after_receive(p, st.src, st.keypair, st.data, now)
         return out
+
+    def process_handshakes(self, now: float, limit: int | None = None) -> int:
+        """Handle up to `limit` (None: all) of the handshake and cookie messages that
+        `receive_datagrams` / `receive_gro` queued, oldest first; returns how many still
+        wait. The shell calls it with a small limit once per loop turn, so a flood of
+        handshakes (each a cookie reply or a DH) takes a bounded share of each turn and
+        data never waits behind it; what overflows the queue (1024) is dropped and counted
+        as ``handshake_queue_full``."""
+        left, seen = self._handshaker.process(now, limit)
+        for peer, src in seen.items():
+            self._after_receive(peer, src, None, False, now)
+        return left
 
     @staticmethod
     def _end_run(
@@ -487,29 +461,24 @@ class Device:
             and needs_rekey_on_receive(kp.is_initiator, kp.created, now)
         ):
             peer.sent_last_minute_handshake = True
-            send_initiation(self, peer, now, retry=False)
+            self._handshaker.initiate(peer, now, retry=False)
         # Packets only wait while there is no session to send them with: staged packets and
         # a usable current keypair mean this batch completed a handshake (see `_confirm`
-        # and control's response handling, which leave the sending to here).
+        # and the handshaker's response handling, which leave the sending to here).
         current = peer.current
         if peer.staged and current is not None and current.can_send(now):
             self._flush_staged(peer, now)
 
     def _set_endpoint_from(self, peer: Peer, src: Endpoint) -> None:
-        new = (src[0], src[1])
-        if peer.endpoint != new:
-            old = peer.endpoint
-            peer.endpoint = new
-            self._events.append(PeerEndpointChanged(peer.public_key, old, new))
+        moved = peer.roam_to(src)
+        if moved is not None:
+            self._events.append(moved)
 
     def _confirm(self, peer: Peer, kp: Keypair, src: Endpoint, now: float) -> None:
         # The confirming packet's source first (wireguard-go: SetEndpointFromPacket before
         # SendStagedPackets), so the staged packets follow a peer that roamed.
         self._set_endpoint_from(peer, src)
-        dead = peer.confirm(kp)
-        if dead is not None:
-            self._index.drop_keypair(dead)
-        handshake_complete(self, peer, kp, now)
+        self._handshaker.confirm(peer, kp, now)
         # The staged packets go out in `_after_receive`, after the batch's receive timers.
 
     def receive_gro(
@@ -527,7 +496,7 @@ class Device:
         keypairs) goes through `receive_datagrams` one datagram at a time. Either way the
         results and the drops are those of `receive_datagrams` on the split datagrams.
         """
-        keypairs = self._index.keypairs
+        keypairs = self._handshaker.sessions
         open_run = self._batch_path().open_run
         source_table = self._allowed.source_table
         seen: dict[Peer, Seen] = {}
@@ -597,13 +566,13 @@ class Device:
         if replay or decrypt or bad_packet or allowed:
             drops = self._drops
             for reason, n in (
-                ("replay", replay),
-                ("decrypt", decrypt),
-                ("bad_packet", bad_packet),
-                ("allowed_ips", allowed),
+                (DropReason.REPLAY, replay),
+                (DropReason.DECRYPT, decrypt),
+                (DropReason.BAD_PACKET, bad_packet),
+                (DropReason.ALLOWED_IPS, allowed),
             ):
                 if n:
-                    drops[reason] += n
+                    drops.add(reason, n)
 
     # ---------------------------------------------------------------- outbound
 
@@ -686,23 +655,19 @@ class Device:
             self._gso_out.append((endpoint, buf, groups))
 
     def send_packets(self, packets: Iterable[bytes], now: float) -> None:
-        """Route, pad and seal IP packets; results wait in `datagrams_to_send()`."""
+        """Route, pad and seal IP packets; results wait in `datagrams_to_send()`.
+
+        Consecutive packets for one peer form a run, sealed by its keypair's `seal_run`.
+        """
         drops = self._drops
         lookup = self._allowed.lookup
         cached_owner = self._allowed.cache.get
-        header = _HEADER.pack
-        nonce = _NONCE.pack
-        pads = _PAD
-        padding = padding_size
-        mtu = self.mtu
         sent: dict[Peer, Keypair | None] = {}
-        last_peer: Peer | None = None
+        run: list[bytes] = []
+        run_peer: Peer | None = None
         kp: Keypair | None = None
         dest: list[bytes] | None = None
-        sealed = 0
-        tx = 0
-        for packet in packets:
-            pkt = packet
+        for pkt in packets:
             n = len(pkt)
             version = pkt[0] >> 4 if n else 0
             if version == 4 and n >= 20:
@@ -710,59 +675,51 @@ class Device:
             elif version == 6 and n >= 40:
                 addr = pkt[24:40]
             else:
-                drops["bad_packet"] += 1
+                drops.add(DropReason.BAD_PACKET)
                 continue
             peer = cached_owner(addr)
             if peer is None:
                 peer = lookup(addr)
             if peer is None:
-                drops["no_route"] += 1
+                drops.add(DropReason.NO_ROUTE)
                 continue
-            if peer is not last_peer:
-                if last_peer is not None:
-                    last_peer.tx_bytes += tx
-                tx = 0
-                last_peer = peer
+            if peer is not run_peer:
+                if run:
+                    self._seal_packets(run_peer, kp, run, dest, sent)  # type: ignore[arg-type]
+                    run = []
+                run_peer = peer
                 kp, dest = self._prepare_send(peer, now, sent)
-                if kp is not None:
-                    aead = kp.send
-                    remote = kp.remote_index
-            if dest is None or kp is None:
+            if kp is None:
                 if peer.endpoint is None:
-                    drops["no_endpoint"] += 1
-                    continue
-                if peer.stage(bytes(pkt)):
-                    drops["queue_full"] += 1
+                    drops.add(DropReason.NO_ENDPOINT)
+                elif peer.stage(bytes(pkt)):
+                    drops.add(DropReason.QUEUE_FULL)
                 continue
-            counter = kp.send_counter
-            if aead is None or counter >= REJECT_AFTER_MESSAGES:
-                # Exhausted mid-batch: stage the rest and let the post-batch pass rekey.
-                sent[peer] = None
-                kp = dest = None
-                if peer.stage(bytes(pkt)):
-                    drops["queue_full"] += 1
-                continue
-            kp.send_counter = counter + 1
-            if n <= mtu:
-                # padding_size's common case inline (a call per packet cost ~0.3 us).
-                padded = ((n + 15) & ~15) - n
-                if n + padded > mtu:
-                    padded = mtu - n
-            else:
-                padded = padding(n, mtu)
-            if padded:
-                pkt = pkt + pads[padded]
-            msg = header(MSG_TRANSPORT, remote, counter) + aead.encrypt(nonce(counter), pkt, None)
-            dest.append(msg)
-            tx += len(msg)
-            sealed += 1
-        if last_peer is not None:
-            last_peer.tx_bytes += tx
-        self._sealed += sealed
+            run.append(pkt)
+        if run:
+            self._seal_packets(run_peer, kp, run, dest, sent)  # type: ignore[arg-type]
         for peer, used in sent.items():
             if used is not None:
                 self._after_send(peer, used, now, data=True)
             self._flush_staged(peer, now)
+
+    def _seal_packets(
+        self,
+        peer: Peer,
+        kp: Keypair,
+        run: list[bytes],
+        dest: list[bytes],
+        sent: dict[Peer, Keypair | None],
+    ) -> None:
+        done, tx = kp.seal_run(run, dest, self.mtu)
+        peer.tx_bytes += tx
+        self._sealed += done
+        if done < len(run):
+            # Exhausted mid-batch: stage the rest and let the post-batch pass rekey.
+            sent[peer] = None
+            for pkt in run[done:]:
+                if peer.stage(bytes(pkt)):
+                    self._drops.add(DropReason.QUEUE_FULL)
 
     def _prepare_send(
         self, peer: Peer, now: float, sent: dict[Peer, Keypair | None]
@@ -781,7 +738,7 @@ class Device:
             # Keep order: what waited goes out before this batch.
             self._flush_staged(peer, now)
         sent[peer] = kp
-        return kp, self._out.setdefault(peer.endpoint, [])
+        return kp, self._outbox.to(peer.endpoint)
 
     def _after_send(self, peer: Peer, kp: Keypair, now: float, *, data: bool) -> None:
         timers = peer.timers
@@ -790,7 +747,7 @@ class Device:
         timers.authenticated_sent(now)
         timers.authenticated_traversal(now)
         if needs_rekey_on_send(kp.is_initiator, kp.created, kp.send_counter, now):
-            send_initiation(self, peer, now, retry=False)
+            self._handshaker.initiate(peer, now, retry=False)
 
     def _flush_staged(self, peer: Peer, now: float) -> None:
         """Send what is staged (a b"" entry is a keepalive) or start a handshake."""
@@ -800,85 +757,54 @@ class Device:
         if peer.endpoint is None:
             return
         if kp is None or not kp.can_send(now):
-            send_initiation(self, peer, now, retry=False)
+            self._handshaker.initiate(peer, now, retry=False)
             return
-        dest = self._out.setdefault(peer.endpoint, [])
+        dest = self._outbox.to(peer.endpoint)
         staged = peer.staged
         peer.staged = type(staged)()
-        any_data = False
-        mtu = self.mtu
-        for packet in staged:
-            pkt = packet
-            n = len(pkt)
-            if n:
-                any_data = True
-                padded = padding_size(n, mtu)
-                if padded:
-                    pkt = pkt + _PAD[padded]
-            msg = kp.seal(pkt)
-            dest.append(msg)
-            peer.tx_bytes += len(msg)
-            self._sealed += 1
+        done, tx = kp.seal_run(staged, dest, self.mtu)
+        peer.tx_bytes += tx
+        self._sealed += done
+        any_data = any(p for p in islice(staged, done))
+        if done < len(staged):  # the counter ran out: what is left waits for a new session
+            peer.staged.extend(islice(staged, done, None))
         self._after_send(peer, kp, now, data=any_data)
 
     def _send_keepalive(self, peer: Peer, now: float) -> None:
-        if not peer.staged:
-            peer.staged.append(b"")
+        peer.want_keepalive()
         self._flush_staged(peer, now)
-
-    def _withdraw_unsent_initiation(self, peer: Peer) -> None:
-        entry = self._unsent_initiations.pop(peer, None)
-        if entry is None:
-            return
-        endpoint, message = entry
-        queued = self._out.get(endpoint, [])
-        for i, datagram in enumerate(queued):
-            if datagram is message:
-                del queued[i]
-                peer.tx_bytes -= len(message)
-                break
-        if not queued:
-            self._out.pop(endpoint, None)
-
-    def _queue(self, endpoint: Endpoint, datagram: bytes) -> None:
-        self._out.setdefault(endpoint, []).append(datagram)
 
     # ---------------------------------------------------------------- timers
 
     def handle_timers(self, now: float) -> None:
-        """Act on every per-peer deadline that has passed."""
-        for peer in list(self._peers.values()):
+        """Create the paced initiations whose turn came, then act on every per-peer
+        deadline that has passed (peers in the order added)."""
+        handshaker = self._handshaker
+        handshaker.release(now)
+        for peer in self._timers.due(now):
             for action in peer.timers.expire(now):
                 if action is TimerAction.RETRANSMIT_HANDSHAKE:
-                    send_initiation(self, peer, now, retry=True)
+                    handshaker.initiate(peer, now, retry=True)
                 elif action is TimerAction.GIVE_UP_HANDSHAKE:
                     # The pending handshake stays until the zero-keys timer (wireguard-go):
                     # a late response to the last initiation still completes it.
-                    dropped = self._drop_staged(peer, "handshake_timeout")
+                    dropped = self._drop_staged(peer, DropReason.HANDSHAKE_TIMEOUT)
                     self._events.append(HandshakeFailed(peer.public_key, dropped))
                 elif action is TimerAction.NEW_HANDSHAKE:
-                    send_initiation(self, peer, now, retry=False)
+                    handshaker.initiate(peer, now, retry=False)
                 elif action is TimerAction.ZERO_KEYS:
                     # wireguard-go's ZeroAndFlushAll: the staged packets go with the keys.
-                    self._forget_sessions(peer)
-                    self._drop_staged(peer, "keys_zeroed")
+                    handshaker.zero(peer)
+                    self._drop_staged(peer, DropReason.KEYS_ZEROED)
                     self._events.append(KeysZeroed(peer.public_key))
                 else:  # SEND_KEEPALIVE, PERSISTENT_KEEPALIVE
                     self._send_keepalive(peer, now)
 
     # ---------------------------------------------------------------- helpers
 
-    def _forget_pending(self, peer: Peer) -> None:
-        self._withdraw_unsent_initiation(peer)
-        self._index.forget_pending(peer)
-
-    def _forget_sessions(self, peer: Peer) -> None:
-        self._index.forget_sessions(peer)
-        self._forget_pending(peer)
-
-    def _drop_staged(self, peer: Peer, reason: str) -> int:
+    def _drop_staged(self, peer: Peer, reason: DropReason) -> int:
         dropped = sum(1 for p in peer.staged if p)
         if dropped:
-            self._drops[reason] += dropped
+            self._drops.add(reason, dropped)
         peer.staged.clear()
         return dropped

@@ -50,7 +50,7 @@ class SymmetricState:
     """Noise's chaining key and handshake hash. Every handshake encryption uses a fresh key
     at nonce 0 (IKpsk2 never encrypts twice under one key), so no cipher state is kept."""
 
-    chaining_key: bytes
+    chaining_key: bytes = field(repr=False)  # every session key derives from it
     hash: bytes
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import string
 
 from wiretun.wireguard.crypto import KEY_LEN
@@ -47,3 +48,16 @@ def key_to_hex(key: bytes) -> str:
 def _check_len(key: bytes) -> None:
     if len(key) != KEY_LEN:
         raise ValueError(f"key is {len(key)} bytes, wanted {KEY_LEN}")
+
+
+def keyed_repr(obj: object) -> str:
+    """A dataclass's repr with each 32-byte key in base64, as `wg` prints keys (a field
+    declared repr=False, such as a private or preshared key, stays out)."""
+    parts = []
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        if not f.repr:
+            continue
+        value = getattr(obj, f.name)
+        shown = key_to_base64(value) if isinstance(value, bytes) and len(value) == KEY_LEN else None
+        parts.append(f"{f.name}={shown if shown is not None else repr(value)}")
+    return f"{type(obj).__name__}({', '.join(parts)})"

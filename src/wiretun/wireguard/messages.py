@@ -18,6 +18,7 @@ __all__ = [
     "MSG_RESPONSE",
     "MSG_TRANSPORT",
     "RESPONSE_SIZE",
+    "TRANSPORT_HEADER",
     "TRANSPORT_HEADER_SIZE",
     "TRANSPORT_MIN_SIZE",
     "CookieReply",
@@ -50,7 +51,9 @@ _U64_MAX = (1 << 64) - 1
 _INITIATION = struct.Struct("<II32s48s28s16s16s")
 _RESPONSE = struct.Struct("<III32s16s16s16s")
 _COOKIE_REPLY = struct.Struct("<II24s32s")
-_TRANSPORT_HEADER = struct.Struct("<IIQ")
+TRANSPORT_HEADER = struct.Struct("<IIQ")
+"""Type word, receiver index, counter: the one statement of the type-4 header, which the
+Keypair's batch seal and open (session.py) use directly and the helpers below check."""
 _TYPE = struct.Struct("<I")
 
 
@@ -183,14 +186,14 @@ def pack_transport_header(receiver: int, counter: int) -> bytes:
     _check_index("receiver", receiver)
     if not 0 <= counter <= _U64_MAX:
         raise MessageError(f"counter {counter} is not a u64")
-    return _TRANSPORT_HEADER.pack(MSG_TRANSPORT, receiver, counter)
+    return TRANSPORT_HEADER.pack(MSG_TRANSPORT, receiver, counter)
 
 
 def unpack_transport_header(data: bytes) -> tuple[int, int]:
     """(receiver index, counter) of a type-4 message at least TRANSPORT_MIN_SIZE long."""
     if len(data) < TRANSPORT_MIN_SIZE:
         raise MessageError(f"transport message is {len(data)} bytes, minimum {TRANSPORT_MIN_SIZE}")
-    kind, receiver, counter = _TRANSPORT_HEADER.unpack_from(data)
+    kind, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
     if kind != MSG_TRANSPORT:
         raise MessageError(f"bad type header {bytes(data[:4]).hex()} for type 4")
     return receiver, counter

@@ -1,7 +1,8 @@
 """A peer: its configuration, its three keypairs and pending handshake, queue and counters.
 
-The Device owns the index table and the outputs; a Peer only keeps per-peer state and the
-keypair rotation rules (wireguard-go's BeginSymmetricSession / ReceivedWithKeypair).
+The Handshaker owns the index table and writes the handshake fields; the Device owns the
+outputs and the transport fields; a Peer only keeps per-peer state and the keypair rotation
+rules (wireguard-go's BeginSymmetricSession / ReceivedWithKeypair).
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from typing import Final
 from wiretun.wireguard.allowedips import AllowedIPs, IPNetwork
 from wiretun.wireguard.cookie import CookieGenerator
 from wiretun.wireguard.crypto import KEY_LEN
-from wiretun.wireguard.events import Endpoint
+from wiretun.wireguard.events import Endpoint, PeerEndpointChanged
 from wiretun.wireguard.handshake import InitiatorHandshake
+from wiretun.wireguard.keys import key_to_base64
 from wiretun.wireguard.session import Keypair
 from wiretun.wireguard.timers import PeerTimers
 
-MAX_STAGED_PACKETS: Final = 1024
-"""Packets kept per peer while waiting for a session; older ones are dropped first."""
+MAX_STAGED_PACKETS: Final = 128
+"""Packets kept per peer while waiting for a session; older ones are dropped first (and
+counted as ``queue_full``). wireguard-go's QueueStagedSize and the kernel's
+MAX_STAGED_PACKETS are 128 too: more only holds memory for a handshake that may never come."""
 
 
 def check_key(name: str, key: bytes) -> bytes:
@@ -99,7 +103,7 @@ class Peer:
         self.last_handshake: float | None = None  # wall-clock seconds
 
     def __repr__(self) -> str:
-        return f"Peer({self.public_key.hex()[:16]}…, endpoint={self.endpoint})"
+        return f"Peer({key_to_base64(self.public_key)}, endpoint={self.endpoint})"
 
     @property
     def persistent_keepalive(self) -> int:
@@ -115,13 +119,27 @@ class Peer:
             if kp is not None:
                 yield kp
 
+    def roam_to(self, src: Endpoint) -> PeerEndpointChanged | None:
+        """Follow an authenticated datagram's source; the event if the endpoint moved."""
+        new = (src[0], src[1])
+        old = self.endpoint
+        if old == new:
+            return None
+        self.endpoint = new
+        return PeerEndpointChanged(self.public_key, old, new)
+
+    def want_keepalive(self) -> None:
+        """Something must go out (b"" stages a keepalive) unless packets already wait."""
+        if not self.staged:
+            self.staged.append(b"")
+
     def stage(self, packet: bytes) -> int:
-        """Queue a packet until a session exists; returns how many old ones were dropped."""
+        """Queue a packet until a session exists; returns how many old packets were dropped
+        (a pending keepalive, b"", makes room without counting: it carried no data)."""
         staged = self.staged
         dropped = 0
         if len(staged) >= MAX_STAGED_PACKETS:
-            staged.popleft()
-            dropped = 1
+            dropped = 1 if staged.popleft() else 0
         staged.append(packet)
         return dropped
 

@@ -30,7 +30,8 @@ class ReplayWindow:
     __slots__ = ("last", "ring")
 
     def __init__(self) -> None:
-        # Public for the Device's receive loop, which inlines the in-order case.
+        # Public for Keypair.open_run, which inlines the check (would_accept) and the
+        # in-order mark.
         self.ring = bytearray(_RING_SIZE)
         # -1 so that counter 0 is "ahead"; counters are unsigned.
         self.last = -1
@@ -74,7 +75,9 @@ class ReplayWindow:
     def would_accept(self, counter: int) -> bool:
         """Whether `check_and_mark` would accept `counter`, without marking it.
 
-        Lets the receive path skip the AEAD for an obvious replay.
+        Lets a receive path skip the AEAD for an obvious replay: the pure data path
+        (wiretun.datapath.pure) calls it; Keypair.open_run inlines the same test (an
+        equivalence test in test_wireguard_session holds them together).
         """
         last = self.last
         if counter > last:

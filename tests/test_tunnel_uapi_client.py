@@ -1,0 +1,103 @@
+"""wiretun.tunnel.uapi_client against wiretun's own UapiServer on a temporary socket dir:
+get=1 parsed back to the snapshot format_get wrote, stats, and devices without stats."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from wiretun.testing.uapi import MemoryBackend
+from wiretun.tunnel import uapi_client
+from wiretun.tunnel.uapi import UapiServer
+from wiretun.tunnel.uapi_protocol import DeviceSnapshot, PeerSnapshot, format_get
+
+PEER = PeerSnapshot(
+    public_key=bytes(range(32)),
+    preshared_key=b"\x07" * 32,
+    endpoint=("2001:db8::1", 51820),
+    last_handshake_ns=1_700_000_000_123_456_789,
+    tx_bytes=10,
+    rx_bytes=20,
+    persistent_keepalive=25,
+    allowed_ips=(ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("fd00::/64")),
+)
+DEVICE = DeviceSnapshot(b"\x01" * 32, 51820, 0x1234, (PEER, PeerSnapshot(b"\x02" * 32)))
+
+
+def test_parse_get_inverts_format_get() -> None:
+    reply = format_get(DEVICE).removesuffix("\n\n")
+    assert uapi_client.parse_get(reply) == DEVICE
+    assert uapi_client.parse_get("errno=0") == DeviceSnapshot()
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="wt-uapi-client-") as path:
+        yield path
+
+
+def _serve(sock_dir: str, name: str, stats: object | None, check: object) -> None:
+    async def main() -> None:
+        server = UapiServer(
+            name, MemoryBackend(DEVICE), socket_dir=sock_dir,
+            stats=None if stats is None else (lambda: stats),
+        )  # fmt: skip
+        async with server:
+            await asyncio.to_thread(check)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
+def test_get_and_stats_from_a_live_server(sock_dir: str) -> None:
+    def check() -> None:
+        assert uapi_client.interfaces(sock_dir) == ["wt0"]
+        assert uapi_client.get("wt0", sock_dir) == DEVICE
+        assert uapi_client.stats("wt0", sock_dir) == {"drops": {"core.mac1": 1}}
+
+    _serve(sock_dir, "wt0", {"drops": {"core.mac1": 1}}, check)
+
+
+def test_a_device_without_stats_gives_none(sock_dir: str) -> None:
+    def check() -> None:
+        assert uapi_client.stats("wt1", sock_dir) is None
+
+    _serve(sock_dir, "wt1", None, check)
+
+
+def test_a_peer_that_closes_on_the_request_gives_none(sock_dir: str) -> None:
+    # As wireguard-go does for an operation it does not know.
+    path = os.path.join(sock_dir, "wgg0.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def close_it() -> None:
+        conn, _ = listener.accept()
+        conn.recv(100)
+        conn.close()
+
+    try:
+
+        async def main() -> object:
+            task = asyncio.get_running_loop().run_in_executor(None, close_it)
+            result = await asyncio.to_thread(uapi_client.stats, "wgg0", sock_dir)
+            await task
+            return result
+
+        assert asyncio.run(main()) is None
+    finally:
+        listener.close()
+
+
+def test_nobody_there_is_one_clear_error(sock_dir: str) -> None:
+    with pytest.raises(uapi_client.UapiClientError) as info:
+        uapi_client.get("wt9", sock_dir)
+    assert str(info.value) == (
+        f"no device answers on {sock_dir}/wt9.sock: No such file or directory"
+    )
