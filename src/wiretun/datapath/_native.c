@@ -191,28 +191,31 @@ static inline void wrne16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
 
 /* The sum of `p` as big-endian 16-bit words (odd tail zero-padded), folded to 16 bits: a
  * value congruent to the plain word sum modulo 0xffff and zero exactly when every byte is.
- * Summed as native 64-bit words, 32 bytes a step, their carries counted and added back at
- * the end (RFC 1071: the one's-complement sum does not depend on byte order up to a final
- * swap, and 2**64 = 1 modulo 0xffff). */
+ * Summed as native 32-bit words (RFC 1071: the one's-complement sum does not depend on byte
+ * order up to a final swap, and 2**32 = 1 modulo 0xffff) into 64-bit vector lanes, 32 bytes
+ * a step: no carries to track, and SSE2/NEON add two lanes at once. */
+typedef uint64_t u64x2 __attribute__((vector_size(16)));
+
 static uint64_t sum16(const uint8_t *p, size_t n) {
-    uint64_t s = 0, carries = 0;
+    const u64x2 low = {0xFFFFFFFFu, 0xFFFFFFFFu};
+    u64x2 a = {0, 0}, b = {0, 0}, c = {0, 0}, d = {0, 0};
     size_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        uint64_t w[4];
-        memcpy(w, p + i, 32);
-        carries += __builtin_add_overflow(s, w[0], &s);
-        carries += __builtin_add_overflow(s, w[1], &s);
-        carries += __builtin_add_overflow(s, w[2], &s);
-        carries += __builtin_add_overflow(s, w[3], &s);
+    for (; i + 32 <= n; i += 32) { /* < 2**32 words: the lanes cannot overflow */
+        u64x2 x, y;
+        memcpy(&x, p + i, 16);
+        memcpy(&y, p + i + 16, 16);
+        a += x & low;
+        b += x >> 32;
+        c += y & low;
+        d += y >> 32;
     }
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        carries += __builtin_add_overflow(s, w, &s);
+    u64x2 t = a + b + c + d;
+    uint64_t s = t[0] + t[1];
+    for (; i + 4 <= n; i += 4) {
+        uint32_t w;
+        memcpy(&w, p + i, 4);
+        s += w;
     }
-    s += carries;
-    if (s < carries) s++; /* end-around: a total that wrapped to 0 stays nonzero */
-    s = (s & 0xFFFFFFFFu) + (s >> 32);
     for (; i + 2 <= n; i += 2) {
         uint16_t w;
         memcpy(&w, p + i, 2);
