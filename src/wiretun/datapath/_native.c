@@ -18,6 +18,7 @@
 #include <openssl/provider.h>
 #include <stdint.h>
 #include <string.h>
+#include <strings.h>
 
 #define VNET_HDR_LEN 10
 #define F_NEEDS_CSUM 1
@@ -73,7 +74,7 @@ static int has_name(const char *names, const char *name) {
     for (const char *p = names; *p;) {
         const char *end = strchr(p, ':');
         size_t len = end ? (size_t)(end - p) : strlen(p);
-        if (len == n && OPENSSL_strncasecmp(p, name, n) == 0) return 1;
+        if (len == n && strncasecmp(p, name, n) == 0) return 1;
         if (!end) break;
         p = end + 1;
     }
@@ -438,7 +439,7 @@ static int as_unsigned(PyObject *obj, unsigned long long max, const char *what, 
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
     if (v == -1 && PyErr_Occurred()) return -1;
-    unsigned long long u;
+    unsigned long long u = 0; /* read only when overflow > 0 (set there); -O1 cannot tell */
     if (overflow > 0) {
         u = PyLong_AsUnsignedLongLong(obj);
         if (u == (unsigned long long)-1 && PyErr_Occurred()) {
