@@ -15,7 +15,7 @@ import pytest
 from wiretun.testing.uapi import MemoryBackend
 from wiretun.tunnel import uapi_client
 from wiretun.tunnel.uapi import UapiServer
-from wiretun.tunnel.uapi_protocol import DeviceSnapshot, PeerSnapshot, format_get
+from wiretun.tunnel.uapi_protocol import STATS_MARKER, DeviceSnapshot, PeerSnapshot, format_get
 
 PEER = PeerSnapshot(
     public_key=bytes(range(32)),
@@ -61,6 +61,36 @@ def test_get_and_stats_from_a_live_server(sock_dir: str) -> None:
         assert uapi_client.stats("wt0", sock_dir) == {"drops": {"core.mac1": 1}}
 
     _serve(sock_dir, "wt0", {"drops": {"core.mac1": 1}}, check)
+
+
+def test_get_with_stats_asks_only_a_device_that_says_it_answers(sock_dir: str) -> None:
+    counters = {"drops": {"core.mac1": 1}}
+
+    async def main() -> None:
+        with_stats = UapiServer("wt2", MemoryBackend(DEVICE), socket_dir=sock_dir,
+                                stats=lambda: counters)  # fmt: skip
+        without = UapiServer("wt3", MemoryBackend(DEVICE), socket_dir=sock_dir)
+        async with with_stats, without:
+            got = await asyncio.to_thread(uapi_client.get_with_stats, "wt2", sock_dir)
+            assert got == (DEVICE, counters)
+            got = await asyncio.to_thread(uapi_client.get_with_stats, "wt3", sock_dir)
+            assert got == (DEVICE, None)
+            # One get, nothing refused: the stats request was never sent to wt3 (it would
+            # count as a get answered EOPNOTSUPP, as wireguard-go would log an error).
+            assert without.statistics().gets == 1 and without.statistics().failed == 0
+            assert with_stats.statistics().gets == 2 and with_stats.statistics().failed == 0
+
+    asyncio.run(main())
+
+
+def test_the_marker_counts_among_the_device_lines_only() -> None:
+    marker = STATS_MARKER.rstrip("\n")
+    assert uapi_client.serves_stats(f"{marker}\nlisten_port=1\nerrno=0")
+    assert uapi_client.serves_stats(f"listen_port=1\n{marker}\nerrno=0")
+    assert not uapi_client.serves_stats("listen_port=1\nerrno=0")
+    assert not uapi_client.serves_stats(f"public_key={'00' * 32}\n{marker}\nerrno=0")
+    # The parser reads around it.
+    assert uapi_client.parse_get(marker + "\n" + format_get(DEVICE)) == DEVICE
 
 
 def test_a_device_without_stats_gives_none(sock_dir: str) -> None:

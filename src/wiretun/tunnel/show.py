@@ -1,6 +1,7 @@
 """`wiretun show [NAME] [--json]`: what `wg show` shows, plus wiretun's own counters (drops by
 reason, the data path, the loop, UDP and TUN), read over the UAPI socket: no wireguard-tools
-needed, and devices served by wireguard-go are shown too (without the counters)."""
+needed. Devices served by wireguard-go (or wiretun-go) are shown too, with a note and without
+the counters: they are asked only `get=1` (uapi_client.get_with_stats)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 from wiretun.ifname import wg_quick_ifname_problem
 from wiretun.tunnel.uapi import SOCKET_DIR
 from wiretun.tunnel.uapi_protocol import DeviceSnapshot, UapiError, format_endpoint
+
+NO_COUNTERS = "  note: not a `wiretun up` tunnel: wg show's fields only, no wiretun counters"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +92,8 @@ def render_text(info: dict[str, Any], now: float | None = None) -> str:
     stats = info["stats"]
     if stats is not None:
         lines += _stats_lines(stats)
+    else:
+        lines.append(NO_COUNTERS)
     by_key = {p["public_key"]: p for p in (stats or {}).get("peers", ())}
     for peer in info["peers"]:
         lines += ["", f"peer: {peer['public_key']}"]
@@ -132,8 +137,8 @@ def _stats_lines(stats: dict[str, Any]) -> list[str]:
 def gather(name: str, socket_dir: str) -> dict[str, Any]:
     from wiretun.tunnel import uapi_client  # noqa: PLC0415
 
-    snapshot = uapi_client.get(name, socket_dir)
-    return describe(name, snapshot, uapi_client.stats(name, socket_dir))
+    snapshot, stats = uapi_client.get_with_stats(name, socket_dir)
+    return describe(name, snapshot, stats)
 
 
 def run(args: argparse.Namespace) -> int:

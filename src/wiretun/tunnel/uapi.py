@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from wiretun.ifname import is_wg_quick_ifname
 from wiretun.tunnel.runfiles import ensure_dir
 from wiretun.tunnel.uapi_protocol import (
     ERRNO_UNKNOWN,
+    STATS_MARKER,
     DeviceSnapshot,
     GetRequest,
     SetOperation,
@@ -321,6 +323,8 @@ class UapiServer:
         loop = asyncio.get_running_loop()
         try:
             pieces = iter(self._backend.get_pieces())
+            if self._stats_source is not None:  # tells clients they may ask for the stats
+                pieces = itertools.chain([STATS_MARKER], pieces)
             while True:
                 out: list[str] = []
                 size = 0

@@ -1,5 +1,7 @@
 """The client side of the UAPI socket: ask a running device (wiretun's or wireguard-go's)
-`get=1`, or wiretun's `wiretun-stats=1`, and read the reply; no wireguard-tools needed."""
+`get=1`, or wiretun's `wiretun-stats=1`, and read the reply; no wireguard-tools needed.
+The stats request goes only to a device whose get reply says it answers it
+(uapi_protocol.STATS_MARKER): wireguard-go logs an error and hangs up on it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 
 from wiretun.tunnel.uapi import SOCKET_DIR, socket_path
 from wiretun.tunnel.uapi_protocol import (
+    STATS_MARKER,
     STATS_OP,
     DeviceSnapshot,
     PeerSnapshot,
@@ -72,18 +75,44 @@ def _errno_of(reply: str) -> int:
     return -int(last.removeprefix("errno="))
 
 
-def get(name: str, socket_dir: str = SOCKET_DIR) -> DeviceSnapshot:
-    """The device's state (`get=1`); UapiError if it answers with an errno."""
+def _get_reply(name: str, socket_dir: str) -> str:
     reply = request(socket_path(name, socket_dir), b"get=1\n\n")
     code = _errno_of(reply)
     if code:
         raise UapiError(code, f"{name}: get failed: {os.strerror(code)}")
-    return parse_get(reply)
+    return reply
+
+
+def get(name: str, socket_dir: str = SOCKET_DIR) -> DeviceSnapshot:
+    """The device's state (`get=1`); UapiError if it answers with an errno."""
+    return parse_get(_get_reply(name, socket_dir))
+
+
+def get_with_stats(
+    name: str, socket_dir: str = SOCKET_DIR
+) -> tuple[DeviceSnapshot, dict[str, Any] | None]:
+    """The device's state and, if its get reply says it has them, wiretun's counters; None
+    (and no stats request sent) for any other device: wireguard-go, wiretun-go."""
+    reply = _get_reply(name, socket_dir)
+    counters = stats(name, socket_dir) if serves_stats(reply) else None
+    return parse_get(reply), counters
+
+
+def serves_stats(reply: str) -> bool:
+    """Whether a get reply carries STATS_MARKER among its device lines."""
+    marker = STATS_MARKER.rstrip("\n")
+    for line in reply.splitlines():
+        if line == marker:
+            return True
+        if line.startswith("public_key="):
+            return False  # the peers begin: the device's lines are over
+    return False
 
 
 def stats(name: str, socket_dir: str = SOCKET_DIR) -> dict[str, Any] | None:
     """wiretun's counters (TunnelStats.to_json()), or None from a device that has none
-    (wireguard-go closes the connection on the request; wiretun-go answers EOPNOTSUPP)."""
+    (wiretun-go answers EOPNOTSUPP; wireguard-go closes the connection, and logs an error:
+    `get_with_stats` asks only devices that say they answer)."""
     try:
         reply = request(socket_path(name, socket_dir), STATS_OP + b"\n\n")
     except UapiClientError as e:
