@@ -83,6 +83,7 @@ def test_text_is_wg_show_plus_wiretun_lines() -> None:
 def test_a_device_without_counters_shows_what_wg_shows() -> None:
     text = render_text(describe("wgg0", SNAP, None), now=1_700_000_001)
     assert "wiretun:" not in text and "drops:" not in text
+    assert "\n  note: not a `wiretun up` tunnel: wg show's fields only" in text
     assert "latest handshake: 1 second ago" in text
 
 

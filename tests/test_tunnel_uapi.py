@@ -25,6 +25,7 @@ from wiretun.testing.uapi import MemoryBackend
 from wiretun.tunnel.config import parse_config
 from wiretun.tunnel.uapi import UapiInUseError, UapiServer
 from wiretun.tunnel.uapi_protocol import (
+    STATS_MARKER,
     DeviceSnapshot,
     GetRequest,
     PeerSnapshot,
@@ -720,7 +721,7 @@ def test_server_answers_stats_with_one_json_line_or_eopnotsupp(sock_dir: str) ->
             line, errno_line = stats_reply.splitlines()
             assert line.startswith("stats=") and errno_line == "errno=0"
             assert json.loads(line.removeprefix("stats=")) == counters
-            assert get_reply == "errno=0"
+            assert get_reply == STATS_MARKER + "errno=0"  # it says it answers the stats
         async with UapiServer("wt5", backend, socket_dir=sock_dir) as s:
             out = await exchange(s.path, b"wiretun-stats=1\n\n", 1)
             assert out == f"errno={-errno.EOPNOTSUPP}\n\n".encode()

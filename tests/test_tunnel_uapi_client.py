@@ -15,7 +15,7 @@ import pytest
 from wiretun.testing.uapi import MemoryBackend
 from wiretun.tunnel import uapi_client
 from wiretun.tunnel.uapi import UapiServer
-from wiretun.tunnel.uapi_protocol import DeviceSnapshot, PeerSnapshot, format_get
+from wiretun.tunnel.uapi_protocol import STATS_MARKER, DeviceSnapshot, PeerSnapshot, format_get
 
 PEER = PeerSnapshot(
     public_key=bytes(range(32)),
@@ -90,6 +90,35 @@ def test_stats_failing_midway_end_with_an_errno(sock_dir: str) -> None:
             await asyncio.to_thread(check)
 
     asyncio.run(main())
+
+
+def test_get_unless_stats_reads_one_line_of_a_wiretun_device(sock_dir: str) -> None:
+    async def main() -> None:
+        with_stats = UapiServer("wt4", MemoryBackend(DEVICE), socket_dir=sock_dir,
+                                stats=lambda: {"drops": {}})  # fmt: skip
+        without = UapiServer("wt5", MemoryBackend(DEVICE), socket_dir=sock_dir)
+        async with with_stats, without:
+            assert await asyncio.to_thread(uapi_client.get_unless_stats, "wt4", sock_dir) is None
+            reply = await asyncio.to_thread(uapi_client.get_unless_stats, "wt5", sock_dir)
+            assert reply is not None and uapi_client.parse_get(reply) == DEVICE
+            # The aborted get is no failure on the server's side.
+            await asyncio.sleep(0.05)
+            assert with_stats.statistics().failed == 0 and without.statistics().failed == 0
+            # One get, nothing refused: the stats request was never sent to wt5 (wireguard-go
+            # would log an error for it).
+            assert without.statistics().gets == 1
+
+    asyncio.run(main())
+
+
+def test_the_marker_counts_among_the_device_lines_only() -> None:
+    marker = STATS_MARKER.rstrip("\n")
+    assert uapi_client.serves_stats(f"{marker}\nlisten_port=1\nerrno=0")
+    assert uapi_client.serves_stats(f"listen_port=1\n{marker}\nerrno=0")
+    assert not uapi_client.serves_stats("listen_port=1\nerrno=0")
+    assert not uapi_client.serves_stats(f"public_key={'00' * 32}\n{marker}\nerrno=0")
+    # The parser reads around it.
+    assert uapi_client.parse_get(marker + "\n" + format_get(DEVICE)) == DEVICE
 
 
 def test_a_device_without_stats_gives_none(sock_dir: str) -> None:

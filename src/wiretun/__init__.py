@@ -13,17 +13,42 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from wiretun.tunnel.stats import TunnelStats
-    from wiretun.tunnel.tunnel import Tunnel, TunnelError, TunnelOptions
+    from wiretun.tunnel.config import ConfigError, TunnelConfig
+    from wiretun.tunnel.stats import PeerCounters, TunnelStats
+    from wiretun.tunnel.tunnel import (
+        Tunnel,
+        TunnelError,
+        TunnelHooks,
+        TunnelOptions,
+        TunnelRunningError,
+    )
 
+# What a program embedding a tunnel uses: the Tunnel, its options and hooks, what it raises
+# (ConfigError is a ValueError; TunnelRunningError a TunnelError) and what stats() returns.
 _LAZY = {
+    "ConfigError": "wiretun.tunnel.config",
+    "TunnelConfig": "wiretun.tunnel.config",
+    "PeerCounters": "wiretun.tunnel.stats",
+    "TunnelStats": "wiretun.tunnel.stats",
     "Tunnel": "wiretun.tunnel.tunnel",
     "TunnelError": "wiretun.tunnel.tunnel",
+    "TunnelHooks": "wiretun.tunnel.tunnel",
     "TunnelOptions": "wiretun.tunnel.tunnel",
-    "TunnelStats": "wiretun.tunnel.stats",
+    "TunnelRunningError": "wiretun.tunnel.tunnel",
 }
 
-__all__ = ["Tunnel", "TunnelError", "TunnelOptions", "TunnelStats", "__version__"]
+__all__ = [
+    "ConfigError",
+    "PeerCounters",
+    "Tunnel",
+    "TunnelConfig",
+    "TunnelError",
+    "TunnelHooks",
+    "TunnelOptions",
+    "TunnelRunningError",
+    "TunnelStats",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -156,8 +156,29 @@ EndpointArg = str | tuple[str, int]
 
 
 class Tunnel:
-    """A WireGuard interface: start() brings it up, close() takes it all down (idempotent);
-    use `async with`. Not thread-safe: call it from the event loop it was started in."""
+    """One WireGuard interface inside your asyncio program, as `wiretun up` runs it.
+
+        async with Tunnel.from_config("/etc/wireguard/wg0.conf") as tunnel:
+            print(tunnel.stats().peers)
+            await tunnel.wait_closed()  # until stop(), or the TUN or UAPI socket goes
+
+    `start()` (or `async with`) brings it up as wg-quick does and returns once packets
+    flow; `close()` takes all of it down (idempotent). It owns the protocol core
+    (`device`), the TUN (`tun`), the UDP sockets, the UAPI socket (`uapi_path`: `wg` and
+    `wiretun show` see it) and the addresses, routes, rules and firewall rules. How it
+    runs is a `TunnelOptions` (from_config takes its fields as keywords: `uapi=False`,
+    `routing=False`, `queues=`, `offload=`, `tun_threads=`); `hooks` add to its start
+    and teardown (`TunnelHooks`).
+
+    While running: `stats()`, `snapshot()`, and the peer operations of `wg set`
+    (`add_peer`, `remove_peer`, `set_endpoint`, `set_allowed_ips`,
+    `set_persistent_keepalive`, `set_preshared_key`), `rebind(port)`, `set_fwmark(mark)`.
+    Plain attributes: `name`, `config` (the parsed TunnelConfig), `options`, `hooks`, `mtu`
+    and `data_path` ("native" or "pure", set by start()), `stop_reason` (why it went down)
+    and `failure` (the exception that ended the data path, if one did).
+
+    Not thread-safe: call it from the event loop it was started in.
+    """
 
     def __init__(
         self,
@@ -166,6 +187,7 @@ class Tunnel:
         options: TunnelOptions | None = None,
         hooks: TunnelHooks | None = None,
     ) -> None:
+        """From a parsed TunnelConfig; `from_config` also takes a path or the file's text."""
         self.config = config
         self.options = options or TunnelOptions()
         self.hooks = hooks or TunnelHooks()
@@ -421,7 +443,8 @@ class Tunnel:
 
     def stop(self, reason: str = "stopped", level: int = logging.INFO) -> None:
         """Ask the tunnel to go down (signal-safe: returns at once); the first reason given
-        is the one kept. `wait_closed()` returns once the teardown is done."""
+        is the one kept (`stop_reason`), logged at `level`. `wait_closed()` returns once the
+        teardown is done."""
         if self.stop_reason is None:
             self.stop_reason = reason
             log.log(level, "stopping: %s", reason)
@@ -443,6 +466,7 @@ class Tunnel:
 
     @property
     def running(self) -> bool:
+        """Between a start() that returned and the beginning of the teardown."""
         return self._state == "running"
 
     async def _supervise(self) -> None:
@@ -506,27 +530,32 @@ class Tunnel:
 
     @property
     def device(self) -> Device:
-        """The protocol core (for reading; change it through the methods below)."""
+        """The protocol core, `wiretun.wireguard.Device` (read it; change it through the
+        Tunnel's peer operations, which keep the UAPI view and the data path in step)."""
         if self._device is None:
             raise RuntimeError(f"Tunnel {self.name} is not started")
         return self._device
 
     @property
     def tun(self) -> TunDevice:
+        """The TUN device (`Tun` or `InlineTun`, a wiretun.tun.TunDevice)."""
         if self._tun is None:
             raise RuntimeError(f"Tunnel {self.name} has no TUN (not started)")
         return self._tun
 
     @property
     def public_key(self) -> str:
+        """The interface's public key, in base64 as `wg` prints it."""
         return key_to_base64(self.config.interface.public_key)
 
     @property
     def listen_port(self) -> int:
+        """The UDP port bound (the config's ListenPort, or the one picked); 0 before start."""
         return self._udp.port if self._udp is not None else 0
 
     @property
     def uapi_path(self) -> str | None:
+        """The UAPI socket (/var/run/wireguard/NAME.sock); None with `uapi=False`."""
         return self._uapi.path if self._uapi is not None else None
 
     def snapshot(self) -> DeviceSnapshot:
@@ -590,6 +619,7 @@ class Tunnel:
         )
 
     def stats_json(self) -> dict[str, object]:
+        """`stats().to_json()`: plain JSON types, what `wiretun show --json` prints."""
         return self.stats().to_json()
 
     # -- changing a running tunnel (UAPI `set` semantics; routes are not touched, as with
@@ -626,6 +656,8 @@ class Tunnel:
         self._apply(PeerUpdate(key, remove=True))
 
     def set_endpoint(self, public_key: Key, endpoint: EndpointArg) -> None:
+        """Where to send to the peer: "host:port", "[v6]:port" or (host, port) (KeyError
+        if there is no such peer). A peer that roams moves it again, as in WireGuard."""
         key = self._existing(public_key)
         self._apply(PeerUpdate(key, update_only=True, endpoint=_endpoint(endpoint)))
 

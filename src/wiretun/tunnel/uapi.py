@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from wiretun.ifname import is_wg_quick_ifname
 from wiretun.tunnel.runfiles import ensure_dir
 from wiretun.tunnel.uapi_protocol import (
     ERRNO_UNKNOWN,
+    STATS_MARKER,
     DeviceSnapshot,
     GetRequest,
     SetOperation,
@@ -334,7 +336,10 @@ class UapiServer:
             await self._send(conn, [self._failed("get", request.error)])
             return
         try:
-            await _send_in_slices(conn, iter(self._backend.get_pieces()))
+            pieces = iter(self._backend.get_pieces())
+            if self._stats_source is not None:  # first line: clients may ask for the stats
+                pieces = itertools.chain([STATS_MARKER], pieces)
+            await _send_in_slices(conn, pieces)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception:

@@ -25,6 +25,10 @@ MAX_LINE = 64 * 1024
 # A peer with more allowed IPs than this is applied in several PeerUpdates.
 MAX_DRAFT_NETWORKS = 1024
 STATS_OP = b"wiretun-stats=1"
+# The first line of a get reply from a device that answers STATS_OP: clients ask for the
+# counters only after seeing it (wireguard-go logs an error and hangs up on an unknown
+# request). `wg` and wgctrl ignore device keys they do not know.
+STATS_MARKER = "wiretun_stats=1\n"
 
 _HEX_KEY_RE = re.compile(r"[0-9a-fA-F]{64}")
 _UINT_RE = re.compile(r"[0-9]+")
