@@ -25,18 +25,7 @@ if TYPE_CHECKING:
 
 # What a program embedding a tunnel uses: the Tunnel, its options and hooks, what it raises
 # (ConfigError is a ValueError; TunnelRunningError a TunnelError) and what stats() returns.
-_LAZY = {
-    "ConfigError": "wiretun.tunnel.config",
-    "TunnelConfig": "wiretun.tunnel.config",
-    "PeerCounters": "wiretun.tunnel.stats",
-    "TunnelStats": "wiretun.tunnel.stats",
-    "Tunnel": "wiretun.tunnel.tunnel",
-    "TunnelError": "wiretun.tunnel.tunnel",
-    "TunnelHooks": "wiretun.tunnel.tunnel",
-    "TunnelOptions": "wiretun.tunnel.tunnel",
-    "TunnelRunningError": "wiretun.tunnel.tunnel",
-}
-
+# wiretun.tunnel says where each lives and imports it on first use.
 __all__ = [
     "ConfigError",
     "PeerCounters",
@@ -52,7 +41,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
+    if name == "__version__" or name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module("wiretun.tunnel"), name)
