@@ -205,8 +205,8 @@ def scenario_flood(args: argparse.Namespace) -> int:
                 result = fl.wait() if fl is not None else {}
                 rows.append((label, pings, mbps, result))
             alive = wt.proc is not None and wt.proc.poll() is None
+            drops = core_drops(wt.stats()) if alive else {}
             wt.stop()
-            drops = core_drops(wt.log_text())
     quiet_mbps = rows[0][2]
     print(f"flood rate asked {args.rate:.0f}/s, {args.seconds} s ping + {args.seconds} s iperf3")
     for label, pings, mbps, result in rows:
@@ -268,8 +268,8 @@ def scenario_dead_peers(args: argparse.Namespace) -> int:
             pings = ping_result(pinger, count)
             initiations = rx_packets() - before
             alive = wt.proc is not None and wt.proc.poll() is None
+            drops = core_drops(wt.stats()) if alive else {}
             wt.stop()
-            drops = core_drops(wt.log_text())
     print(f"poked {n} dead peers in {poke_s * 1000:.0f} ms; over {args.seconds} s: ping {pings}")
     print(f"initiations (datagrams towards the dead endpoints): {initiations}")
     print(f"wiretun alive {alive}; core drops {drops}")

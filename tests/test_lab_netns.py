@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import pytest
 
@@ -54,6 +55,12 @@ def test_delete_kills_what_still_runs_inside() -> None:
     ns = NetNS.create("wtlabk")
     proc = ns.popen("sleep", "60")
     try:
+        # Wait until the process has entered the namespace (and exec'd sleep): deleting it
+        # earlier makes `ip netns exec` itself fail (exit 255), which is not what is tested.
+        deadline = time.monotonic() + 10
+        while str(proc.pid) not in run(["ip", "netns", "pids", ns.name]).split():
+            assert time.monotonic() < deadline, "sleep never entered the namespace"
+            time.sleep(0.01)
         ns.delete()
         assert proc.wait(10) == -9
         assert ns.name not in _namespaces()

@@ -9,12 +9,18 @@ import inspect
 import pytest
 
 from wiretun.testing.memorytun import MemoryTun
-from wiretun.tun import InlineTun, QueueFull, TunClosed
+from wiretun.testing.wgpair import ipv4_packet
+from wiretun.tun import InlineTun, QueueFull, TunClosed, TunDevice
 from wiretun.tunnel.loop import TunPort
+
+# What is sent must be IP packets (InvalidPacket otherwise, as with a real TUN).
+P = {n: ipv4_packet("10.0.0.1", "10.0.0.2", b"%d" % n) for n in range(1, 8)}
 
 
 def test_offers_the_inline_tun_methods_the_loop_uses() -> None:
     tun: TunPort = MemoryTun()  # mypy checks it against the loop's protocol
+    device: TunDevice = MemoryTun()  # and against the TUN contract (test_tun_conformance)
+    assert device.codec_stats() == []
     for name in ("recv_many", "send_ready", "send_many", "send", "close", "stats"):
         ours, theirs = getattr(MemoryTun, name), getattr(InlineTun, name)
         assert inspect.iscoroutinefunction(ours) == inspect.iscoroutinefunction(theirs), name
@@ -47,17 +53,17 @@ def test_recv_many_keeps_order_and_the_batch_limit() -> None:
 def test_send_side_holds_capacity_then_refuses_until_drained() -> None:
     async def main() -> None:
         tun = MemoryTun(capacity=3)
-        assert tun.send_many([b"1", b"2"]) == 2
-        assert tun.send_many([b"3", b"4", b"5"]) == 1  # one place left
+        assert tun.send_many([P[1], P[2]]) == 2
+        assert tun.send_many([P[3], P[4], P[5]]) == 1  # one place left
         with pytest.raises(QueueFull):
-            tun.send(b"6")
+            tun.send(P[6])
         ready = asyncio.create_task(tun.send_ready())
         await asyncio.sleep(0.01)
         assert not ready.done() and tun.waited_for_room == 1
-        assert tun.drain() == [b"1", b"2", b"3"]
+        assert tun.drain() == [P[1], P[2], P[3]]
         await asyncio.wait_for(ready, 1)
-        tun.send(b"7")
-        assert list(tun.held) == [b"7"] and tun.delivered == [b"1", b"2", b"3"]
+        tun.send(P[7])
+        assert list(tun.held) == [P[7]] and tun.delivered == [P[1], P[2], P[3]]
         total = tun.stats().total
         assert (total.tx_packets, total.refused, total.tx_batches) == (4, 3, 3)
 
@@ -67,7 +73,7 @@ def test_send_side_holds_capacity_then_refuses_until_drained() -> None:
 def test_close_wakes_waiters_and_counts_undrained_packets() -> None:
     async def main() -> None:
         tun = MemoryTun(capacity=1)
-        tun.send(b"x")
+        tun.send(P[1])
         reader = asyncio.create_task(tun.recv_many())
         writer = asyncio.create_task(tun.send_ready())
         await asyncio.sleep(0.01)
@@ -79,7 +85,7 @@ def test_close_wakes_waiters_and_counts_undrained_packets() -> None:
         assert tun.closed
         assert dict(tun.stats().total.tx_drops) == {"closed": 1}
         with pytest.raises(TunClosed):
-            tun.send_many([b"y"])
+            tun.send_many([P[2]])
         with pytest.raises(TunClosed):
             tun.inject([b"z"])
 

@@ -1,6 +1,8 @@
-"""The TunDevice contract (wiretun.tun.port), one set of tests run against both TUN classes:
+"""The TunDevice contract (wiretun.tun.port), one set of tests run against every TUN class:
 `Tun` (reader/writer threads) and `InlineTun` (the asyncio loop), over SOCK_SEQPACKET
-socketpairs standing in for the queue fds (no root needed)."""
+socketpairs standing in for the queue fds (no root needed), and the in-memory
+`wiretun.testing.memorytun.MemoryTun` that tests run the tunnel loop on (all but the
+kernel hanging up, which it has no fd for)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,10 @@ import asyncio
 import socket
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
 
+from wiretun.testing.memorytun import MemoryTun
 from wiretun.tun import InlineTun, InvalidPacket, Tun, TunBroken, TunBusy, TunClosed, TunDevice
 
 
@@ -30,36 +32,77 @@ def udp6(seq: int) -> bytes:
                        bytes(15) + b"\2") + udp  # fmt: skip
 
 
-@dataclass
 class Kit:
-    """A TUN under test and the kernel side of its one queue."""
+    """A TUN under test and the kernel's side of its one queue: `inject` is the kernel
+    handing us a packet, `sent()` the next packet the kernel read from us."""
 
     tun: TunDevice
-    peer: socket.socket
+
+    def inject(self, packet: bytes) -> None:
+        raise NotImplementedError
+
+    def sent(self) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.tun.close()
 
 
-def _tun(fds: list[int]) -> TunDevice:
-    return Tun.from_fds(fds, name="conf")
+class FdKit(Kit):
+    def __init__(self, make: Callable[[list[int]], TunDevice]) -> None:
+        ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.peer.settimeout(5)
+        ours.setblocking(False)
+        self.tun = make([ours.detach()])
+
+    def inject(self, packet: bytes) -> None:
+        self.peer.send(packet)
+
+    def sent(self) -> bytes:
+        return self.peer.recv(65535)
+
+    def close(self) -> None:
+        super().close()
+        self.peer.close()
 
 
-def _inline(fds: list[int]) -> TunDevice:
-    return InlineTun("conf", fds)
+class MemoryKit(Kit):
+    def __init__(self) -> None:
+        self.mem = self.tun = MemoryTun("conf")
+
+    def inject(self, packet: bytes) -> None:
+        self.mem.inject([packet])
+
+    def sent(self) -> bytes:
+        self.mem.drain()
+        return self.mem.delivered.pop(0)
 
 
-MAKERS: dict[str, Callable[[list[int]], TunDevice]] = {"Tun": _tun, "InlineTun": _inline}
+KITS: dict[str, Callable[[], Kit]] = {
+    "Tun": lambda: FdKit(lambda fds: Tun.from_fds(fds, name="conf")),
+    "InlineTun": lambda: FdKit(lambda fds: InlineTun("conf", fds)),
+    "MemoryTun": MemoryKit,
+}
 
 
-@pytest.fixture(params=sorted(MAKERS))
-def kit(request: pytest.FixtureRequest) -> Iterator[Kit]:
-    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    peer.settimeout(5)
-    ours.setblocking(False)
-    tun = MAKERS[request.param]([ours.detach()])
+def _kit(request: pytest.FixtureRequest) -> Iterator[Kit]:
+    kit = KITS[request.param]()
     try:
-        yield Kit(tun, peer)
+        yield kit
     finally:
-        tun.close()
-        peer.close()
+        kit.close()
+
+
+@pytest.fixture(params=sorted(KITS))
+def kit(request: pytest.FixtureRequest) -> Iterator[Kit]:
+    yield from _kit(request)
+
+
+@pytest.fixture(params=["InlineTun", "Tun"])
+def fd_kit(request: pytest.FixtureRequest) -> Iterator[FdKit]:
+    for kit in _kit(request):
+        assert isinstance(kit, FdKit)
+        yield kit
 
 
 def test_identity(kit: Kit) -> None:
@@ -77,7 +120,7 @@ def test_recv_many_waits_then_gives_at_most_max_in_order(kit: Kit) -> None:
         await asyncio.sleep(0.05)
         assert not waiter.done()  # nothing arrived yet: it waits
         for p in packets:
-            kit.peer.send(p)
+            kit.inject(p)
         batches = [await waiter]
         got = len(batches[0])
         while got < len(packets):
@@ -99,7 +142,7 @@ def test_a_second_waiting_receiver_is_told_busy_and_the_first_keeps_its_packets(
         await asyncio.sleep(0.02)
         with pytest.raises(TunBusy, match="already waiting"):
             await kit.tun.recv_many(10)
-        kit.peer.send(udp4(1))
+        kit.inject(udp4(1))
         return await asyncio.wait_for(first, 5)
 
     assert asyncio.run(main()) == [udp4(1)]
@@ -107,9 +150,9 @@ def test_a_second_waiting_receiver_is_told_busy_and_the_first_keeps_its_packets(
 
 def test_receivers_one_after_the_other_are_fine(kit: Kit) -> None:
     async def main() -> list[bytes]:
-        kit.peer.send(udp4(1))
+        kit.inject(udp4(1))
         a = await asyncio.wait_for(kit.tun.recv_many(10), 5)
-        kit.peer.send(udp4(2))
+        kit.inject(udp4(2))
         b = await asyncio.wait_for(kit.tun.recv_many(10), 5)
         return a + b
 
@@ -125,7 +168,7 @@ def test_send_and_send_many_deliver_in_order(kit: Kit) -> None:
         return kit.tun.send_many(batch)
 
     assert asyncio.run(main()) == len(batch)
-    assert [kit.peer.recv(65535) for _ in range(len(batch) + 1)] == [udp4(100), *batch]
+    assert [kit.sent() for _ in range(len(batch) + 1)] == [udp4(100), *batch]
 
 
 @pytest.mark.parametrize(
@@ -150,7 +193,7 @@ def test_what_is_not_an_ip_packet_is_a_value_error_and_nothing_is_sent(
         kit.tun.send(udp4(2))
 
     asyncio.run(main())
-    assert kit.peer.recv(65535) == udp4(2)  # the good packet of the refused batch never went
+    assert kit.sent() == udp4(2)  # the good packet of the refused batch never went
 
 
 def test_bytes_like_packets_are_taken(kit: Kit) -> None:
@@ -158,14 +201,14 @@ def test_bytes_like_packets_are_taken(kit: Kit) -> None:
         return kit.tun.send_many([bytearray(udp4(1)), memoryview(udp4(2))])  # type: ignore[list-item]
 
     assert asyncio.run(main()) == 2
-    assert [kit.peer.recv(65535) for _ in range(2)] == [udp4(1), udp4(2)]
+    assert [kit.sent() for _ in range(2)] == [udp4(1), udp4(2)]
 
 
-def test_eof_from_the_kernel_side_is_tun_broken(kit: Kit) -> None:
+def test_eof_from_the_kernel_side_is_tun_broken(fd_kit: FdKit) -> None:
     async def main() -> None:
-        kit.peer.close()
+        fd_kit.peer.close()
         with pytest.raises(TunBroken):
-            await asyncio.wait_for(kit.tun.recv_many(10), 5)
+            await asyncio.wait_for(fd_kit.tun.recv_many(10), 5)
 
     asyncio.run(main())
 
@@ -189,7 +232,7 @@ def test_close_wakes_the_receiver_with_tun_closed_and_is_idempotent(kit: Kit) ->
 
 def test_stats_are_a_snapshot(kit: Kit) -> None:
     async def main() -> None:
-        kit.peer.send(udp4(1))
+        kit.inject(udp4(1))
         await asyncio.wait_for(kit.tun.recv_many(10), 5)
 
     before = kit.tun.stats()

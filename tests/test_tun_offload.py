@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import logging
 import struct
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wiretun.tun.codec import OffloadFeatures
+from wiretun.tun.gso import decode_frame, have_numpy
 from wiretun.tun.offload import (
     F_DATA_VALID,
     F_NEEDS_CSUM,
@@ -338,6 +341,8 @@ def test_split_then_coalesce_roundtrip(  # noqa: PLR0917 (hypothesis passes them
     # Every segment checks out with the independent word-loop arithmetic ...
     assert all(ip_ok(p) and l4_ok(p) for p in out)
     assert out == segs
+    # ... built one by one (no numpy) as well ...
+    assert decode_frame(frame, OffloadStats(), vectorised=False) == segs
     # ... and coalescing them back gives the kernel's frame, byte for byte.
     back = coalesce(out, udp=True)
     if len(segs) == 1:
@@ -381,6 +386,7 @@ def test_split_64k_at_a_small_mss(v6: bool) -> None:
     # The kernel's smallest MSS (48) is within the cap too.
     tiny = segments(f, data_of(65535 - f.iph - 20), 48)
     assert len(tiny) <= MAX_SEGMENTS and split(super_frame(f, tiny, 48)) == tiny
+    assert decode_frame(super_frame(f, tiny, 48), stats, vectorised=False) == tiny
 
 
 @pytest.mark.parametrize("tcp", [True, False])
@@ -391,6 +397,7 @@ def test_split_ipv6_extension_headers(tcp: bool) -> None:
     want = [with_ipv6_ext(s, [8, 16], vnet=False) for s in segs]
     out = split(frame)
     assert out == want and all(l4_ok(s) for s in segs)
+    assert decode_frame(frame, OffloadStats(), vectorised=False) == want
 
 
 @pytest.mark.parametrize("csum_start", [44, 48, 1000, 4000, 60000])
@@ -423,8 +430,10 @@ def test_split_output_is_bounded(frame: bytes, gso: int, start: int, v6: bool) -
     """Whatever the header says, one frame never becomes more than MAX_SPLIT_BYTES."""
     gso_type = GSO_TCPV6 if v6 else GSO_TCPV4
     pkt = bytes([0x60 if v6 else 0x45]) + frame
-    out = split(VNET_HDR.pack(F_NEEDS_CSUM, gso_type, 0, gso, start, 16) + pkt)
+    frame = VNET_HDR.pack(F_NEEDS_CSUM, gso_type, 0, gso, start, 16) + pkt
+    out = split(frame)
     assert sum(map(len, out)) <= MAX_SPLIT_BYTES and len(out) <= MAX_SEGMENTS
+    assert decode_frame(frame, OffloadStats(), vectorised=False) == out
 
 
 # --- coalescing rules ---
@@ -741,8 +750,10 @@ def test_vectorised_coalesce_equals_the_loop(
     n: int, changes: list[tuple[int, str]], size: int, options: bytes, verify: bool
 ) -> None:
     """Mostly plain segments of one flow with a few departures (so the vectorised path is
-    taken often): its frames equal the per-packet loop's, bit for bit."""
+    taken often): its frames equal the per-packet loop's, bit for bit, and the numpy checksum
+    pass agrees with the per-packet one."""
     from wiretun.tun.gro import _coalesce_loop, _coalesce_tcp4, _frames
+    from wiretun.tun.gro import coalesce as gro_coalesce
 
     tweaks = ["plain"] * n
     for at, tweak in changes:
@@ -777,10 +788,41 @@ def test_vectorised_coalesce_equals_the_loop(
         seq[f.sport] = (seq[f.sport] + n) & 0xFFFFFFFF
         if t != "same_id":
             ip_id[f.sport] = (ip_id[f.sport] + 1) & 0xFFFF
-    want = _frames(_coalesce_loop(packets, False), OffloadStats(), verify)
+    # The loop with the per-packet checksum check: what runs without numpy.
+    want = _frames(_coalesce_loop(packets, False), OffloadStats(), verify, vectorised=False)
+    assert _frames(_coalesce_loop(packets, False), OffloadStats(), verify, vectorised=True) == want
     fast = _coalesce_tcp4(packets)
     if fast is not None:
-        assert _frames(fast, OffloadStats(), verify) == want
+        assert _frames(fast, OffloadStats(), verify, vectorised=True) == want
     assert coalesce(packets, OffloadStats(), verify=verify) == want
+    assert gro_coalesce(packets, OffloadStats(), verify=verify, vectorised=False) == want
     if set(tweaks) <= {"plain", "psh", "short", "gap", "window", "ttl", "option", "big"}:
         assert fast is not None  # one flow, all candidates: the vectorised path decided
+
+
+def test_without_numpy_the_codec_gives_the_same_frames(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """numpy is the `pure` extra: without it the offload codec splits and coalesces (and
+    verifies checksums) packet by packet, to the same bytes, and says so once."""
+    f = Flow()
+    segs = segments(f, data_of(40000), 1448)  # 28 segments: split vectorised with numpy
+    frame = super_frame(f, segs, 1448)
+    many = segs + segments(Flow(sport=41000), data_of(60000), 1448)  # >= VECTOR_MIN_BATCH
+
+    def run() -> tuple[list[bytes], list[bytes]]:
+        codec = make_codec(OffloadFeatures(uso=False))
+        return codec.decode(frame), codec.encode(many)
+
+    with_numpy = run()
+    have_numpy.cache_clear()
+    monkeypatch.setitem(sys.modules, "numpy", None)  # `import numpy` raises ImportError
+    try:
+        with caplog.at_level(logging.INFO, logger="wiretun.tun.gso"):
+            assert run() == with_numpy
+            assert run() == with_numpy
+        assert not have_numpy()
+        assert caplog.text.count("numpy is not installed") == 1
+    finally:
+        have_numpy.cache_clear()
+    assert with_numpy[0] == segs and len(with_numpy[1]) == 2  # one frame per flow

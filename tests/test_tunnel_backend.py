@@ -18,6 +18,7 @@ from wiretun.tunnel.uapi_protocol import (
     SetFwmark,
     SetListenPort,
     SetOperation,
+    SetParser,
     SetPrivateKey,
     UapiError,
     format_get,
@@ -173,3 +174,29 @@ def test_a_refused_peer_update_changes_nothing() -> None:
     with pytest.raises(UapiError):
         backend.apply([bad])
     assert device.peer(peer).preshared_key == b"\x22" * 32 and device.peer(peer).endpoint is None
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_update_only_after_a_piece_removes_only_a_peer_the_set_created(exists: bool) -> None:
+    """Pieces of one large peer applied in separate calls, as the server streams them."""
+    backend, reference, _, _ = _pair()
+    key = _pub(os.urandom(32))
+    if exists:
+        _apply_both(backend, reference, [PeerUpdate(key, add_allowed_ips=(_net("fd00::/64"),))])
+    other = _pub(os.urandom(32))
+    _apply_both(backend, reference, [PeerUpdate(other, add_allowed_ips=(_net("10.0.0.0/24"),))])
+    lines = [f"public_key={key.hex()}", "allowed_ip=10.0.0.0/24"]
+    lines += [f"allowed_ip=10.1.{i // 256}.{i % 256}/32" for i in range(1100)]
+    lines += ["update_only=true", "allowed_ip=10.2.0.0/16"]
+    parser = SetParser(max_networks=500)
+    ops, error = parser.feed(lines)
+    assert error is None
+    for op in [*ops, *parser.finish()]:
+        _apply_both(backend, reference, [op])
+    peers = {p.public_key: p for p in backend.device.peers}
+    assert (key in peers) == exists
+    # The new peer took 10.0.0.0/24 from `other` before it went: gone from both.
+    assert _net("10.0.0.0/24") not in peers[other].allowed_ips
+    if exists:
+        assert _net("10.2.0.0/16") in peers[key].allowed_ips
+        assert len(peers[key].allowed_ips) == 1 + 1 + 1100 + 1

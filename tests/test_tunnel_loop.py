@@ -9,9 +9,15 @@ from collections.abc import Sequence
 import pytest
 
 from wiretun.testing.memorytun import MemoryTun
+from wiretun.testing.wgpair import ipv4_packet
 from wiretun.tunnel.loop import HANDSHAKES_PER_TURN, TunnelLoop
 from wiretun.tunnel.udp import Datagram, UdpBind
 from wiretun.wireguard.events import Endpoint, Event, KeysZeroed
+
+
+def ip(payload: bytes) -> bytes:
+    """An IPv4 packet carrying `payload`: a TUN takes IP packets only (InvalidPacket)."""
+    return ipv4_packet("10.0.0.1", "10.0.0.2", payload)
 
 
 class ToyCore:
@@ -110,10 +116,10 @@ def test_packets_cross_both_ways_in_order() -> None:
         la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
         runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
         try:
-            forward = [bytes([i % 256]) * (100 + i % 3) for i in range(1000)]
+            forward = [ip(bytes([i % 256]) * (100 + i % 3)) for i in range(1000)]
             for i in range(0, len(forward), 50):
                 ta.inject(forward[i : i + 50])
-            back = [b"reply %d" % i for i in range(300)]
+            back = [ip(b"reply %d" % i) for i in range(300)]
             tb.inject(back)
 
             def arrived() -> bool:
@@ -146,7 +152,7 @@ def test_full_tun_stops_udp_reads_until_it_drains() -> None:
         la, lb = TunnelLoop(ta, ca, ua, batch=32), TunnelLoop(tb, cb, ub, batch=32)
         runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
         try:
-            packets = [b"p%04d" % i for i in range(500)]
+            packets = [ip(b"p%04d" % i) for i in range(500)]
             ta.inject(packets)
             await _until(lambda: len(tb.held) >= 50)
             await asyncio.sleep(0.1)
@@ -182,11 +188,11 @@ def test_udp_backlog_stops_tun_reads() -> None:
             ua.attach(asyncio.get_running_loop(), lambda: None, lambda: None)
             # A backlog as if the socket had said EAGAIN: the reader must wait for it.
             sock = ua._socks[next(iter(ua._socks))]
-            sock.pending.append((("127.0.0.1", ub.port), [b"Tqueued"]))
+            sock.pending.append((("127.0.0.1", ub.port), [b"T" + ip(b"queued")]))
             sock.pending_count = 1
             assert ua.backlogged
             runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
-            ta.inject([b"after"])
+            ta.inject([ip(b"after")])
             await asyncio.sleep(0.05)
             assert la.stats().packets_from_tun == 0
             assert la.stats().tun_reads_paused == 1
@@ -197,7 +203,7 @@ def test_udp_backlog_stops_tun_reads() -> None:
                 return len(tb.delivered) == 2
 
             await _until(arrived)
-            assert tb.delivered == [b"queued", b"after"]
+            assert tb.delivered == [ip(b"queued"), ip(b"after")]
         finally:
             la.stop()
             lb.stop()
@@ -255,10 +261,10 @@ def test_a_deadline_a_batch_brings_forward_is_armed_at_once() -> None:
         la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
         runs = [asyncio.create_task(la.run()), asyncio.create_task(lb.run())]
         try:
-            ta.inject([b"one"])
+            ta.inject([ip(b"one")])
             await _until(lambda: ca.batches == 1)
             await asyncio.sleep(0.01)
-            ta.inject([b"two"])
+            ta.inject([ip(b"two")])
             await _until(lambda: la.stats().timer_runs >= 1, timeout=2.0)
         finally:
             la.stop()
@@ -278,12 +284,12 @@ def test_handshakes_are_handled_in_capped_turns_apart_from_data() -> None:
         try:
             flood = [b"H%03d" % i for i in range(100)]
             ca.out.extend(flood)  # straight onto the wire, as a flooder would
-            ta.inject([b"data"])
+            ta.inject([ip(b"data")])
             la.kick()
 
             def answered() -> bool:
                 tb.drain()
-                return len(ca.answered) == len(flood) and tb.delivered == [b"data"]
+                return len(ca.answered) == len(flood) and tb.delivered == [ip(b"data")]
 
             await _until(answered)
             assert ca.answered == [b"R" + h[1:] for h in flood]  # in order, every one
@@ -305,11 +311,11 @@ def test_a_core_bug_is_logged_and_ends_the_loop_with_its_error(
 ) -> None:
     async def main() -> None:
         ta, tb, ca, cb, ua, ub = _pair()
-        cb.raise_on = b"Tboom"
+        cb.raise_on = b"T" + ip(b"boom")
         la, lb = TunnelLoop(ta, ca, ua), TunnelLoop(tb, cb, ub)
         run_a = asyncio.create_task(la.run())
         try:
-            ta.inject([b"boom"])
+            ta.inject([ip(b"boom")])
             with pytest.raises(RuntimeError, match="core bug"):
                 await asyncio.wait_for(lb.run(), 5)
             assert lb.stats().drops == {"core_receive_error": 1}
@@ -409,13 +415,13 @@ def test_replace_udp_closes_old_sockets_only_after_the_old_reader_let_go() -> No
             await _until(lambda: ua.watch_done_at_close is not None)
             assert ua.watch_done_at_close is True
             # Both directions still work over the new sockets.
-            tb.inject([b"to-a"])
-            ta.inject([b"to-b"])
+            tb.inject([ip(b"to-a")])
+            ta.inject([ip(b"to-b")])
 
             def arrived() -> bool:
                 ta.drain()
                 tb.drain()
-                return ta.delivered == [b"to-a"] and tb.delivered == [b"to-b"]
+                return ta.delivered == [ip(b"to-a")] and tb.delivered == [ip(b"to-b")]
 
             await _until(arrived)
         finally:

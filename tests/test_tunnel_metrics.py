@@ -23,6 +23,9 @@ class FakeTunnel:
     def stats(self) -> TunnelStats:
         return self._stats
 
+    async def stats_in_slices(self) -> TunnelStats:
+        return self._stats
+
 
 async def _get(port: int, path: str) -> tuple[str, str]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -76,3 +79,12 @@ def test_a_stopped_tunnel_exports_nothing() -> None:
     fake.running = False
     server = MetricsServer(cast(Tunnel, fake), "127.0.0.1", 0)
     assert b"wiretun_" not in server.render()
+    assert asyncio.run(server.render_async()) == b""
+
+
+def test_the_served_text_is_the_collectors() -> None:
+    """What a scrape gets (read in slices, rendered in a thread) is what the registry's
+    collector renders from the same counters."""
+    server = MetricsServer(cast(Tunnel, FakeTunnel(sample(mac1=1))), "127.0.0.1", 0)
+    assert asyncio.run(server.render_async()) == server.render()
+    assert b"wiretun_peer_receive_bytes_total" in server.render()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import MappingProxyType
 
@@ -16,6 +17,7 @@ from wiretun.tunnel.stats import (
     TunnelStats,
     core_drops,
     format_endpoint,
+    json_line_pieces,
 )
 from wiretun.tunnel.udp import UdpStats
 from wiretun.wireguard.stats import DROP_REASONS, DropReason
@@ -83,6 +85,17 @@ def test_json_is_plain_and_round_trips() -> None:
     assert again["offload"]["drops"] == {"bad_gso": 4}
     assert again["drops"]["core.replay"] == 2
     assert again["frame_drops"] == {"too_many_segments": 1}
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_json_in_pieces_is_the_same_object_on_one_line(count: int) -> None:
+    peers = tuple(dataclasses.replace(PEER, rx_bytes=i, endpoint=None) for i in range(count))
+    whole = dataclasses.replace(sample(mac1=1), peers=peers)
+    pieces = list(json_line_pieces(dataclasses.replace(whole, peers=()), iter(peers)))
+    assert len(pieces) == count + 2  # one per peer: the caller can pause between them
+    line = "".join(pieces)
+    assert "\n" not in line
+    assert json.loads(line) == whole.to_json()
 
 
 def test_offload_counters_sum_the_queues() -> None:

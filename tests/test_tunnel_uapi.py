@@ -25,6 +25,7 @@ from wiretun.testing.uapi import MemoryBackend
 from wiretun.tunnel.config import parse_config
 from wiretun.tunnel.uapi import UapiInUseError, UapiServer
 from wiretun.tunnel.uapi_protocol import (
+    STATS_MARKER,
     DeviceSnapshot,
     GetRequest,
     PeerSnapshot,
@@ -307,21 +308,31 @@ def test_parse_set_in_line_order() -> None:
             "allowed_ip=10.5.0.0/16",  # ignored after remove
         ]
     )
+    # update_only after allowed IPs: those go first (a new peer takes them from others),
+    # then a remove of the peer if they created it; the rest only updates (see PeerBlock).
     assert ops == [
+        PeerUpdate(
+            public_key=PUB2,
+            add_allowed_ips=(net("10.0.0.0/8"), net("10.2.0.0/16")),
+            remove_allowed_ips=(net("10.1.0.0/16"),),
+        ),
+        PeerUpdate(public_key=PUB2, remove=True),
         PeerUpdate(
             public_key=PUB2,
             update_only=True,
             preshared_key=bytes(32),
             endpoint=("fe80::1%eth0", 0),
             persistent_keepalive=0,
-            add_allowed_ips=(net("10.0.0.0/8"), net("10.2.0.0/16")),
-            remove_allowed_ips=(net("10.1.0.0/16"),),
         ),
         PeerUpdate(
             public_key=PUB3, replace_allowed_ips=True, add_allowed_ips=(net("10.4.0.0/16"),)
         ),
         PeerUpdate(public_key=PUB3, remove=True),
     ]
+    first, conditional = ops[0], ops[1]
+    assert isinstance(first, PeerUpdate) and isinstance(conditional, PeerUpdate)
+    assert first.block is not None and conditional.block is first.block
+    assert ops[2].block is None and ops[4].block is None  # type: ignore[union-attr]
 
 
 # ---- framing ----
@@ -522,6 +533,65 @@ def test_semantics() -> None:
     assert apply_to_snapshot(after, [SetPrivateKey(bytes(32))]).private_key is None
 
 
+def _state(snapshot: DeviceSnapshot) -> dict[bytes, set[str]]:
+    return {p.public_key: {str(n) for n in p.allowed_ips} for p in snapshot.peers}
+
+
+def test_update_only_after_allowed_ips_removes_a_peer_the_block_created() -> None:
+    """What wireguard-go v0.0.20220316 answered (`get=1` after each set): a new peer takes
+    10.0.0.1 from PUB2, then update_only=true removes it with the address; the lines after
+    it change nothing. For a peer that exists, update_only changes nothing."""
+    start = DeviceSnapshot(
+        private_key=PRIV1, peers=(PeerSnapshot(PUB2, allowed_ips=(net("10.0.0.1/32"),
+                                                                  net("10.0.0.2/32"))),),
+    )  # fmt: skip
+    lines = [f"public_key={PUB3_HEX}", "allowed_ip=10.0.0.1/32", "update_only=true",
+             "allowed_ip=10.0.0.2/32", "endpoint=192.0.2.1:5"]  # fmt: skip
+    after = apply_to_snapshot(start, parse_set(lines))
+    assert _state(after) == {PUB2: {"10.0.0.2/32"}}
+    lines = [f"public_key={PUB2_HEX}", "allowed_ip=10.0.0.3/32", "update_only=true",
+             "allowed_ip=10.0.0.4/32"]  # fmt: skip
+    assert _state(apply_to_snapshot(after, parse_set(lines))) == {
+        PUB2: {"10.0.0.2/32", "10.0.0.3/32", "10.0.0.4/32"}
+    }
+    # update_only before anything else: the block is an update, or nothing.
+    lines = [f"public_key={PUB3_HEX}", "update_only=true", "allowed_ip=10.0.0.2/32"]
+    assert parse_set(lines) == [
+        PeerUpdate(PUB3, update_only=True, add_allowed_ips=(net("10.0.0.2/32"),))
+    ]
+    assert apply_to_snapshot(after, parse_set(lines)) == after
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_update_only_after_a_piece_of_a_large_peer_went_out(exists: bool) -> None:
+    """A peer with more allowed IPs than a piece holds is created by its first piece; an
+    update_only=true after that removes it again if the set created it (as wireguard-go,
+    which creates at the public_key line), however the pieces are applied."""
+    nets = [f"10.{i // 256}.{i % 256}.0/24" for i in range(2500)]
+    lines = [f"public_key={PUB3_HEX}"] + [f"allowed_ip={n}" for n in nets[:1500]]
+    lines += ["update_only=true"] + [f"allowed_ip={n}" for n in nets[1500:]]
+    lines += ["persistent_keepalive_interval=5"]
+    old = (PeerSnapshot(PUB3, allowed_ips=(net("192.0.2.0/24"),)),) if exists else ()
+    start = DeviceSnapshot(private_key=PRIV1, peers=old)
+    parser = SetParser(max_networks=1000)
+    backend = MemoryBackend(start)  # one apply per piece, as the server streams a set
+    for piece in (lines[:700], lines[700:1600], lines[1600:]):
+        ops, error = parser.feed(piece)
+        assert error is None
+        backend.apply(ops)
+    backend.apply(parser.finish())
+    if exists:
+        assert _state(backend.snapshot) == {PUB3: {"192.0.2.0/24", *nets}}
+        assert backend.snapshot.peers[0].persistent_keepalive == 5
+    else:
+        assert backend.snapshot.peers == ()
+    # Parsed whole, the same; and the same operations on a fresh start decide afresh.
+    assert apply_to_snapshot(start, parse_set(lines)) == backend.snapshot
+    other = DeviceSnapshot(private_key=PRIV1, peers=() if exists else (PeerSnapshot(PUB3),))
+    again = apply_to_snapshot(other, parse_set(lines))
+    assert len(again.peers) == (0 if exists else 1)
+
+
 # ---- the server, on a socket in a private directory ----
 
 
@@ -651,7 +721,7 @@ def test_server_answers_stats_with_one_json_line_or_eopnotsupp(sock_dir: str) ->
             line, errno_line = stats_reply.splitlines()
             assert line.startswith("stats=") and errno_line == "errno=0"
             assert json.loads(line.removeprefix("stats=")) == counters
-            assert get_reply == "errno=0"
+            assert get_reply == STATS_MARKER + "errno=0"  # it says it answers the stats
         async with UapiServer("wt5", backend, socket_dir=sock_dir) as s:
             out = await exchange(s.path, b"wiretun-stats=1\n\n", 1)
             assert out == f"errno={-errno.EOPNOTSUPP}\n\n".encode()
@@ -757,25 +827,29 @@ def test_server_answers_a_valid_request_before_closing_on_a_malformed_one(sock_d
     asyncio.run(main())
 
 
-def test_server_caps_connections(sock_dir: str) -> None:
+def test_server_past_its_connection_cap_makes_new_clients_wait(sock_dir: str) -> None:
+    """As with wireguard-go (which serves them one at a time), a client past the cap is not
+    turned away: it waits in the listen backlog and is answered once a connection closes."""
+
     async def main() -> None:
         async with UapiServer("wt6", MemoryBackend(), socket_dir=sock_dir,
                               max_connections=3) as server:  # fmt: skip
             held = [await asyncio.open_unix_connection(server.path) for _ in range(3)]
             await asyncio.sleep(0.05)  # all three accepted
-            reader, writer = await asyncio.open_unix_connection(server.path)
-            assert await asyncio.wait_for(reader.read(), 5) == b""  # refused: closed at once
-            writer.close()
-            assert server.statistics().refused == 1
+            waiting = [asyncio.create_task(exchange(server.path, b"get=1\n\n", 1))
+                       for _ in range(5)]  # fmt: skip
+            done, _ = await asyncio.wait(waiting, timeout=0.3)
+            assert not done  # queued, not refused, not served
+            assert server.statistics().waits == 1
             _, first = held.pop()
             first.close()
             await first.wait_closed()
-            await asyncio.sleep(0.05)
-            assert await exchange(server.path, b"get=1\n\n", 1) == b"errno=0\n\n"  # room again
+            # One slot: the five go through it one after the other.
+            assert await asyncio.wait_for(asyncio.gather(*waiting), 5) == [b"errno=0\n\n"] * 5
             for _, w in held:
                 w.close()
             stats = server.statistics()
-            assert (stats.connections, stats.refused) == (4, 1)
+            assert stats.connections == 8 and stats.waits >= 2
 
     asyncio.run(main())
 
@@ -838,6 +912,19 @@ def test_server_applies_a_set_as_its_lines_arrive(sock_dir: str) -> None:
             writer.close()
             assert len(backend.snapshot.peers) == 3000
             assert len(backend.applied) >= 2
+
+    asyncio.run(main())
+
+
+def test_server_update_only_after_a_streamed_piece_removes_the_new_peer(sock_dir: str) -> None:
+    nets = "".join(f"allowed_ip=10.{i // 256}.{i % 256}.0/24\n" for i in range(1500))
+    request = f"set=1\npublic_key={PUB3_HEX}\n{nets}update_only=true\nallowed_ip=10.99.0.0/16\n\n"
+
+    async def main() -> None:
+        backend = MemoryBackend(DeviceSnapshot(private_key=PRIV1))
+        async with UapiServer("wt10", backend, socket_dir=sock_dir) as server:
+            assert await exchange(server.path, request.encode(), 1) == b"errno=0\n\n"
+        assert backend.snapshot.peers == ()
 
     asyncio.run(main())
 

@@ -8,14 +8,14 @@ import ipaddress
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import pytest
 
 from wiretun.testing.uapi import MemoryBackend
 from wiretun.tunnel import uapi_client
 from wiretun.tunnel.uapi import UapiServer
-from wiretun.tunnel.uapi_protocol import DeviceSnapshot, PeerSnapshot, format_get
+from wiretun.tunnel.uapi_protocol import STATS_MARKER, DeviceSnapshot, PeerSnapshot, format_get
 
 PEER = PeerSnapshot(
     public_key=bytes(range(32)),
@@ -42,7 +42,9 @@ def sock_dir() -> Iterator[str]:
         yield path
 
 
-def _serve(sock_dir: str, name: str, stats: object | None, check: object) -> None:
+def _serve(
+    sock_dir: str, name: str, stats: Mapping[str, object] | Iterable[str] | None, check: object
+) -> None:
     async def main() -> None:
         server = UapiServer(
             name, MemoryBackend(DEVICE), socket_dir=sock_dir,
@@ -61,6 +63,62 @@ def test_get_and_stats_from_a_live_server(sock_dir: str) -> None:
         assert uapi_client.stats("wt0", sock_dir) == {"drops": {"core.mac1": 1}}
 
     _serve(sock_dir, "wt0", {"drops": {"core.mac1": 1}}, check)
+
+
+def test_stats_given_in_pieces_arrive_as_one_line(sock_dir: str) -> None:
+    pieces = ['{"peers":[', '{"a":1}', ',{"a":2}', '],"drops":{}}']
+
+    def check() -> None:
+        assert uapi_client.stats("wt2", sock_dir) == {"peers": [{"a": 1}, {"a": 2}], "drops": {}}
+
+    _serve(sock_dir, "wt2", pieces, check)
+
+
+def test_stats_failing_midway_end_with_an_errno(sock_dir: str) -> None:
+    def pieces() -> Iterator[str]:
+        yield '{"peers":['
+        raise RuntimeError("a bug")
+
+    def check() -> None:
+        raw = uapi_client.request(f"{sock_dir}/wt3.sock", b"wiretun-stats=1\n\n")
+        assert raw.endswith("\nerrno=-55")  # after whatever part of the line went out
+        assert uapi_client.stats("wt3", sock_dir) is None
+
+    async def main() -> None:
+        server = UapiServer("wt3", MemoryBackend(DEVICE), socket_dir=sock_dir, stats=pieces)
+        async with server:
+            await asyncio.to_thread(check)
+
+    asyncio.run(main())
+
+
+def test_get_unless_stats_reads_one_line_of_a_wiretun_device(sock_dir: str) -> None:
+    async def main() -> None:
+        with_stats = UapiServer("wt4", MemoryBackend(DEVICE), socket_dir=sock_dir,
+                                stats=lambda: {"drops": {}})  # fmt: skip
+        without = UapiServer("wt5", MemoryBackend(DEVICE), socket_dir=sock_dir)
+        async with with_stats, without:
+            assert await asyncio.to_thread(uapi_client.get_unless_stats, "wt4", sock_dir) is None
+            reply = await asyncio.to_thread(uapi_client.get_unless_stats, "wt5", sock_dir)
+            assert reply is not None and uapi_client.parse_get(reply) == DEVICE
+            # The aborted get is no failure on the server's side.
+            await asyncio.sleep(0.05)
+            assert with_stats.statistics().failed == 0 and without.statistics().failed == 0
+            # One get, nothing refused: the stats request was never sent to wt5 (wireguard-go
+            # would log an error for it).
+            assert without.statistics().gets == 1
+
+    asyncio.run(main())
+
+
+def test_the_marker_counts_among_the_device_lines_only() -> None:
+    marker = STATS_MARKER.rstrip("\n")
+    assert uapi_client.serves_stats(f"{marker}\nlisten_port=1\nerrno=0")
+    assert uapi_client.serves_stats(f"listen_port=1\n{marker}\nerrno=0")
+    assert not uapi_client.serves_stats("listen_port=1\nerrno=0")
+    assert not uapi_client.serves_stats(f"public_key={'00' * 32}\n{marker}\nerrno=0")
+    # The parser reads around it.
+    assert uapi_client.parse_get(marker + "\n" + format_get(DEVICE)) == DEVICE
 
 
 def test_a_device_without_stats_gives_none(sock_dir: str) -> None:

@@ -578,6 +578,9 @@ def test_stats_report_per_peer_counters() -> None:
     assert peer.tx_bytes > 0 and peer.rx_bytes > 0
     assert peer.last_handshake == pytest.approx(pair.clock.now + 1.7e9)
     assert stats.packets_sealed == 1
+    totals = pair.a.stats(peers=False)  # the same counters without the per-peer part
+    assert totals.peers == () and totals.packets_sealed == 1
+    assert (totals.drops, totals.packets_opened) == (stats.drops, stats.packets_opened)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

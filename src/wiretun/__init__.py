@@ -13,21 +13,34 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from wiretun.tunnel.stats import TunnelStats
-    from wiretun.tunnel.tunnel import Tunnel, TunnelError, TunnelOptions
+    from wiretun.tunnel.config import ConfigError, TunnelConfig
+    from wiretun.tunnel.stats import PeerCounters, TunnelStats
+    from wiretun.tunnel.tunnel import (
+        Tunnel,
+        TunnelError,
+        TunnelHooks,
+        TunnelOptions,
+        TunnelRunningError,
+    )
 
-_LAZY = {
-    "Tunnel": "wiretun.tunnel.tunnel",
-    "TunnelError": "wiretun.tunnel.tunnel",
-    "TunnelOptions": "wiretun.tunnel.tunnel",
-    "TunnelStats": "wiretun.tunnel.stats",
-}
-
-__all__ = ["Tunnel", "TunnelError", "TunnelOptions", "TunnelStats", "__version__"]
+# What a program embedding a tunnel uses: the Tunnel, its options and hooks, what it raises
+# (ConfigError is a ValueError; TunnelRunningError a TunnelError) and what stats() returns.
+# wiretun.tunnel says where each lives and imports it on first use.
+__all__ = [
+    "ConfigError",
+    "PeerCounters",
+    "Tunnel",
+    "TunnelConfig",
+    "TunnelError",
+    "TunnelHooks",
+    "TunnelOptions",
+    "TunnelRunningError",
+    "TunnelStats",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
+    if name == "__version__" or name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module("wiretun.tunnel"), name)

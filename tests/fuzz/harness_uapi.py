@@ -15,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+import weakref
 
 from fuzz.mutate import TEXT_MUTATORS
 from fuzz.runner import Harness
 from wiretun.tunnel.backend import DeviceBackend
 from wiretun.tunnel.uapi_protocol import (
+    BlockRecord,
     DeviceSnapshot,
     GetRequest,
     SetOperation,
@@ -50,6 +52,12 @@ VALID = [
         f"public_key={_KEY1}\nremove=true\nallowed_ip=1.2.3.4/32\n\nget=1\n\n"
     ).encode(),
     f"set=1\npublic_key={_KEY2}\nremove=true\n\r\n".encode(),
+    # A new peer takes an allowed IP, then update_only=true removes it (and the IP with it).
+    (
+        f"set=1\npublic_key={_KEY2}\nallowed_ip=10.0.0.0/24\n\n"
+        f"set=1\npublic_key={_KEY3}\nallowed_ip=10.0.0.0/24\nupdate_only=true\n"
+        "allowed_ip=10.1.0.0/24\n\nget=1\n\n"
+    ).encode(),
     b"set=1\nlisten_port=65536\n\n",
     b"get=1\nx",
 ]
@@ -121,6 +129,7 @@ class _Live:
             self.device, now=lambda: 100.0, rebind=lambda port: port or _ANY_PORT
         )
         self.model = DeviceSnapshot(private_key=_PRIVATE, listen_port=_PORT)
+        self.blocks: BlockRecord = weakref.WeakKeyDictionary()
 
     def apply(self, ops: list[SetOperation]) -> UapiError | None:
         """One by one on both; the first the backend refuses stops the rest on both."""
@@ -129,7 +138,7 @@ class _Live:
                 self.backend.apply([op])
             except UapiError as exc:
                 return exc
-            self.model = apply_to_snapshot(self.model, [op])
+            self.model = apply_to_snapshot(self.model, [op], self.blocks)
         return None
 
     def compare(self) -> None:

@@ -1,6 +1,7 @@
 """examples/embedded_service.py, run as a user would: a Tunnel inside a plain asyncio
 service, against Debian's wireguard-go in another namespace; the service's echo is reached
-through the tunnel and its reports come from `Tunnel.stats()`."""
+through the tunnel and its reports come from `Tunnel.stats()`; and its argument and
+configuration errors, one line each (no root needed for those)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,6 @@ import pytest
 from wiretun.lab.netns import Topology
 from wiretun.lab.peers import PeerSpec, WireguardGoPeer, WiretunPeer, have_wireguard_go
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(not have_wireguard_go(), reason="needs wireguard-go and wg"),
-]
-
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "embedded_service.py"
 
 
@@ -33,6 +29,36 @@ def _next_report(out: IO[str]) -> dict[str, Any]:
     return report
 
 
+def _example(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLE), *args], capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+
+
+def test_help_and_bad_arguments_are_one_line_without_a_tunnel(tmp_path: Path) -> None:
+    shown = _example("--help")
+    assert shown.returncode == 0 and "--listen ADDRESS:PORT" in shown.stdout
+    for listen in ("nope", "10.9.0.1", "10.9.0.1:0", "[fd00::1]:70000"):
+        bad = _example(str(tmp_path / "wg0.conf"), "--listen", listen)
+        assert bad.returncode == 2
+        assert bad.stderr.splitlines()[-1] == (
+            f"embedded_service.py: error: argument --listen: {listen!r} is not ADDRESS:PORT "
+            "(e.g. 10.9.0.1:7000)"
+        )
+    missing = _example(str(tmp_path / "wg0.conf"), "--listen", "10.9.0.1:7000")
+    assert missing.returncode == 2
+    assert missing.stderr == (
+        f"embedded_service.py: {tmp_path}/wg0.conf: cannot read: No such file or directory\n"
+    )
+    (tmp_path / "wg1.conf").write_text("[Interface]\nPrivateKey = nope\n")
+    broken = _example(str(tmp_path / "wg1.conf"), "--listen", "10.9.0.1:7000")
+    assert broken.returncode == 2 and len(broken.stderr.splitlines()) == 1, broken.stderr
+    assert "Traceback" not in broken.stderr and "PrivateKey" in broken.stderr
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not have_wireguard_go(), reason="needs wireguard-go and wg")
 def test_the_embedded_service_answers_through_the_tunnel_and_reports_stats(
     topology: Topology, tmp_path: Path
 ) -> None:
@@ -85,6 +111,18 @@ def test_the_embedded_service_answers_through_the_tunnel_and_reports_stats(
             last = json.loads(out.read().strip().splitlines()[-1])
             assert last["event"] == "down" and last["echoed"] == 3
             assert wt.name not in a.run("ip", "-o", "link")  # the example's tunnel is gone
+            # An address that is not the tunnel's: one line, exit 1, the tunnel taken down.
+            elsewhere = subprocess.run(
+                ["ip", "netns", "exec", a.name, sys.executable, str(EXAMPLE), config,
+                 "--listen", "10.9.0.5:7000"],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            assert elsewhere.returncode == 1
+            assert elsewhere.stderr == (
+                "embedded_service.py: cannot listen on 10.9.0.5 port 7000: "
+                "Cannot assign requested address\n"
+            )
+            assert wt.name not in a.run("ip", "-o", "link")
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -1,17 +1,19 @@
 """The live robustness tests' tools, checked without root: each kind of garbage lands on
 the drop reason it is meant to reach in a real (in-memory) Device with a live session, and
-the teardown-log parsers read what `wiretun up` writes."""
+the stats readers take what `wiretun show --json` prints."""
 
 from __future__ import annotations
 
 import random
-
-import pytest
+from dataclasses import fields
 
 from scenarios.hostile import GarbageMaker, stranger_initiation
 from scenarios.traffic import core_drops, loop_drops
 from wiretun.testing.wgpair import make_pair
+from wiretun.tunnel.loop import LoopStats
+from wiretun.tunnel.stats import TunnelStats
 from wiretun.wireguard.messages import MSG_TRANSPORT
+from wiretun.wireguard.stats import DROP_REASONS
 
 # kind -> the drop reasons it may reach (exactly one per datagram).
 EXPECTED = {
@@ -63,19 +65,16 @@ def test_each_kind_of_garbage_reaches_its_drop_reason() -> None:
     assert len(pair.delivered_to(pair.a)) == 1
 
 
-LOG = """\
-2026-01-01 00:00:00,000 INFO wiretun.tunnel.tunnel: stopping: SIGTERM
-2026-01-01 00:00:00,001 INFO wiretun.tunnel.tunnel: wt0 down: SIGTERM
-2026-01-01 00:00:00,001 INFO wiretun.tunnel.tunnel: loop LoopStats(packets_from_tun=3, \
-drops={'core_receive_error': 1}, events={'HandshakeCompleted': 1})
-2026-01-01 00:00:00,001 INFO wiretun.tunnel.tunnel: udp UdpStats(port=1, drops={})
-2026-01-01 00:00:00,002 INFO wiretun.tunnel.tunnel: core drops {'mac1': 3, 'replay': 40}
-"""
+# What `wiretun show --json` prints under "stats" (TunnelStats.to_json()), the parts read.
+STATS = {
+    "core_drops": dict.fromkeys(DROP_REASONS, 0) | {"mac1": 3, "replay": 40},
+    "loop": {"packets_from_tun": 3, "drops": {"core_receive_error": 1, "x": 0}},
+}
 
 
-def test_teardown_log_parsers() -> None:
-    assert core_drops(LOG) == {"mac1": 3, "replay": 40}
-    assert loop_drops(LOG) == {"core_receive_error": 1}
-    assert core_drops(LOG.replace("{'mac1': 3, 'replay': 40}", "{}")) == {}
-    with pytest.raises(LookupError):
-        core_drops("wiretun was killed")
+def test_stats_readers() -> None:
+    assert core_drops(STATS) == {"mac1": 3, "replay": 40}  # zeros left out
+    assert loop_drops(STATS) == {"core_receive_error": 1}
+    # The keys they read are the snapshot's own field names.
+    assert {"core_drops", "loop"} <= {f.name for f in fields(TunnelStats)}
+    assert "drops" in {f.name for f in fields(LoopStats)}

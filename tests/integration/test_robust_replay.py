@@ -75,8 +75,7 @@ def test_replayed_initiation_and_transport_are_rejected(topology: Topology) -> N
         assert set(count.received) == set(range(FIRST + SECOND))
         assert count.duplicates == 0, count.duplicates
         assert count.foreign == 0
-        assert wt.stop() == 0
-        drops = core_drops(wt.log_text())
+        drops = core_drops(wt.stats())
         print(
             f"captured {len(initiations)} initiation(s), {len(transports)} transport(s); "
             f"replayed each twice; drops {drops}"
@@ -84,3 +83,4 @@ def test_replayed_initiation_and_transport_are_rejected(topology: Topology) -> N
         assert drops.get("handshake_replay", 0) == 2 * len(initiations)
         assert drops.get("replay", 0) == 2 * len(transports)
         assert drops.get("decrypt", 0) == 0
+        assert wt.stop() == 0

@@ -105,6 +105,16 @@ def test_show_json_and_text_against_a_live_tunnel(topology: Topology) -> None:
         assert "  wiretun: data path" in text.stdout
         assert re.search(r"latest handshake: (Now|\d+ seconds? ago)", text.stdout)
         assert "drops: " in text.stdout
+        # wireguard-go's device: wg's fields and a note; it was asked only `get=1` (the
+        # stats request would have made it log "invalid UAPI operation" and hang up).
+        wg_block = text.stdout.split(f"interface: {wg.name}\n", 1)[1].split("\ninterface: ")[0]
+        assert "\n  note: not a `wiretun up` tunnel" in "\n" + wg_block
+        assert "wiretun: data path" not in wg_block
+        shown_wg = _wiretun(a, "show", wg.name, "--json")
+        assert shown_wg.returncode == 0, shown_wg.stderr
+        assert json.loads(shown_wg.stdout)["stats"] is None
+        assert json.loads(shown_wg.stdout)["peers"][0]["public_key"] == wt.keys.public
+        assert "ERROR" not in wg.log_text(), wg.log_text()
 
         gone = _wiretun(a, "show", "nosuchif0")
         assert gone.returncode == 1

@@ -224,6 +224,7 @@ def run_soak(
             result.packets, result.lost, result.out_of_order, result.mbps = _udp_result(out)
             result.loss_seconds = _loss_seconds(out, warmup)
             result.counters = _kernel_counters(a, wa.name) + _kernel_counters(b, wb.name)
+            result.drops = (core_drops(wa.stats()), core_drops(wb.stats()))
         finally:
             for p in (client, server):
                 if p is not None and p.poll() is None:
@@ -232,5 +233,4 @@ def run_soak(
                     p.wait()
             out_file.close()
         result.exit_codes = (wa.stop(), wb.stop())
-        result.drops = (core_drops(wa.log_text()), core_drops(wb.log_text()))
     return result

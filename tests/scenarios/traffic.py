@@ -1,47 +1,34 @@
 """Counting traffic and reading a daemon's state for live tests: sequence-numbered UDP,
-the drop counters `wiretun up` logs at teardown, and process RSS."""
+the drop counters of a live `wiretun up` (from its stats, as `wiretun show --json` reads
+them; the teardown log lines are for people), and process RSS."""
 
 from __future__ import annotations
 
-import ast
-import re
 import socket
 import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 _SEQ = struct.Struct("!Q")
-_CORE_DROPS = re.compile(r"core drops (\{[^}]*\})")
-_LOOP_DROPS = re.compile(r"loop LoopStats\(.*?drops=(\{[^}]*\})")
 
 
-def _last_dict(pattern: re.Pattern[str], log: str) -> dict[str, int] | None:
-    found = pattern.findall(log)
-    if not found:
-        return None
-    value = ast.literal_eval(found[-1])
-    if not isinstance(value, dict):
-        raise TypeError(f"not a dict: {found[-1]!r}")
-    return {str(k): int(v) for k, v in value.items()}
+def _non_zero(counts: Mapping[str, Any]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in counts.items() if v}
 
 
-def core_drops(log: str) -> dict[str, int]:
-    """The WireGuard core's drops by reason, from the `core drops {...}` line `wiretun -v up`
-    logs when it stops. Raises LookupError if the log has none (it did not stop cleanly)."""
-    drops = _last_dict(_CORE_DROPS, log)
-    if drops is None:
-        raise LookupError("no 'core drops' line in the log: did wiretun stop cleanly?")
-    return drops
+def core_drops(stats: Mapping[str, Any]) -> dict[str, int]:
+    """The WireGuard core's non-zero drops by reason, from a live tunnel's stats
+    (`WiretunPeer.stats()`, i.e. TunnelStats.to_json())."""
+    return _non_zero(stats["core_drops"])
 
 
-def loop_drops(log: str) -> dict[str, int]:
-    """The tunnel loop's own drops (core calls that raised), from its teardown line."""
-    drops = _last_dict(_LOOP_DROPS, log)
-    if drops is None:
-        raise LookupError("no 'loop LoopStats(...)' line in the log")
-    return drops
+def loop_drops(stats: Mapping[str, Any]) -> dict[str, int]:
+    """The tunnel loop's own non-zero drops (core calls that raised), from the same stats."""
+    return _non_zero(stats["loop"]["drops"])
 
 
 def rss_kib(pid: int) -> int:

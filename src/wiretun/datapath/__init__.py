@@ -69,7 +69,7 @@ if _module is not None:
         _module.open_run,
         _module.segments,
         _module.Coalescer,
-        pure.split_frames,
+        pure.split_frames_unvectorised,
     )
 
 _warned = False

@@ -31,6 +31,7 @@ __all__ = [
     "segments",
     "source_allowed",
     "split_frames",
+    "split_frames_unvectorised",
 ]
 
 OPEN_DROPS: Final = ("replay", "decrypt", "bad_packet", "allowed_ips")  # open_run's drops
@@ -86,10 +87,19 @@ def _segments_of(frame: Buffer, vnet: bool, drops: OffloadStats) -> list[bytes]:
     return decode_frame(frame, drops) if vnet else [bytes(frame)]
 
 
-def split_frames(frames: Sequence[Buffer]) -> tuple[list[bytes], dict[str, int]]:
-    """The IP packets of vnet frames, in order, and the frames dropped by reason."""
+def split_frames(
+    frames: Sequence[Buffer], *, vectorised: bool = True
+) -> tuple[list[bytes], dict[str, int]]:
+    """The IP packets of vnet frames, in order, and the frames dropped by reason
+    (`vectorised=False`: without numpy, see wiretun.tun.gso.split_gso)."""
     stats = OffloadStats()
-    return decode_frames(frames, stats), dict(stats.dropped)
+    return decode_frames(frames, stats, vectorised=vectorised), dict(stats.dropped)
+
+
+def split_frames_unvectorised(frames: Sequence[Buffer]) -> tuple[list[bytes], dict[str, int]]:
+    """`split_frames` without numpy: the native backend's, for the few frames its core sends
+    the per-packet way (no session yet, no route), so that it never loads numpy (~18 MB)."""
+    return split_frames(frames, vectorised=False)
 
 
 def segments(frame: Buffer, vnet: bool) -> int:

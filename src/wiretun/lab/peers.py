@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from wiretun.lab.netns import NetNS, unique_name
 from wiretun.lab.procs import (
@@ -291,6 +292,17 @@ class WiretunPeer:
 
     def dump(self) -> tuple[list[str], list[PeerDump]]:
         return parse_dump(self.wg("show", self.name, "dump"))
+
+    def stats(self) -> dict[str, Any]:
+        """The live tunnel's counters (TunnelStats.to_json(), what `wiretun show --json`
+        prints under "stats"), asked over its UAPI socket with the request `show` sends.
+        Read them before `stop()`: the teardown log lines are for people."""
+        from wiretun.tunnel import uapi_client  # noqa: PLC0415 (only tests that read stats)
+
+        found = uapi_client.stats(self.name, SOCKET_DIR)
+        if found is None:
+            raise RuntimeError(f"{self.name} answered the stats request with no counters")
+        return found
 
     def stop(self, sig: int = signal.SIGTERM, *, timeout: float = 15.0) -> int | None:
         """Signal wiretun and wait; returns its exit code (None if it was not running).

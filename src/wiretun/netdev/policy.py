@@ -8,13 +8,14 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
 
-from wiretun.netdev.errors import NetdevError
+from wiretun.netdev.bulk import RouteSocket
+from wiretun.netdev.errors import NetdevError, errno_of
 from wiretun.netdev.ops import (
     EXISTS,
     FIB_RULE_INVERT,
@@ -120,12 +121,13 @@ class PolicyRouting:
         self.name = name
         self._on_rules = on_rules
         self._ipr: Any = None
+        self._bulk: RouteSocket | None = None
         self._ifindex = 0
         self._lock = asyncio.Lock()
         self._routes: list[tuple[Network, int]] = []
-        # Our device's main-table prefixes as (version, length, network int): read once,
+        # Our device's main-table prefixes, {(version, length): network ints}: read once,
         # then kept up to date with the routes we add (see covered_in_main).
-        self._main: set[tuple[int, int, int]] | None = None
+        self._main: dict[tuple[int, int], set[int]] | None = None
         self.rules: list[RuleSpec] = []
         self.fwmark = 0  # the mark the `not fwmark` rules exclude (0 = none installed)
         self.fwmark_table: int | None = None
@@ -134,6 +136,7 @@ class PolicyRouting:
         ipr = AsyncIPRoute(groups=0)
         try:
             self._ifindex = await lookup_link(ipr, self.name)
+            self._bulk = RouteSocket()  # routes go in bulk, the rest through pyroute2
         except BaseException:
             ipr.close()
             raise
@@ -179,14 +182,15 @@ class PolicyRouting:
         between two calls are not seen; wg-quick's per-IP check would see them."""
         if self._main is None:
             self._main = await self._main_prefixes()
-        main, bits = self._main, net.max_prefixlen
-        addr = int(net.network_address)
+        bits, version, addr = net.max_prefixlen, net.version, int(net.network_address)
+        # Only the prefix lengths main has (a few), not all 33 or 129.
         return any(
-            (net.version, n, addr >> (bits - n) << (bits - n)) in main
-            for n in range(net.prefixlen + 1)
+            addr >> (bits - n) << (bits - n) in nets
+            for (v, n), nets in self._main.items()
+            if v == version and n <= net.prefixlen
         )
 
-    async def _main_prefixes(self) -> set[tuple[int, int, int]]:
+    async def _main_prefixes(self) -> dict[tuple[int, int], set[int]]:
         ipr = self._started()
 
         async def dump(family: int) -> list[Any]:
@@ -197,7 +201,7 @@ class PolicyRouting:
                 )
             ]
 
-        found: set[tuple[int, int, int]] = set()
+        found: dict[tuple[int, int], set[int]] = {}
         for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
             async with self._lock:
                 routes = await nl_call("list routes of", self.name, dump(family)) or []
@@ -208,22 +212,39 @@ class PolicyRouting:
                     continue
                 dst = msg.get("dst") or ("0.0.0.0" if version == 4 else "::")
                 net = ipaddress.ip_network(f"{dst}/{int(msg['dst_len'])}", strict=False)
-                found.add((version, net.prefixlen, int(net.network_address)))
+                found.setdefault((version, net.prefixlen), set()).add(int(net.network_address))
         return found
 
     async def add_route(self, net: Network, table: int) -> None:
         """`ip route add NET dev D table T`. A route to NET already in T (another device's
         default route in main, say) is an error, as it is for wg-quick: ours would not win."""
-        ipr = self._started()
-        call = ipr.route(
-            "add", family=family_of(net), dst=str(net.network_address), dst_len=net.prefixlen,
-            oif=self._ifindex, table=table,
-        )  # fmt: skip
+        await self.add_routes([(net, table)])
+
+    async def add_routes(self, routes: Sequence[tuple[Network, int]]) -> None:
+        """add_route for each (network, table), sent in bulk. Raises a NetdevError for the
+        first that failed; unlike wg-quick, which stops there, the others were tried too, and
+        those that went in are ours (close() removes them)."""
+        self._started()
+        bulk = self._bulk
+        assert bulk is not None  # set with _ipr
         async with self._lock:
-            await nl_call("add route", f"{net} dev {self.name} table {table}", call)
-        self._routes.append((net, table))
-        if table == MAIN_TABLE and self._main is not None:
-            self._main.add((net.version, net.prefixlen, int(net.network_address)))
+            try:
+                codes = await bulk.apply("add", routes, self._ifindex)
+            except OSError as e:
+                raise NetdevError("add routes", f"dev {self.name}", errno_of(e)) from e
+        failed: NetdevError | None = None
+        for (net, table), code in zip(routes, codes, strict=True):
+            if code:
+                failed = failed or NetdevError(
+                    "add route", f"{net} dev {self.name} table {table}", code
+                )
+                continue
+            self._routes.append((net, table))
+            if table == MAIN_TABLE and self._main is not None:
+                key = (net.version, net.prefixlen)
+                self._main.setdefault(key, set()).add(int(net.network_address))
+        if failed is not None:
+            raise failed
 
     async def add_default(self, net: Network, table: int, fwmark: int) -> None:
         """A default route: into `table`, plus (once per family) `not fwmark M lookup T` and
@@ -282,7 +303,8 @@ class PolicyRouting:
     async def close(self) -> None:
         """Delete our rules and routes; failures are logged. Idempotent."""
         ipr, self._ipr = self._ipr, None
-        if ipr is None:
+        bulk, self._bulk = self._bulk, None
+        if ipr is None or bulk is None:
             return
         errors: list[NetdevError] = []
         try:
@@ -290,21 +312,20 @@ class PolicyRouting:
                 errors += await delete_rules(ipr, reversed(self.rules))
                 self.rules = []
                 self._on_rules([])
-                for net, table in reversed(self._routes):
-                    call = ipr.route(
-                        "del", family=family_of(net), dst=str(net.network_address),
-                        dst_len=net.prefixlen, table=table,
-                    )  # fmt: skip
-                    # The device may be gone already, and its routes with it.
-                    await collect(
-                        errors,
-                        nl_call(
-                            "delete route", f"{net} table {table}", call, GONE | {errno.ENODEV}
-                        ),
-                    )
+                routes = self._routes[::-1]
+                # The device may be gone already, and its routes with it.
+                try:
+                    codes = await bulk.apply("del", routes, self._ifindex)
+                except OSError as e:
+                    errors.append(NetdevError("delete routes", f"dev {self.name}", errno_of(e)))
+                    codes = [0] * len(routes)  # unknown: nothing more to say per route
+                for (net, table), code in zip(routes, codes, strict=True):
+                    if code and code not in _ROUTE_GONE:
+                        errors.append(NetdevError("delete route", f"{net} table {table}", code))
                 self._routes = []
         finally:
             ipr.close()
+            bulk.close()
         for err in errors:
             log.warning("teardown of %s: %s", self.name, err)
 

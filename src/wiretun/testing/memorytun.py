@@ -1,5 +1,5 @@
 """A TUN device in memory, for running the tunnel loop (or anything written against
-`InlineTun`) without root: no fd, no kernel, the test plays the kernel's part."""
+`wiretun.tun.TunDevice`) without root: no fd, no kernel, the test plays the kernel's part."""
 
 from __future__ import annotations
 
@@ -7,16 +7,22 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-from wiretun.tun.errors import QueueFull, TunClosed
+from wiretun.tun.base import check_packets
+from wiretun.tun.errors import QueueFull, TunBusy, TunClosed
 from wiretun.tun.stats import QueueCounters, TunStats, count
 from wiretun.tun.tun import DEFAULT_MAX_BATCH, DEFAULT_OUTBOUND_CAPACITY
 
+if TYPE_CHECKING:
+    from wiretun.tun.gso import OffloadStats
+
 
 class MemoryTun:
-    """The part of `InlineTun`'s API that `TunnelLoop` uses: `recv_many`, `send_ready`,
-    `send_many`, `send`, `close`, `stats`, `name`, `queues`, `uso`, `closed`.
+    """A `TunDevice` (wiretun.tun.port) with one queue and no offloads, keeping the same
+    contract as `InlineTun` (tests/test_tun_conformance.py runs it with both): one waiting
+    receiver at a time (TunBusy), InvalidPacket for what is not an IP packet, QueueFull
+    exactly when `send_ready()` would wait.
 
     `inject` is the kernel handing us packets (an application writing to the interface).
     What we send waits in `held`, the kernel's queue of at most `capacity` packets, until
@@ -37,6 +43,7 @@ class MemoryTun:
         self._readable: asyncio.Event | None = None
         self._room: asyncio.Event | None = None
         self._busy = False  # the last recv_many returned without waiting
+        self._receiving = False  # a task is in recv_many
         self._closed = False
 
     # The same read-only facts InlineTun reports: one queue, no UDP super-packets.
@@ -84,9 +91,26 @@ class MemoryTun:
 
     async def recv_many(self, max: int = DEFAULT_MAX_BATCH) -> list[bytes]:
         """Wait for at least one packet; return up to `max` in arrival order. TunClosed
-        after close (also for a waiter)."""
+        after close (also for a waiter), TunBusy while another task waits here."""
         if max < 1:
             raise ValueError("max must be positive")
+        if self._receiving:
+            raise TunBusy(f"TUN {self.name!r}: another task is already waiting in recv_many")
+        self._receiving = True
+        try:
+            await self._wait_readable()
+        finally:
+            self._receiving = False
+        n = min(max, len(self._inbound))
+        out = [self._inbound.popleft() for _ in range(n)]
+        c = self._counters
+        c.rx_packets += n
+        c.rx_frames += n
+        c.rx_batches += 1
+        c.rx_bytes += sum(map(len, out))
+        return out
+
+    async def _wait_readable(self) -> None:
         # As InlineTun: after a call that did not wait, yield once so that a busy TUN does
         # not starve the caller's other tasks.
         if self._busy:
@@ -99,14 +123,6 @@ class MemoryTun:
             event.clear()
             await event.wait()
         self._check_open()
-        n = min(max, len(self._inbound))
-        out = [self._inbound.popleft() for _ in range(n)]
-        c = self._counters
-        c.rx_packets += n
-        c.rx_frames += n
-        c.rx_batches += 1
-        c.rx_bytes += sum(map(len, out))
-        return out
 
     # --- send ---
 
@@ -126,8 +142,9 @@ class MemoryTun:
 
     def send(self, packet: bytes) -> None:
         """Queue one packet; QueueFull when there is no room (exactly when `send_ready()`
-        would wait)."""
+        would wait); InvalidPacket (a ValueError) for what is not an IP packet."""
         self._check_open()
+        check_packets((packet,))
         if self._room_left() <= 0:
             self._counters.refused += 1
             raise QueueFull(f"TUN {self.name!r}: {self.capacity} packets already queued")
@@ -135,8 +152,10 @@ class MemoryTun:
 
     def send_many(self, packets: Sequence[bytes]) -> int:
         """Queue as many of `packets` as fit, in order; return how many were taken (the rest
-        count as refused). Never blocks."""
+        count as refused). Never blocks. InvalidPacket (a ValueError) if any is not an IP
+        packet: then none is taken."""
         self._check_open()
+        check_packets(packets)
         taken = list(packets[: max(0, self._room_left())])
         self._counters.refused += len(packets) - len(taken)
         if taken:
@@ -144,7 +163,8 @@ class MemoryTun:
         return len(taken)
 
     def _take(self, packets: list[bytes]) -> None:
-        self.held.extend(packets)
+        # As the kernel keeps a copy: a bytearray changed later does not change `held`.
+        self.held.extend(p if type(p) is bytes else bytes(p) for p in packets)
         c = self._counters
         c.tx_packets += len(packets)
         c.tx_frames += len(packets)
@@ -155,6 +175,10 @@ class MemoryTun:
 
     def stats(self) -> TunStats:
         return TunStats(name=self.name, queues=(self._counters.snapshot(0),))
+
+    def codec_stats(self) -> list[OffloadStats]:
+        """No offload codecs: always empty."""
+        return []
 
     def close(self) -> None:
         """Waiters raise TunClosed; packets not drained yet count as dropped ("closed").

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 
 from wiretun.tunnel.uapi_protocol import (
+    BlockRecord,
     DeviceSnapshot,
     SetOperation,
     apply_to_snapshot,
@@ -18,6 +20,7 @@ class MemoryBackend:
 
     def __init__(self, snapshot: DeviceSnapshot | None = None) -> None:
         self.snapshot = snapshot if snapshot is not None else DeviceSnapshot()
+        self._blocks: BlockRecord = weakref.WeakKeyDictionary()  # see PeerBlock
 
     def get_snapshot(self) -> DeviceSnapshot:
         return self.snapshot
@@ -26,4 +29,4 @@ class MemoryBackend:
         return format_get_pieces(self.snapshot)
 
     def apply(self, ops: list[SetOperation]) -> None:
-        self.snapshot = apply_to_snapshot(self.snapshot, ops)
+        self.snapshot = apply_to_snapshot(self.snapshot, ops, self._blocks)

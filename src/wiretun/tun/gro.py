@@ -1,11 +1,16 @@
-"""The virtio_net_hdr write side: coalesce a batch of packets into GSO frames the way GRO would."""
+"""The virtio_net_hdr write side: coalesce a batch of packets into GSO frames the way GRO would.
+
+With numpy (the `pure` extra) the common TCP/IPv4 batch is decided and the merged packets'
+checksums verified as array operations; without it the per-packet loop and a per-packet
+checksum do the same. numpy is imported on first use (the native data path never comes here).
+"""
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from wiretun.packet import PROTO_TCP, PROTO_UDP, internet_checksum, ones_complement_sum
 from wiretun.tun.gso import (
@@ -20,7 +25,11 @@ from wiretun.tun.gso import (
     ZERO_VNET_HDR,
     OffloadStats,
     fold32,
+    have_numpy,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_COALESCED_LEN = 0xFFFF  # IP length of a merged packet; the kernel's gro_max_size is 64 KB
 UDP_MAX_SEGMENTS = 64  # the kernel's limit before 6.x raised it to 128: stay under both
@@ -146,7 +155,12 @@ def _emit(item: _Item | _Run) -> bytes:
 
 
 def coalesce(
-    packets: Sequence[bytes], stats: OffloadStats, *, udp: bool = False, verify: bool = True
+    packets: Sequence[bytes],
+    stats: OffloadStats,
+    *,
+    udp: bool = False,
+    verify: bool = True,
+    vectorised: bool = True,
 ) -> list[bytes]:
     """Frames (vnet header + packet) for a batch, merging consecutive segments of a flow.
 
@@ -156,8 +170,9 @@ def coalesce(
     traffic class, TTL/hop limit and DF, sequence-adjacent, IPv4 IDs consecutive, equal
     payload sizes with only the last smaller, at most 64 KB. UDP merges only with `udp=True`
     (the kernel accepted USO), at most 64 datagrams. Checksums must be valid (the kernel
-    trusts CHECKSUM_PARTIAL): they are verified for all merged packets in one vectorised
-    pass afterwards, and an item holding a bad one is written unmerged instead.
+    trusts CHECKSUM_PARTIAL): they are verified for all merged packets afterwards (in one
+    vectorised pass with numpy), and an item holding a bad one is written unmerged instead.
+    `vectorised=False` (or no numpy) decides and verifies packet by packet: same frames.
 
     `verify=False` skips that pass, for packets whose integrity is already established: the
     WireGuard tunnel's packets were authenticated by the peer's AEAD, the same reason the
@@ -165,8 +180,10 @@ def coalesce(
     own doing, and the kernel then computes a valid one over the merged payload.
     """
     stats.packets_in += len(packets)
-    items = _coalesce_tcp4(packets) if len(packets) >= VECTOR_MIN_BATCH else None
-    return _frames(_coalesce_loop(packets, udp) if items is None else items, stats, verify)
+    vectorised = vectorised and have_numpy()
+    items = _coalesce_tcp4(packets) if vectorised and len(packets) >= VECTOR_MIN_BATCH else None
+    out = _coalesce_loop(packets, udp) if items is None else items
+    return _frames(out, stats, verify, vectorised)
 
 
 def _coalesce_loop(packets: Sequence[bytes], udp: bool) -> list[_Item | bytes]:
@@ -252,10 +269,14 @@ def _coalesce_loop(packets: Sequence[bytes], udp: bool) -> list[_Item | bytes]:
     return out
 
 
-def _frames(out: Sequence[_Item | _Run | bytes], stats: OffloadStats, verify: bool) -> list[bytes]:
+def _frames(
+    out: Sequence[_Item | _Run | bytes], stats: OffloadStats, verify: bool, vectorised: bool
+) -> list[bytes]:
     """The frames of coalesced items (merged ones checked first if `verify`) and loners."""
     merged = [o for o in out if not isinstance(o, bytes) and o.count > 1]
-    bad = _verify(merged) if verify and merged else set()
+    bad: set[_Item | _Run] = set()
+    if verify and merged:
+        bad = _verify(merged) if vectorised else _verify_plain(merged)
     frames: list[bytes] = []
     for o in out:
         if isinstance(o, bytes):
@@ -274,7 +295,6 @@ def _frames(out: Sequence[_Item | _Run | bytes], stats: OffloadStats, verify: bo
 
 # Header bytes the vectorised path looks at: IPv4 without options + the longest TCP header.
 _W = 80
-_ROW = np.dtype((np.void, _W))
 
 
 def _same_mask(hl: int) -> np.ndarray:
@@ -282,17 +302,31 @@ def _same_mask(hl: int) -> np.ndarray:
     IPv4 version/IHL, TOS, flags/fragment, TTL, protocol, addresses, ports, ACK number, data
     offset, window and TCP options; zeros at lengths, IDs, checksums, sequence, TCP flags,
     urgent pointer and payload."""
+    import numpy as np  # noqa: PLC0415 (the `pure` extra, imported on first use)
+
     keep = [0, 1, 6, 7, 8, 9, *range(12, 24), *range(28, 33), 34, 35, *range(40, hl)]
     mask = np.zeros(_W, np.uint8)
     mask[keep] = 0xFF
     return mask
 
 
-_MASKS = {hl: _same_mask(hl) for hl in range(40, _W + 1, 4)}
-_ELIGIBLE_COLS = np.array([0, 6, 7, 9])
-_ELIGIBLE_MASK = np.array([0xFF, 0x3F, 0xFF, 0xFF], np.uint8)
-_ELIGIBLE = np.array([0x45, 0, 0, PROTO_TCP], np.uint8)
-_FIELDS = np.array([2, 3, 4, 5, 24, 25, 26, 27])  # total length, ID, sequence number
+class _Tables:
+    """The vectorised path's constant arrays, built once on first use."""
+
+    def __init__(self) -> None:
+        import numpy as np  # noqa: PLC0415
+
+        self.row = np.dtype((np.void, _W))
+        self.masks = {hl: _same_mask(hl) for hl in range(40, _W + 1, 4)}
+        self.eligible_cols = np.array([0, 6, 7, 9])
+        self.eligible_mask = np.array([0xFF, 0x3F, 0xFF, 0xFF], np.uint8)
+        self.eligible = np.array([0x45, 0, 0, PROTO_TCP], np.uint8)
+        self.fields = np.array([2, 3, 4, 5, 24, 25, 26, 27])  # total length, ID, sequence
+
+
+@functools.cache
+def _tables() -> _Tables:
+    return _Tables()
 
 
 def _coalesce_tcp4(packets: Sequence[bytes]) -> list[_Run | bytes] | None:
@@ -301,6 +335,8 @@ def _coalesce_tcp4(packets: Sequence[bytes]) -> list[_Run | bytes] | None:
     flags ACK or ACK|PSH, one header length, payload, each flow's packets adjacent. None for
     any other batch (the general loop then decides): for these batches both give the same
     frames."""
+    import numpy as np  # noqa: PLC0415
+
     n = len(packets)
     first = packets[0]
     if len(first) <= _W or first[0] != 0x45:
@@ -309,12 +345,13 @@ def _coalesce_tcp4(packets: Sequence[bytes]) -> list[_Run | bytes] | None:
     lens = np.fromiter(map(len, packets), dtype=np.int64, count=n)
     if int(lens.min()) <= _W or hl < 40:
         return None
+    tb = _tables()
     h = np.frombuffer(b"".join([p[:_W] for p in packets]), np.uint8).reshape(n, _W)
-    sig = (h & _MASKS[hl]).view(_ROW)[:, 0]
+    sig = (h & tb.masks[hl]).view(tb.row)[:, 0]
     same = sig[1:] == sig[:-1]
     if not same.all() and (
         (h[:, 32] != first[32]).any()
-        or not ((h[:, _ELIGIBLE_COLS] & _ELIGIBLE_MASK) == _ELIGIBLE).all()
+        or not ((h[:, tb.eligible_cols] & tb.eligible_mask) == tb.eligible).all()
     ):
         return None
     if first[6] & 0x3F or first[7] or first[9] != PROTO_TCP:
@@ -322,7 +359,7 @@ def _coalesce_tcp4(packets: Sequence[bytes]) -> list[_Run | bytes] | None:
     flags = h[:, 33]
     if not ((flags | TCP_PSH) == TCP_ACK | TCP_PSH).all():
         return None
-    f = np.ascontiguousarray(h[:, _FIELDS]).view(">u2").astype(np.int64)
+    f = np.ascontiguousarray(h[:, tb.fields]).view(">u2").astype(np.int64)
     if not (f[:, 0] == lens).all():
         return None
     plen = lens - hl
@@ -414,6 +451,8 @@ def _verify(items: Sequence[_Item | _Run]) -> set[_Item | _Run]:
     plus protocol and L4 length. Native u32 sums equal big-endian u16 sums times SWAP
     (mod 0xffff), and a valid packet sums to 0xffff, i.e. to 0 (mod 0xffff).
     """
+    import numpy as np  # noqa: PLC0415
+
     if not items:
         return set()
     pk = [q for item in items for q in item.packets]
@@ -441,3 +480,19 @@ def _verify(items: Sequence[_Item | _Run]) -> set[_Item | _Run]:
     ends = np.cumsum(counts)
     per_item = np.add.reduceat(wrong, ends - counts)
     return {it for it, w in zip(items, per_item.tolist(), strict=True) if w}
+
+
+def _verify_plain(items: Sequence[_Item | _Run]) -> set[_Item | _Run]:
+    """`_verify` packet by packet: each one's L4 checksum over its pseudo-header."""
+    bad: set[_Item | _Run] = set()
+    for item in items:
+        proto = PROTO_TCP if item.tcp else PROTO_UDP
+        addr_at = 12 if item.iph == 20 else 8
+        for q in item.packets:
+            # From the source address to the end: the addresses end where the L4 header
+            # starts (merged items have no IPv4 options or IPv6 extension headers).
+            total = ones_complement_sum(memoryview(q)[addr_at:], proto + len(q) - item.iph)
+            if total != 0xFFFF:  # a valid packet sums to 0 (mod 0xffff)
+                bad.add(item)
+                break
+    return bad

@@ -1,14 +1,20 @@
-"""The virtio_net_hdr read side: parse the header and split GSO super-packets into segments."""
+"""The virtio_net_hdr read side: parse the header and split GSO super-packets into segments.
+
+numpy (the `pure` extra) builds the segments of a large super-packet as array operations;
+without it, or with `vectorised=False`, the same segments are built one by one. numpy is
+imported only when a vectorised split first runs: the native data path, which splits in C
+and asks for the rare split it leaves to Python unvectorised, starts without it.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
 import struct
 import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-
-import numpy as np
 
 from wiretun.packet import PROTO_TCP, PROTO_UDP, ones_complement_sum
 
@@ -43,9 +49,30 @@ MAX_SPLIT_BYTES = 1 << 18
 IPV6_EXT_HEADERS = frozenset((0, 43, 60))
 MAX_IPV6_EXT = 4
 
+log = logging.getLogger(__name__)
+
+# Below this many segments numpy's fixed cost eats what it saves (one by one vs numpy, one
+# TCP/IPv4 super-packet: 2 segments 13-16 vs 16-22 us, 10: 59 vs 30, 45: 239 vs 41;
+# scripts/numpy_cost.py).
+VECTOR_MIN_SEGMENTS = 4
+
+
+@functools.cache
+def have_numpy() -> bool:
+    """Whether numpy (the `pure` extra) can be imported: asked by the first vectorised call,
+    so the import (~18 MB, ~60 ms) happens only where numpy does some work."""
+    try:
+        import numpy  # noqa: F401, PLC0415
+    except ImportError:
+        log.info("numpy is not installed: offload split and coalesce run unvectorised "
+                 "(slower on the pure data path; pip install 'wiretun[pure]')")  # fmt: skip
+        return False
+    return True
+
+
 _U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
 _LITTLE = sys.byteorder == "little"
-_U64 = np.uint64
 SWAP = 256 if _LITTLE else 1  # native u32 word sums -> big-endian u16 sums, mod 0xffff
 
 
@@ -112,8 +139,11 @@ def _l4_proto(pkt: bytes | bytearray | memoryview, start: int) -> int:
     return pkt[6] if start == 40 else -1
 
 
-def decode_frame(frame: bytes | bytearray | memoryview, stats: OffloadStats) -> list[bytes]:
-    """Packets carried by one frame read from an IFF_VNET_HDR fd; garbage gives [] and a count."""
+def decode_frame(
+    frame: bytes | bytearray | memoryview, stats: OffloadStats, *, vectorised: bool = True
+) -> list[bytes]:
+    """Packets carried by one frame read from an IFF_VNET_HDR fd; garbage gives [] and a count.
+    `vectorised=False` never uses numpy (see split_gso)."""
     stats.frames_in += 1
     if len(frame) <= VNET_HDR_LEN:
         stats.dropped["short_frame"] += 1
@@ -136,6 +166,7 @@ def decode_frame(frame: bytes | bytearray | memoryview, stats: OffloadStats) -> 
         csum_start=csum_start,
         csum_offset=csum_offset,
         stats=stats,
+        vectorised=vectorised,
     )
     if segs:
         stats.gso_frames_in += 1
@@ -156,13 +187,14 @@ def split_gso(
     csum_start: int,
     csum_offset: int,
     stats: OffloadStats,
+    vectorised: bool = True,
 ) -> list[bytes]:
     """Split one TCP/UDP GSO super-packet (without its vnet header) into full segments.
 
     Header lengths come from the packet itself (`hdr_len` is not trusted: on the forward path
-    it can cover the whole first segment). All segments are built at once in one 2-D array:
-    the header template is broadcast into every row, per-segment fields are written as
-    columns, and every checksum comes from one row-wise sum.
+    it can cover the whole first segment). With numpy, `vectorised` and at least
+    VECTOR_MIN_SEGMENTS segments, all segments are built at once in one 2-D array (see
+    `_split_numpy`); otherwise one by one (`_split_plain`): the same bytes either way.
     """
     n = len(pkt)
     if gso_type & GSO_ECN or gso_type not in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4):
@@ -208,16 +240,83 @@ def split_gso(
     seg_len = hl + (gso_size if nseg > 1 else last)  # a gso_size beyond the payload is harmless
     if seg_len > 0xFFFF:
         return _bad(stats, "bad_gso")
-    stride = (seg_len + 3) & ~3  # rows start u32-aligned for the checksum sums
 
     # Header template with the per-segment fields that enter checksums zeroed.
     tmpl = bytearray(pkt[:hl])
     tmpl[iph + csum_offset] = tmpl[iph + csum_offset + 1] = 0
-    ip_base = 0
     if version == 4:
         tmpl[2:6] = bytes(4)  # total length, ID
         tmpl[10:12] = bytes(2)  # header checksum
-        ip_base = ones_complement_sum(tmpl[:iph])
+    addr_len = 8 if version == 4 else 32
+    # The pseudo-header's addresses and protocol (its length differs per segment).
+    const = ones_complement_sum(pkt[addr_at : addr_at + addr_len]) + proto
+    shape = _Shape(version, iph, thl, hl, is_tcp, csum_offset, gso_size, nseg, last, const)
+    if vectorised and nseg >= VECTOR_MIN_SEGMENTS and have_numpy():
+        return _split_numpy(pkt, tmpl, shape)
+    return _split_plain(pkt, tmpl, shape)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What split_gso found out about a valid super-packet, for the two builders."""
+
+    version: int
+    iph: int  # IP header length (to the L4 header)
+    thl: int  # L4 header length
+    hl: int  # iph + thl
+    tcp: bool
+    csum_offset: int
+    gso_size: int
+    nseg: int
+    last: int  # payload bytes of the last segment
+    const: int  # one's-complement sum of the pseudo-header's addresses and protocol
+
+
+def _split_plain(pkt: memoryview, tmpl: bytearray, s: _Shape) -> list[bytes]:
+    """The segments one by one: header from the template, fields, checksums by bignum sum."""
+    iph, hl, gso_size, nseg = s.iph, s.hl, s.gso_size, s.nseg
+    at = iph + s.csum_offset
+    seq0 = int.from_bytes(pkt[iph + 4 : iph + 8], "big") if s.tcp else 0
+    id0 = (pkt[4] << 8) | pkt[5]
+    flags = pkt[iph + 13] if s.tcp else 0
+    out: list[bytes] = []
+    for k in range(nseg):
+        size = gso_size if k < nseg - 1 else s.last
+        l4len = s.thl + size
+        start = hl + k * gso_size
+        seg = tmpl + pkt[start : start + size]
+        if s.version == 4:
+            _U16.pack_into(seg, 2, iph + l4len)
+            _U16.pack_into(seg, 4, (id0 + k) & 0xFFFF)
+            _U16.pack_into(seg, 10, ~ones_complement_sum(memoryview(seg)[:iph]) & 0xFFFF)
+        else:
+            _U16.pack_into(seg, 4, l4len + iph - 40)
+        if s.tcp:
+            _U32.pack_into(seg, iph + 4, (seq0 + k * gso_size) & 0xFFFFFFFF)
+            # FIN and PSH only on the last segment.
+            seg[iph + 13] = flags if k == nseg - 1 else flags & ~(TCP_FIN | TCP_PSH)
+        else:
+            _U16.pack_into(seg, iph + 4, l4len)
+        csum = ~ones_complement_sum(memoryview(seg)[iph:], s.const + l4len) & 0xFFFF
+        if not s.tcp and csum == 0:
+            csum = 0xFFFF  # a zero checksum is sent as 0xFFFF in UDP
+        _U16.pack_into(seg, at, csum)
+        out.append(bytes(seg))
+    return out
+
+
+def _split_numpy(pkt: memoryview, tmpl: bytearray, s: _Shape) -> list[bytes]:
+    """All segments at once in one 2-D array: the header template is broadcast into every
+    row, per-segment fields are written as columns, and every checksum comes from one
+    row-wise sum."""
+    import numpy as np  # noqa: PLC0415 (the `pure` extra, imported on first use)
+
+    u64 = np.uint64
+    version, iph, thl, hl, is_tcp = s.version, s.iph, s.thl, s.hl, s.tcp
+    gso_size, nseg, last = s.gso_size, s.nseg, s.last
+    seg_len = hl + (gso_size if nseg > 1 else last)  # a gso_size beyond the payload is harmless
+    stride = (seg_len + 3) & ~3  # rows start u32-aligned for the checksum sums
+    ip_base = ones_complement_sum(tmpl[:iph]) if version == 4 else 0
 
     src = np.frombuffer(pkt, np.uint8)
     buf = np.empty((nseg, stride), np.uint8)
@@ -234,8 +333,8 @@ def split_gso(
     words = buf.view(">u2")  # field writes; iph and thl are multiples of 4
     # uint64 arrays with plain Python ints: NumPy keeps uint64 (NEP 50), without building a
     # NumPy scalar per constant.
-    i = np.arange(nseg, dtype=_U64)
-    l4len = np.full(nseg, thl + gso_size, dtype=_U64)
+    i = np.arange(nseg, dtype=u64)
+    l4len = np.full(nseg, thl + gso_size, dtype=u64)
     l4len[-1] = thl + last
     t = iph // 2
     if is_tcp:
@@ -248,10 +347,8 @@ def split_gso(
     # Checksums by congruence: 2**16 == 1 (mod 0xffff), so a sum of native u32 words is the
     # one's-complement sum up to a byte swap, which is a multiplication by 256 (mod 0xffff).
     # (Widening first and summing after is several times faster than sum(dtype=uint64).)
-    addr_len = 8 if version == 4 else 32
-    const = ones_complement_sum(pkt[addr_at : addr_at + addr_len]) + proto
-    rows = buf.view(np.uint32)[:, iph // 4 :].astype(_U64).sum(axis=1)
-    m = (rows * SWAP + (l4len + const)) % 0xFFFF
+    rows = buf.view(np.uint32)[:, iph // 4 :].astype(u64).sum(axis=1)
+    m = (rows * SWAP + (l4len + s.const)) % 0xFFFF
     if is_tcp:
         words[:, t + 8] = (0xFFFF - m) % 0xFFFF
     else:
@@ -273,10 +370,13 @@ def split_gso(
 
 
 def decode_frames(
-    frames: Iterable[bytes | bytearray | memoryview], stats: OffloadStats
+    frames: Iterable[bytes | bytearray | memoryview],
+    stats: OffloadStats,
+    *,
+    vectorised: bool = True,
 ) -> list[bytes]:
     """`decode_frame` over a batch, concatenated in order."""
     out: list[bytes] = []
     for frame in frames:
-        out.extend(decode_frame(frame, stats))
+        out.extend(decode_frame(frame, stats, vectorised=vectorised))
     return out

@@ -1,5 +1,6 @@
-"""`TunDevice`: what every TUN class offers its user (`Tun` and `InlineTun` both satisfy it,
-checked by mypy here and by one conformance test module run against both).
+"""`TunDevice`: what every TUN class offers its user (`Tun` and `InlineTun` satisfy it, and
+so does `wiretun.testing.memorytun.MemoryTun`: checked by mypy and by one conformance test
+module, tests/test_tun_conformance.py, run against all three).
 
 The contract beyond the signatures:
 - `recv_many` waits for at least one packet and returns at most `max`, in arrival order per

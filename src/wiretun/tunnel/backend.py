@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from wiretun.tunnel.uapi_protocol import (
     GET_END,
     ZERO_KEY,
+    BlockRecord,
     DeviceSnapshot,
     PeerSnapshot,
     PeerUpdate,
@@ -52,6 +54,7 @@ class DeviceBackend:
         self._rebind = rebind
         self._set_fwmark = set_fwmark
         self._changed = changed
+        self._blocks: BlockRecord = weakref.WeakKeyDictionary()  # see PeerBlock
 
     def get_snapshot(self) -> DeviceSnapshot:
         return replace(self._device_snapshot(), peers=tuple(map(_peer_snapshot, self.device.peers)))
@@ -121,7 +124,8 @@ class DeviceBackend:
             return  # wireguard-go ignores a peer with our own key
         exists = _has_peer(d, key)
         if op.remove:
-            if exists:
+            # A remove naming a block: only of a peer that block created (update_only).
+            if exists and (op.block is None or self._blocks.get(op.block, False)):
                 d.remove_peer(key)
             return
         if not exists and op.update_only:
@@ -130,6 +134,8 @@ class DeviceBackend:
         # applies whole or not at all (found by the uapi fuzzer: an endpoint with port 0
         # failed after the peer had been created and its preshared key set).
         _device_call(check_endpoint, op.endpoint)
+        if op.block is not None:
+            self._blocks.setdefault(op.block, not exists)
         if not exists:
             _device_call(d.add_peer, key)
         if op.preshared_key is not None:

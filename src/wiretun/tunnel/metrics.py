@@ -1,9 +1,12 @@
 """`wiretun up --metrics HOST:PORT`: a tunnel's counters in Prometheus text format at
-http://HOST:PORT/metrics, read from `Tunnel.stats()` at each scrape.
+http://HOST:PORT/metrics, read at each scrape.
 
 prometheus_client renders the text; the HTTP side is a few lines of asyncio here rather than
 its threaded server, so every scrape reads the counters on the tunnel's own event loop (the
-counters are plain ints and dicts that loop writes; no thread may read them mid-change).
+counters are plain ints and dicts that loop writes; no thread may read them mid-change):
+`Tunnel.stats_in_slices`, a loop turn every 5 ms. The frozen snapshot is then rendered in a
+worker thread. At 10k peers a scrape built and rendered 4.5 MB in one go: ~0.7 s of the
+loop, the data path stopped meanwhile.
 """
 
 from __future__ import annotations
@@ -110,6 +113,21 @@ def metrics_of(s: TunnelStats) -> Iterator[Metric]:
     yield _one(uptime, iface, s.uptime)
 
 
+class _Snapshot(Collector):
+    def __init__(self, stats: TunnelStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        yield from metrics_of(self.stats)
+
+
+def render_stats(stats: TunnelStats) -> bytes:
+    """The text format of one frozen snapshot (safe in any thread: it reads only `stats`)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(stats))
+    return generate_latest(registry)
+
+
 def _one(
     family: CounterMetricFamily | GaugeMetricFamily, labels: list[str], value: float
 ) -> Metric:
@@ -125,6 +143,7 @@ class MetricsServer:
         self.port = port
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(TunnelCollector(tunnel))
+        self.registry_tunnel = tunnel
         self._server: asyncio.Server | None = None
 
     @property
@@ -147,7 +166,16 @@ class MetricsServer:
             self._server = None
 
     def render(self) -> bytes:
+        """The text, read at once (the collector's way; the server uses render_async)."""
         return generate_latest(self.registry)
+
+    async def render_async(self) -> bytes:
+        """The text from counters read a slice at a time, rendered off the loop."""
+        tunnel = self.registry_tunnel
+        if not tunnel.running:
+            return b""
+        stats = await tunnel.stats_in_slices()
+        return await asyncio.to_thread(render_stats, stats)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -155,7 +183,7 @@ class MetricsServer:
                 head = await reader.readuntil(b"\r\n\r\n")  # the reader's limit bounds it
             method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
             if method == "GET" and path.split("?", 1)[0] in ("/metrics", "/"):
-                status, body, ctype = "200 OK", self.render(), CONTENT_TYPE_LATEST
+                status, body, ctype = "200 OK", await self.render_async(), CONTENT_TYPE_LATEST
             else:
                 status, body, ctype = "404 Not Found", b"see /metrics\n", "text/plain"
             writer.write(

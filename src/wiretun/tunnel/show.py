@@ -1,6 +1,7 @@
 """`wiretun show [NAME] [--json]`: what `wg show` shows, plus wiretun's own counters (drops by
 reason, the data path, the loop, UDP and TUN), read over the UAPI socket: no wireguard-tools
-needed, and devices served by wireguard-go are shown too (without the counters)."""
+needed. Devices served by wireguard-go (or wiretun-go) are shown too, with a note and without
+the counters: they are asked only `get=1` (uapi_client.get_unless_stats)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 from wiretun.ifname import wg_quick_ifname_problem
 from wiretun.tunnel.uapi import SOCKET_DIR
 from wiretun.tunnel.uapi_protocol import DeviceSnapshot, UapiError, format_endpoint
+
+NO_COUNTERS = "  note: not a `wiretun up` tunnel: wg show's fields only, no wiretun counters"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +48,31 @@ def describe(name: str, snapshot: DeviceSnapshot, stats: dict[str, Any] | None) 
                 "persistent_keepalive": p.persistent_keepalive,
             }
             for p in snapshot.peers
+        ],
+        "stats": stats,
+    }
+
+
+def describe_stats(name: str, stats: dict[str, Any]) -> dict[str, Any]:
+    """describe() from wiretun's counters alone (they hold every field `wg show` shows, as
+    of one moment): no get=1, whose 10k peers cost the daemon and us as much again."""
+    return {
+        "name": name,
+        "public_key": stats["public_key"] or None,
+        "listen_port": stats["listen_port"],
+        "fwmark": stats["fwmark"],
+        "peers": [
+            {
+                "public_key": p["public_key"],
+                "preshared_key": p["has_preshared_key"],
+                "endpoint": p["endpoint"],
+                "allowed_ips": p["allowed_ips"],
+                "latest_handshake": p["last_handshake"],
+                "rx_bytes": p["rx_bytes"],
+                "tx_bytes": p["tx_bytes"],
+                "persistent_keepalive": p["persistent_keepalive"],
+            }
+            for p in stats["peers"]
         ],
         "stats": stats,
     }
@@ -89,6 +117,8 @@ def render_text(info: dict[str, Any], now: float | None = None) -> str:
     stats = info["stats"]
     if stats is not None:
         lines += _stats_lines(stats)
+    else:
+        lines.append(NO_COUNTERS)
     by_key = {p["public_key"]: p for p in (stats or {}).get("peers", ())}
     for peer in info["peers"]:
         lines += ["", f"peer: {peer['public_key']}"]
@@ -132,8 +162,14 @@ def _stats_lines(stats: dict[str, Any]) -> list[str]:
 def gather(name: str, socket_dir: str) -> dict[str, Any]:
     from wiretun.tunnel import uapi_client  # noqa: PLC0415
 
-    snapshot = uapi_client.get(name, socket_dir)
-    return describe(name, snapshot, uapi_client.stats(name, socket_dir))
+    reply = uapi_client.get_unless_stats(name, socket_dir)
+    if reply is not None:  # wireguard-go or wiretun-go: wg's fields only
+        return describe(name, uapi_client.parse_get(reply), None)
+    stats = uapi_client.stats(name, socket_dir)
+    if stats is not None and all("has_preshared_key" in p for p in stats["peers"]):
+        return describe_stats(name, stats)
+    # An older wiretun whose stats lack a field: get=1 too.
+    return describe(name, uapi_client.get(name, socket_dir), stats)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,6 +192,9 @@ def run(args: argparse.Namespace) -> int:
             shown.append(gather(name, args.socket_dir))
         except (OSError, UapiError) as e:
             print(f"wiretun show: {name}: {e}", file=sys.stderr)
+            failed = True
+        except (KeyError, TypeError, ValueError) as e:  # a reply of another shape: the others
+            print(f"wiretun show: {name}: unexpected reply ({e!r})", file=sys.stderr)
             failed = True
     if args.json:
         out: object = shown[0] if args.interface is not None and shown else shown

@@ -4,7 +4,8 @@ its JSON form (what `wiretun show --json` prints and the UAPI stats request carr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from types import MappingProxyType
@@ -38,6 +39,8 @@ class PeerCounters:
     persistent_keepalive: int  # seconds, 0 = off
     has_session: bool
     staged_packets: int  # waiting for a handshake
+    # Only whether there is one; out of repr all the same, as every field named so is.
+    has_preshared_key: bool = field(default=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,24 +127,45 @@ class TunnelStats:
 
 def peer_counters(device: Device, now_wall: float) -> tuple[PeerCounters, ...]:
     """The Device's peers with their configuration (one pass over `device.peers`)."""
-    out = []
-    for p in device.peers:
+    return tuple(iter_peer_counters(device, now_wall))
+
+
+def iter_peer_counters(device: Device, now_wall: float) -> Iterator[PeerCounters]:
+    """peer_counters one peer at a time, from the peers there are when it is called (each
+    built when asked for: a caller can spread 10k of them over several loop turns)."""
+    for p in device.peers:  # a new list: later adds/removes do not change it
         hs = p.last_handshake
-        out.append(
-            PeerCounters(
-                public_key=key_to_base64(p.public_key),
-                endpoint=None if p.endpoint is None else format_endpoint(p.endpoint),
-                allowed_ips=tuple(str(n) for n in p.allowed_ips),
-                rx_bytes=p.rx_bytes,
-                tx_bytes=p.tx_bytes,
-                last_handshake=hs,
-                handshake_age=None if hs is None else max(0.0, now_wall - hs),
-                persistent_keepalive=p.persistent_keepalive,
-                has_session=p.current is not None,
-                staged_packets=len(p.staged),
-            )
+        yield PeerCounters(
+            public_key=key_to_base64(p.public_key),
+            endpoint=None if p.endpoint is None else format_endpoint(p.endpoint),
+            allowed_ips=tuple(str(n) for n in p.allowed_ips),
+            rx_bytes=p.rx_bytes,
+            tx_bytes=p.tx_bytes,
+            last_handshake=hs,
+            handshake_age=None if hs is None else max(0.0, now_wall - hs),
+            persistent_keepalive=p.persistent_keepalive,
+            has_session=p.current is not None,
+            staged_packets=len(p.staged),
+            has_preshared_key=p.preshared_key is not None,
         )
-    return tuple(out)
+
+
+_PEER_FIELDS = tuple(f.name for f in fields(PeerCounters))
+
+
+def json_line_pieces(stats: TunnelStats, peers: Iterable[PeerCounters]) -> Iterator[str]:
+    """`stats.to_json()` as one line of JSON in pieces, with `peers` (one piece each,
+    taken as they come) in place of `stats.peers`: the same object, "peers" first."""
+    rest = stats.to_json()
+    del rest["peers"]
+    yield '{"peers":['
+    comma = ""
+    for peer in peers:
+        # PeerCounters holds JSON types only (a tuple is a list): no _plain walk needed.
+        yield comma + json.dumps({name: getattr(peer, name) for name in _PEER_FIELDS},
+                                 separators=(",", ":"))  # fmt: skip
+        comma = ","
+    yield "]," + json.dumps(rest, separators=(",", ":"))[1:]
 
 
 def core_drops(drops: Mapping[str, int]) -> Mapping[DropReason, int]:

@@ -22,7 +22,7 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -42,7 +42,15 @@ from wiretun.tunnel.config import (
 from wiretun.tunnel.loop import BatchCorePort, FramePath, TunnelLoop
 from wiretun.tunnel.routing import FwmarkFollower, RoutePlan, configured_fwmark, plan_routes
 from wiretun.tunnel.routing import routing_table as table_setting
-from wiretun.tunnel.stats import OffloadCounters, TunnelStats, core_drops, peer_counters
+from wiretun.tunnel.stats import (
+    OffloadCounters,
+    PeerCounters,
+    TunnelStats,
+    core_drops,
+    iter_peer_counters,
+    json_line_pieces,
+    peer_counters,
+)
 from wiretun.tunnel.uapi import SOCKET_DIR, UapiInUseError, UapiServer
 from wiretun.tunnel.uapi_protocol import (
     DeviceSnapshot,
@@ -148,8 +156,29 @@ EndpointArg = str | tuple[str, int]
 
 
 class Tunnel:
-    """A WireGuard interface: start() brings it up, close() takes it all down (idempotent);
-    use `async with`. Not thread-safe: call it from the event loop it was started in."""
+    """One WireGuard interface inside your asyncio program, as `wiretun up` runs it.
+
+        async with Tunnel.from_config("/etc/wireguard/wg0.conf") as tunnel:
+            print(tunnel.stats().peers)
+            await tunnel.wait_closed()  # until stop(), or the TUN or UAPI socket goes
+
+    `start()` (or `async with`) brings it up as wg-quick does and returns once packets
+    flow; `close()` takes all of it down (idempotent). It owns the protocol core
+    (`device`), the TUN (`tun`), the UDP sockets, the UAPI socket (`uapi_path`: `wg` and
+    `wiretun show` see it) and the addresses, routes, rules and firewall rules. How it
+    runs is a `TunnelOptions` (from_config takes its fields as keywords: `uapi=False`,
+    `routing=False`, `queues=`, `offload=`, `tun_threads=`); `hooks` add to its start
+    and teardown (`TunnelHooks`).
+
+    While running: `stats()`, `snapshot()`, and the peer operations of `wg set`
+    (`add_peer`, `remove_peer`, `set_endpoint`, `set_allowed_ips`,
+    `set_persistent_keepalive`, `set_preshared_key`), `rebind(port)`, `set_fwmark(mark)`.
+    Plain attributes: `name`, `config` (the parsed TunnelConfig), `options`, `hooks`, `mtu`
+    and `data_path` ("native" or "pure", set by start()), `stop_reason` (why it went down)
+    and `failure` (the exception that ended the data path, if one did).
+
+    Not thread-safe: call it from the event loop it was started in.
+    """
 
     def __init__(
         self,
@@ -158,6 +187,7 @@ class Tunnel:
         options: TunnelOptions | None = None,
         hooks: TunnelHooks | None = None,
     ) -> None:
+        """From a parsed TunnelConfig; `from_config` also takes a path or the file's text."""
         self.config = config
         self.options = options or TunnelOptions()
         self.hooks = hooks or TunnelHooks()
@@ -296,7 +326,7 @@ class Tunnel:
                 backend,
                 socket_dir=opts.socket_dir,
                 on_removed=lambda: self.stop("UAPI socket removed"),
-                stats=self.stats_json,
+                stats=self.stats_pieces,
             )
             try:
                 await uapi.start()
@@ -413,7 +443,8 @@ class Tunnel:
 
     def stop(self, reason: str = "stopped", level: int = logging.INFO) -> None:
         """Ask the tunnel to go down (signal-safe: returns at once); the first reason given
-        is the one kept. `wait_closed()` returns once the teardown is done."""
+        is the one kept (`stop_reason`), logged at `level`. `wait_closed()` returns once the
+        teardown is done."""
         if self.stop_reason is None:
             self.stop_reason = reason
             log.log(level, "stopping: %s", reason)
@@ -435,6 +466,7 @@ class Tunnel:
 
     @property
     def running(self) -> bool:
+        """Between a start() that returned and the beginning of the teardown."""
         return self._state == "running"
 
     async def _supervise(self) -> None:
@@ -498,27 +530,32 @@ class Tunnel:
 
     @property
     def device(self) -> Device:
-        """The protocol core (for reading; change it through the methods below)."""
+        """The protocol core, `wiretun.wireguard.Device` (read it; change it through the
+        Tunnel's peer operations, which keep the UAPI view and the data path in step)."""
         if self._device is None:
             raise RuntimeError(f"Tunnel {self.name} is not started")
         return self._device
 
     @property
     def tun(self) -> TunDevice:
+        """The TUN device (`Tun` or `InlineTun`, a wiretun.tun.TunDevice)."""
         if self._tun is None:
             raise RuntimeError(f"Tunnel {self.name} has no TUN (not started)")
         return self._tun
 
     @property
     def public_key(self) -> str:
+        """The interface's public key, in base64 as `wg` prints it."""
         return key_to_base64(self.config.interface.public_key)
 
     @property
     def listen_port(self) -> int:
+        """The UDP port bound (the config's ListenPort, or the one picked); 0 before start."""
         return self._udp.port if self._udp is not None else 0
 
     @property
     def uapi_path(self) -> str | None:
+        """The UAPI socket (/var/run/wireguard/NAME.sock); None with `uapi=False`."""
         return self._uapi.path if self._uapi is not None else None
 
     def snapshot(self) -> DeviceSnapshot:
@@ -527,20 +564,48 @@ class Tunnel:
 
     def stats(self) -> TunnelStats:
         """One frozen snapshot of every counter (see TunnelStats)."""
+        now = time.time()
+        return self._stats(now, peer_counters(self.device, now))
+
+    async def stats_in_slices(self, slice_seconds: float = 0.005) -> TunnelStats:
+        """stats(), its per-peer counters gathered `slice_seconds` at a time with a loop turn
+        between (the data path runs meanwhile; a metrics scrape of 10k peers built them in
+        one go). The peers' counters are then of slightly different moments. RuntimeError
+        if the tunnel stops meanwhile."""
+        now = time.time()
+        peers: list[PeerCounters] = []
+        until = time.monotonic() + slice_seconds
+        for counters in iter_peer_counters(self.device, now):
+            peers.append(counters)
+            if time.monotonic() >= until:
+                await asyncio.sleep(0)
+                until = time.monotonic() + slice_seconds
+        if not self.running:
+            raise RuntimeError(f"{self.name} stopped while its counters were read")
+        return self._stats(now, tuple(peers))
+
+    def stats_pieces(self) -> Iterator[str]:
+        """stats_json() as pieces of one line of JSON, each peer's counters built when its
+        piece is asked for: the UAPI server sends them in slices, so `wiretun show` of 10k
+        peers does not hold the loop (building them at once took ~200 ms)."""
+        now = time.time()
+        return json_line_pieces(self._stats(now, ()), iter_peer_counters(self.device, now))
+
+    def _stats(self, now: float, peers: tuple[PeerCounters, ...]) -> TunnelStats:
         device, udp, tun = self.device, self._udp, self.tun
         assert udp is not None and self._loop_runner is not None
-        now = time.time()
-        core = device.stats()
+        core = device.stats(peers=False)  # the peers' counters come from `peers`
         return TunnelStats(
             name=self.name,
-            public_key=self.public_key,
+            # The device's: `wg set NAME private-key` may have changed the configured one.
+            public_key=key_to_base64(device.public_key),
             listen_port=udp.port,
             fwmark=device.fwmark or 0,
             mtu=self.mtu,
             data_path=self.data_path,
             taken_at=now,
             uptime=max(0.0, now - self._up_at) if self._up_at else 0.0,
-            peers=peer_counters(device, now),
+            peers=peers,
             core_drops=core_drops(core.drops),
             packets_sealed=core.packets_sealed,
             packets_opened=core.packets_opened,
@@ -554,6 +619,7 @@ class Tunnel:
         )
 
     def stats_json(self) -> dict[str, object]:
+        """`stats().to_json()`: plain JSON types, what `wiretun show --json` prints."""
         return self.stats().to_json()
 
     # -- changing a running tunnel (UAPI `set` semantics; routes are not touched, as with
@@ -590,6 +656,8 @@ class Tunnel:
         self._apply(PeerUpdate(key, remove=True))
 
     def set_endpoint(self, public_key: Key, endpoint: EndpointArg) -> None:
+        """Where to send to the peer: "host:port", "[v6]:port" or (host, port) (KeyError
+        if there is no such peer). A peer that roams moves it again, as in WireGuard."""
         key = self._existing(public_key)
         self._apply(PeerUpdate(key, update_only=True, endpoint=_endpoint(endpoint)))
 
@@ -719,12 +787,16 @@ async def install_routes(
     route needed one and FwMark was not set)."""
     from wiretun.netdev.policy import MAIN_TABLE  # noqa: PLC0415
 
+    # wg-quick checks each route against main just before adding it; in the plan's
+    # longest-first order no route of ours covers a later one, so checking them all first
+    # and adding them in bulk (one netlink send per 128) gives the same routes.
+    routes = []
     for net, given in plan.routes:
         if given is None and await policy.covered_in_main(net):
             continue
-        table = MAIN_TABLE if given is None else given
-        await policy.add_route(net, table)
+        routes.append((net, MAIN_TABLE if given is None else given))
         step(f"route add {net} dev {policy.name}" + ("" if given is None else f" table {given}"))
+    await policy.add_routes(routes)
     if plan.defaults:
         table = fwmark or await policy.free_table()
         fwmark = fwmark or table

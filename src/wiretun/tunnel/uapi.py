@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import os
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -19,6 +20,7 @@ from wiretun.ifname import is_wg_quick_ifname
 from wiretun.tunnel.runfiles import ensure_dir
 from wiretun.tunnel.uapi_protocol import (
     ERRNO_UNKNOWN,
+    STATS_MARKER,
     DeviceSnapshot,
     GetRequest,
     SetOperation,
@@ -37,8 +39,12 @@ logger = logging.getLogger(__name__)
 SOCKET_DIR = "/var/run/wireguard"
 _READ_SIZE = 64 * 1024
 # `wg` connects, asks, reads and closes; nothing legitimate holds dozens of connections or
-# sits silent for long. (wireguard-go has neither limit.)
+# sits silent for long. wireguard-go serves every connection it accepts (a goroutine each,
+# their requests one at a time) and closes none for idling. Past MAX_CONNECTIONS we stop
+# accepting: later clients wait in the listen backlog (then in connect()) until one closes,
+# as they would wait for wireguard-go's lock, instead of being turned away.
 MAX_CONNECTIONS = 32
+LISTEN_BACKLOG = 16
 IDLE_TIMEOUT = 30.0
 # A large `get` is formatted and sent in slices of about this much work, with a loop turn
 # between them, so the data path never waits behind `wg show` of 10k peers.
@@ -70,7 +76,7 @@ class UapiStats:
     sets: int = 0
     failed: int = 0  # requests answered with a non-zero errno
     dropped: int = 0  # connections closed for sending something that is not an operation
-    refused: int = 0  # connections closed at once: MAX_CONNECTIONS were open
+    waits: int = 0  # times accepting paused because MAX_CONNECTIONS were open
     idle_closed: int = 0  # connections closed after IDLE_TIMEOUT without a byte
 
 
@@ -122,7 +128,7 @@ def _bind(path: str) -> socket.socket:
                 sock.bind(path)
         finally:
             os.umask(old_umask)
-        sock.listen(16)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -147,7 +153,7 @@ class UapiServer:
         on_removed: Callable[[], None] | None = None,
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
-        stats: Callable[[], object] | None = None,
+        stats: Callable[[], Mapping[str, object] | Iterable[str]] | None = None,
     ) -> None:
         if not is_wg_quick_ifname(name):
             raise ValueError(f"{name!r} is not a valid interface name")
@@ -160,13 +166,16 @@ class UapiServer:
         self._on_removed = on_removed
         self._max_connections = max_connections
         self._idle_timeout = idle_timeout
-        self._stats_source = stats  # JSON-able counters for `wiretun-stats=1`, if any
+        # `wiretun-stats=1`'s counters, if any: a JSON-able mapping, or one line of JSON in
+        # pieces (sent in slices as a get is: a Tunnel's 10k peers are 200 ms of work).
+        self._stats_source = stats
         self._listener: socket.socket | None = None
         self._identity: tuple[int, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Each connection's socket is kept here so close() can close it even if its task
         # was cancelled before it ever ran.
         self._connections: dict[asyncio.Task[None], socket.socket] = {}
+        self._slot_free = asyncio.Event()  # set when a connection ends
         self._stats = UapiStats()  # immutable: replaced, so a reader's copy never changes
         self._closed = False
 
@@ -235,6 +244,9 @@ class UapiServer:
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if len(self._connections) >= self._max_connections:
+                await self._wait_for_a_slot()
+                continue
             try:
                 conn, _ = await loop.sock_accept(listener)
             except (ConnectionAbortedError, InterruptedError):
@@ -245,20 +257,24 @@ class UapiServer:
                 await asyncio.sleep(0.1)
                 continue
             conn.setblocking(False)
-            if len(self._connections) >= self._max_connections:
-                if not self._stats.refused:
-                    logger.warning(
-                        "UAPI %s: %d connections open, refusing more",
-                        self.name,
-                        len(self._connections),
-                    )
-                self._stats = replace(self._stats, refused=self._stats.refused + 1)
-                conn.close()
-                continue
             self._stats = replace(self._stats, connections=self._stats.connections + 1)
             task = asyncio.create_task(self._serve(conn), name=f"uapi-conn-{self.name}")
             self._connections[task] = conn
-            task.add_done_callback(self._connections.pop)
+            task.add_done_callback(self._connection_done)
+
+    async def _wait_for_a_slot(self) -> None:
+        """Accept nothing until a connection ends; meanwhile new clients queue in the
+        kernel (the listen backlog, then a blocking connect())."""
+        if not self._stats.waits:
+            logger.warning("UAPI %s: %d connections open, new ones wait until one closes",
+                           self.name, len(self._connections))  # fmt: skip
+        self._stats = replace(self._stats, waits=self._stats.waits + 1)
+        self._slot_free.clear()
+        await self._slot_free.wait()
+
+    def _connection_done(self, task: asyncio.Task[None]) -> None:
+        self._connections.pop(task, None)
+        self._slot_free.set()
 
     async def _serve(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -286,7 +302,8 @@ class UapiServer:
                             await self._get(conn, request)
                             continue
                         if isinstance(request, StatsRequest):
-                            replies.append(self._stats_reply(request))
+                            await self._send(conn, replies)
+                            await self._stats_reply(conn, request)
                             continue
                         setting = setting or _SetInProgress(SetParser())
                         self._set_piece(setting, request)
@@ -318,30 +335,18 @@ class UapiServer:
         if request.error is not None:
             await self._send(conn, [self._failed("get", request.error)])
             return
-        loop = asyncio.get_running_loop()
         try:
             pieces = iter(self._backend.get_pieces())
-            while True:
-                out: list[str] = []
-                size = 0
-                until = time.monotonic() + GET_SLICE_SECONDS
-                for piece in pieces:
-                    out.append(piece)
-                    size += len(piece)
-                    if size >= GET_SLICE_BYTES or time.monotonic() >= until:
-                        break
-                else:
-                    await loop.sock_sendall(conn, "".join(out).encode())
-                    return
-                await loop.sock_sendall(conn, "".join(out).encode())
-                await asyncio.sleep(0)  # a send that did not block did not yield
+            if self._stats_source is not None:  # first line: clients may ask for the stats
+                pieces = itertools.chain([STATS_MARKER], pieces)
+            await _send_in_slices(conn, pieces)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception:
             logger.exception("UAPI %s: get failed in the backend", self.name)
             # The client may have part of a reply: an errno line ends it either way.
             failed = self._failed("get", UapiError(ERRNO_UNKNOWN, "backend error"))
-            await loop.sock_sendall(conn, failed.encode())
+            await asyncio.get_running_loop().sock_sendall(conn, failed.encode())
 
     def _set_piece(self, setting: _SetInProgress, request: SetRequest) -> None:
         """Parse and apply a piece of a set now (as wireguard-go applies line by line);
@@ -369,22 +374,63 @@ class UapiServer:
             return self._failed("set", setting.error)
         return format_set_reply(None)
 
-    def _stats_reply(self, request: StatsRequest) -> str:
+    async def _stats_reply(self, conn: socket.socket, request: StatsRequest) -> None:
         self._stats = replace(self._stats, gets=self._stats.gets + 1)
         if request.error is not None:
-            return self._failed("stats", request.error)
+            await self._send(conn, [self._failed("stats", request.error)])
+            return
         if self._stats_source is None:
-            return self._failed("stats", UapiError(errno.EOPNOTSUPP, "no stats here"))
+            no_stats = UapiError(errno.EOPNOTSUPP, "no stats here")
+            await self._send(conn, [self._failed("stats", no_stats)])
+            return
         try:
-            return format_stats(json.dumps(self._stats_source(), separators=(",", ":")))
+            source = self._stats_source()
+            if isinstance(source, Mapping):
+                await self._send(conn, [format_stats(json.dumps(source, separators=(",", ":")))])
+                return
+            await _send_in_slices(conn, _stats_line(source))
+        except (ConnectionError, asyncio.CancelledError):
+            raise
         except Exception:
             logger.exception("UAPI %s: stats failed", self.name)
-            return self._failed("stats", UapiError(ERRNO_UNKNOWN, "stats error"))
+            # A line cut short ends here; the errno says the reply failed.
+            failed = self._failed("stats", UapiError(ERRNO_UNKNOWN, "stats error"))
+            await asyncio.get_running_loop().sock_sendall(conn, f"\n{failed}".encode())
 
     def _failed(self, what: str, error: UapiError) -> str:
         self._stats = replace(self._stats, failed=self._stats.failed + 1)
         logger.warning("UAPI %s: %s failed (errno %d): %s", self.name, what, -error.errno, error)
         return format_set_reply(error)
+
+
+async def _send_in_slices(conn: socket.socket, pieces: Iterator[str]) -> None:
+    """Send the pieces of one reply, building them for GET_SLICE_SECONDS or GET_SLICE_BYTES at
+    a time with a loop turn between slices."""
+    loop = asyncio.get_running_loop()
+    while True:
+        out: list[str] = []
+        size = 0
+        until = time.monotonic() + GET_SLICE_SECONDS
+        for piece in pieces:
+            out.append(piece)
+            size += len(piece)
+            if size >= GET_SLICE_BYTES or time.monotonic() >= until:
+                break
+        else:
+            await loop.sock_sendall(conn, "".join(out).encode())
+            return
+        await loop.sock_sendall(conn, "".join(out).encode())
+        await asyncio.sleep(0)  # a send that did not block did not yield
+
+
+def _stats_line(pieces: Iterable[str]) -> Iterator[str]:
+    """format_stats around a JSON line given in pieces (none may hold a newline)."""
+    yield "stats="
+    for piece in pieces:
+        if "\n" in piece:
+            raise ValueError("stats JSON must be one line")
+        yield piece
+    yield "\nerrno=0\n\n"
 
 
 @dataclass

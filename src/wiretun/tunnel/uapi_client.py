@@ -1,5 +1,7 @@
 """The client side of the UAPI socket: ask a running device (wiretun's or wireguard-go's)
-`get=1`, or wiretun's `wiretun-stats=1`, and read the reply; no wireguard-tools needed."""
+`get=1`, or wiretun's `wiretun-stats=1`, and read the reply; no wireguard-tools needed.
+The stats request goes only to a device whose get reply says it answers it
+(uapi_protocol.STATS_MARKER): wireguard-go logs an error and hangs up on it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 
 from wiretun.tunnel.uapi import SOCKET_DIR, socket_path
 from wiretun.tunnel.uapi_protocol import (
+    STATS_MARKER,
     STATS_OP,
     DeviceSnapshot,
     PeerSnapshot,
@@ -39,9 +42,11 @@ def interfaces(socket_dir: str = SOCKET_DIR) -> list[str]:
     )
 
 
-def request(path: str, req: bytes, timeout: float = TIMEOUT) -> str:
+def request(path: str, req: bytes, timeout: float = TIMEOUT, *, stop: bytes | None = None) -> str:
     """Send one request, return its reply up to and including `errno=N` (without the blank
-    line). Raises UapiClientError when nobody answers or the reply is cut off."""
+    line). With `stop`, a reply whose first line is `stop` is cut there: "" comes back and
+    the connection is closed at once. Raises UapiClientError when nobody answers or the
+    reply is cut off."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -56,6 +61,10 @@ def request(path: str, req: bytes, timeout: float = TIMEOUT) -> str:
             if not chunk:
                 raise UapiClientError(errno_codes.EPROTO, f"{path} closed the connection")
             data += chunk
+            if stop is not None and len(data) >= len(stop):
+                if data.startswith(stop):
+                    return ""
+                stop = None  # another first line: read the reply to its end
             if len(data) > MAX_REPLY:
                 raise UapiClientError(errno_codes.EMSGSIZE, f"{path}: reply too large")
     except TimeoutError as e:
@@ -72,18 +81,47 @@ def _errno_of(reply: str) -> int:
     return -int(last.removeprefix("errno="))
 
 
-def get(name: str, socket_dir: str = SOCKET_DIR) -> DeviceSnapshot:
-    """The device's state (`get=1`); UapiError if it answers with an errno."""
+def _get_reply(name: str, socket_dir: str) -> str:
     reply = request(socket_path(name, socket_dir), b"get=1\n\n")
     code = _errno_of(reply)
     if code:
         raise UapiError(code, f"{name}: get failed: {os.strerror(code)}")
-    return parse_get(reply)
+    return reply
+
+
+def get(name: str, socket_dir: str = SOCKET_DIR) -> DeviceSnapshot:
+    """The device's state (`get=1`); UapiError if it answers with an errno."""
+    return parse_get(_get_reply(name, socket_dir))
+
+
+def get_unless_stats(name: str, socket_dir: str = SOCKET_DIR) -> str | None:
+    """The whole get=1 reply of a device without wiretun's stats (wireguard-go, wiretun-go),
+    or None, having read one line, from one that has them (its reply starts with
+    STATS_MARKER): at 10k peers the stats alone are cheaper than a get and the stats."""
+    reply = request(socket_path(name, socket_dir), b"get=1\n\n", stop=STATS_MARKER.encode())
+    if not reply:
+        return None
+    code = _errno_of(reply)
+    if code:
+        raise UapiError(code, f"{name}: get failed: {os.strerror(code)}")
+    return reply
+
+
+def serves_stats(reply: str) -> bool:
+    """Whether a get reply carries STATS_MARKER among its device lines."""
+    marker = STATS_MARKER.rstrip("\n")
+    for line in reply.splitlines():
+        if line == marker:
+            return True
+        if line.startswith("public_key="):
+            return False  # the peers begin: the device's lines are over
+    return False
 
 
 def stats(name: str, socket_dir: str = SOCKET_DIR) -> dict[str, Any] | None:
     """wiretun's counters (TunnelStats.to_json()), or None from a device that has none
-    (wireguard-go closes the connection on the request; wiretun-go answers EOPNOTSUPP)."""
+    (wiretun-go answers EOPNOTSUPP; wireguard-go closes the connection, and logs an error:
+    `get_unless_stats` tells which devices answer)."""
     try:
         reply = request(socket_path(name, socket_dir), STATS_OP + b"\n\n")
     except UapiClientError as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno as errno_codes
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field, replace
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -25,6 +25,10 @@ MAX_LINE = 64 * 1024
 # A peer with more allowed IPs than this is applied in several PeerUpdates.
 MAX_DRAFT_NETWORKS = 1024
 STATS_OP = b"wiretun-stats=1"
+# The first line of a get reply from a device that answers STATS_OP: clients ask for the
+# counters only after seeing it (wireguard-go logs an error and hangs up on an unknown
+# request). `wg` and wgctrl ignore device keys they do not know.
+STATS_MARKER = "wiretun_stats=1\n"
 
 _HEX_KEY_RE = re.compile(r"[0-9a-fA-F]{64}")
 _UINT_RE = re.compile(r"[0-9]+")
@@ -75,11 +79,31 @@ class ReplacePeers:
     """Remove every peer (later operations in the same set may add some back)."""
 
 
+class PeerBlock:
+    """One `public_key=` block of a set whose lines became several PeerUpdates, by identity.
+
+    wireguard-go creates a new peer at the public_key line and removes it again at a later
+    `update_only=true` (the allowed IPs it took from others stay gone). The block's first
+    update records in the applier's BlockRecord whether it created the peer, and a remove
+    naming the block removes only a peer it created: the updates may be applied in several
+    calls (a large set streams), so the applier keeps the record, never the operation."""
+
+    __slots__ = ("__weakref__",)
+
+
+# What each PeerBlock's first update found: True if it created the peer. A backend keeps one
+# (weakly keyed: a block is forgotten with the operations and parser that name it).
+BlockRecord = MutableMapping[PeerBlock, bool]
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class PeerUpdate:
     """Everything one `public_key=` block asks for. None means "leave unchanged";
     a zero preshared key removes it; keepalive 0 turns it off. Allowed-ips are removed
-    first, then added (an IP added elsewhere is taken from its previous peer)."""
+    first, then added (an IP added elsewhere is taken from its previous peer).
+
+    `block`: set on the first update of a block cut in several (see PeerBlock), which
+    records whether it created the peer, and on a `remove` that applies only if it did."""
 
     __repr__ = keyed_repr
     public_key: bytes
@@ -91,6 +115,7 @@ class PeerUpdate:
     replace_allowed_ips: bool = False
     add_allowed_ips: tuple[IPNetwork, ...] = ()
     remove_allowed_ips: tuple[IPNetwork, ...] = ()
+    block: PeerBlock | None = field(default=None, compare=False, repr=False)
 
 
 SetOperation = SetPrivateKey | SetListenPort | SetFwmark | ReplacePeers | PeerUpdate
@@ -295,10 +320,19 @@ class _PeerDraft:
     add: dict[IPNetwork, None] = field(default_factory=dict)
     drop: dict[IPNetwork, None] = field(default_factory=dict)
 
-    def freeze(self) -> PeerUpdate:
+    def changes(self) -> bool:
+        """True if the lines so far ask for anything beyond the peer itself."""
+        return bool(
+            self.preshared_key is not None or self.endpoint is not None
+            or self.persistent_keepalive is not None or self.replace_allowed_ips
+            or self.add or self.drop
+        )  # fmt: skip
+
+    def freeze(self, block: PeerBlock | None = None) -> PeerUpdate:
         if self.remove:
             return PeerUpdate(self.public_key, remove=True)
         return PeerUpdate(
+            block=block,
             public_key=self.public_key,
             update_only=self.update_only,
             preshared_key=self.preshared_key,
@@ -362,11 +396,16 @@ class SetParser:
     are then everything before that line (the open peer's included), as wireguard-go has
     applied those when it stops at a bad line; nothing after it counts. `finish` closes the
     request. A peer's lines become one PeerUpdate, or several once it has more than
-    MAX_DRAFT_NETWORKS allowed IPs pending (the later ones update the peer the first made).
+    MAX_DRAFT_NETWORKS allowed IPs pending (the later ones update the peer the first made),
+    or when `update_only=true` follows allowed IPs (see PeerBlock).
     """
 
     def __init__(self, max_networks: int = MAX_DRAFT_NETWORKS) -> None:
         self._peer: _PeerDraft | None = None
+        # The open block's PeerBlock once an update of it went out that may create the peer;
+        # whether an `update_only=true` line may still remove a peer the block created.
+        self._block: PeerBlock | None = None
+        self._may_create = False
         self._number = 0
         self._max_networks = max_networks
         self.failed = False
@@ -401,17 +440,44 @@ class SetParser:
             public_key = _hex_key(value, "public_key")
             ops += self._close()
             self._peer = _PeerDraft(public_key)
+            self._block, self._may_create = None, True
         elif peer is None:
             ops.append(_device_line(key, value))
         elif not peer.remove:
+            if key == "update_only" and self._may_create:
+                _true(value, "update_only")
+                self._may_create = False
+                self._update_only(peer, ops)
+                return
             _peer_line(peer, key, value)
             if len(peer.add) + len(peer.drop) >= self._max_networks:
-                ops.append(peer.freeze())
+                if self._block is None and self._may_create:
+                    self._block = PeerBlock()
+                    ops.append(peer.freeze(self._block))
+                else:
+                    ops.append(peer.freeze())
                 # The peer exists now if it was to be created: the rest only updates it.
                 self._peer = _PeerDraft(peer.public_key, update_only=True)
         else:
             # After remove=true wireguard-go configures a throwaway peer: check, then ignore.
             _peer_line(_PeerDraft(peer.public_key), key, value)
+
+    def _update_only(self, peer: _PeerDraft, ops: list[SetOperation]) -> None:
+        """The block's first `update_only=true`: wireguard-go removes the peer here if the
+        block's public_key line created it, and the rest of the block changes nothing."""
+        if self._block is None and not peer.add:
+            # Nothing done so far outlasts that removal: the whole block is an update of a
+            # peer that exists (and nothing for one that does not).
+            peer.update_only = True
+            return
+        # A new peer took allowed IPs from others before it was removed again: those stay
+        # gone. What the block asked so far goes out, then the remove if it created the peer.
+        block = self._block or PeerBlock()
+        if self._block is None or peer.changes():
+            ops.append(peer.freeze(None if self._block else block))
+        ops.append(PeerUpdate(peer.public_key, remove=True, block=block))
+        self._block = block
+        self._peer = _PeerDraft(peer.public_key, update_only=True)
 
 
 def parse_set(lines: Iterable[str]) -> list[SetOperation]:
@@ -496,9 +562,14 @@ def public_key_of(private_key: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
 
 
-def apply_to_snapshot(snapshot: DeviceSnapshot, ops: Iterable[SetOperation]) -> DeviceSnapshot:
+def apply_to_snapshot(
+    snapshot: DeviceSnapshot, ops: Iterable[SetOperation], blocks: BlockRecord | None = None
+) -> DeviceSnapshot:
     """What `ops` do to a device, as wireguard-go does it: the reference for backends and
-    the state of the in-memory backend. Counters and handshake times are kept."""
+    the state of the in-memory backend. Counters and handshake times are kept. `blocks`
+    keeps what PeerBlocks found across calls (a set applied in pieces); by default it lasts
+    this call."""
+    blocks = {} if blocks is None else blocks
     private_key = snapshot.private_key
     listen_port, fwmark = snapshot.listen_port, snapshot.fwmark
     peers = {peer.public_key: peer for peer in snapshot.peers}
@@ -517,8 +588,11 @@ def apply_to_snapshot(snapshot: DeviceSnapshot, ops: Iterable[SetOperation]) -> 
         elif op.public_key == own:
             continue  # wireguard-go ignores a peer with our own key
         elif op.remove:
-            peers.pop(op.public_key, None)
+            if op.block is None or blocks.get(op.block, False):
+                peers.pop(op.public_key, None)
         elif op.public_key in peers or not op.update_only:
+            if op.block is not None:
+                blocks.setdefault(op.block, op.public_key not in peers)
             peers = _update_peer(peers, op)
     return DeviceSnapshot(private_key, listen_port, fwmark, tuple(peers.values()))
 

@@ -319,8 +319,21 @@ class Device:
         """Received handshake and cookie messages that wait for `process_handshakes`."""
         return self._handshaker.waiting
 
-    def stats(self) -> DeviceStats:
-        peers = tuple(
+    def stats(self, *, peers: bool = True) -> DeviceStats:
+        """Counters now; `peers=False` leaves out the per-peer part (10k peers: ~17 ms)."""
+        return DeviceStats(
+            drops=self._drops.snapshot(),
+            peers=self._peer_stats() if peers else (),
+            packets_sealed=self._sealed,
+            packets_opened=self._opened,
+            handshakes_completed=self._handshaker.completed,
+            frame_drops=dict(self._frame_drops),
+            handshakes_queued=self._handshaker.waiting,
+            initiations_waiting=self._handshaker.initiations_waiting,
+        )
+
+    def _peer_stats(self) -> tuple[PeerStats, ...]:
+        return tuple(
             PeerStats(
                 public_key=p.public_key,
                 endpoint=p.endpoint,
@@ -331,16 +344,6 @@ class Device:
                 has_session=p.current is not None,
             )
             for p in self._peers.values()
-        )
-        return DeviceStats(
-            drops=self._drops.snapshot(),
-            peers=peers,
-            packets_sealed=self._sealed,
-            packets_opened=self._opened,
-            handshakes_completed=self._handshaker.completed,
-            frame_drops=dict(self._frame_drops),
-            handshakes_queued=self._handshaker.waiting,
-            initiations_waiting=self._handshaker.initiations_waiting,
         )
 
     # ---------------------------------------------------------------- inbound
