@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from wiretun.wireguard import crypto
 from wiretun.wireguard.crypto import (
     AeadKey,
+    X25519Key,
     aead_open,
     aead_seal,
     blake2s_hash,
@@ -205,6 +206,25 @@ def test_dh_agrees_both_ways_and_rejects_low_order_points() -> None:
         dh(a, bytes(31))
     with pytest.raises(CryptoError):
         public_key(b"too short")
+
+
+def test_a_loaded_key_is_the_same_x25519_as_raw_bytes() -> None:
+    # RFC 7748 §6.1: Alice's and Bob's keys and their shared secret.
+    alice = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    bob_public = bytes.fromhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+    shared = "4a5d9d5b a4ce2de1 728e3bf4 80350f25 e07e21c9 47d19e33 76f09b3c 1e161742"
+    key = X25519Key(alice)
+    assert key.public.hex() == "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    assert key.public == public_key(alice)
+    assert key.exchange(bob_public).hex() == shared.replace(" ", "")
+    assert dh(key, bob_public) == dh(alice, bob_public)
+    assert alice.hex() not in repr(key) and key.public.hex() in repr(key)
+    with pytest.raises(CryptoError):
+        key.exchange(bytes(32))  # low order: an all-zero secret
+    with pytest.raises(CryptoError):
+        key.exchange(bytes(31))
+    with pytest.raises(CryptoError):
+        X25519Key(b"too short")
 
 
 @pytest.mark.skipif(shutil.which("wg") is None, reason="needs wg(8) from wireguard-tools")
