@@ -213,7 +213,8 @@ class Handshaker:
         No crypto here, as in wireguard-go: mac1 is checked when the message is processed,
         so a flood that overflows the queue costs a size look-up and a 4-byte compare each."""
         n = len(datagram)
-        if datagram[:4] == _HEADER_OF_SIZE.get(n):
+        header = datagram[:4]
+        if header == _HEADER_OF_SIZE.get(n):
             queue = self._queue
             if queue.full:
                 self._drops.add(DropReason.HANDSHAKE_QUEUE_FULL)
