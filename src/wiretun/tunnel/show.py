@@ -198,7 +198,9 @@ def run(args: argparse.Namespace) -> int:
             failed = True
     if args.json:
         out: object = shown[0] if args.interface is not None and shown else shown
-        print(json.dumps(out, indent=2))
+        # Indented for a person; compact into a pipe: json's C encoder runs only without
+        # indent, and at 10k peers it is 0.04 s against 0.22 s.
+        print(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
     else:
         print("\n\n".join(render_text(info) for info in shown))
     return 1 if failed else 0
