@@ -90,8 +90,29 @@ def read_log(log: tempfile._TemporaryFileWrapper[bytes] | None) -> str:
         return f.read().decode(errors="replace")
 
 
+class _Daemon:
+    """What both kinds of peer daemon offer: their UAPI socket, their log, `wg` against them."""
+
+    ns: NetNS
+    name: str
+    _log: tempfile._TemporaryFileWrapper[bytes] | None
+
+    @property
+    def socket_path(self) -> str:
+        return f"{SOCKET_DIR}/{self.name}.sock"
+
+    def log_text(self) -> str:
+        return read_log(self._log)
+
+    def wg(self, *args: str, stdin: str | None = None) -> str:
+        return run_wg(self.ns, *args, stdin=stdin)
+
+    def dump(self) -> tuple[list[str], list[PeerDump]]:
+        return parse_dump(self.wg("show", self.name, "dump"))
+
+
 @dataclass
-class WireguardGoPeer:
+class WireguardGoPeer(_Daemon):
     """wireguard-go running as interface `name` inside `ns`; `stop()` removes it all.
 
     Interface names are global here because UAPI sockets live in one shared directory.
@@ -103,10 +124,6 @@ class WireguardGoPeer:
     proc: subprocess.Popen[bytes] | None = None
     _log: tempfile._TemporaryFileWrapper[bytes] | None = None
 
-    @property
-    def socket_path(self) -> str:
-        return f"{SOCKET_DIR}/{self.name}.sock"
-
     def start(self, *, timeout: float = 10.0) -> WireguardGoPeer:
         """Start wireguard-go in the foreground and wait for its UAPI socket (raises
         procs.StartError, a RuntimeError, and cleans up if it does not come up)."""
@@ -117,12 +134,6 @@ class WireguardGoPeer:
             self.stop()
             raise
         return self
-
-    def log_text(self) -> str:
-        return read_log(self._log)
-
-    def wg(self, *args: str, stdin: str | None = None) -> str:
-        return run_wg(self.ns, *args, stdin=stdin)
 
     def configure(self, *, listen_port: int | None = None, fwmark: int | None = None) -> None:
         """Set our private key, and optionally the listen port and fwmark."""
@@ -165,9 +176,6 @@ class WireguardGoPeer:
         self.ns.run("ip", "link", "set", self.name, "mtu", str(mtu), "up")
         for route in routes:
             self.ns.run("ip", "route", "replace", route, "dev", self.name)
-
-    def dump(self) -> tuple[list[str], list[PeerDump]]:
-        return parse_dump(self.wg("show", self.name, "dump"))
 
     def stop(self, *, timeout: float = 5.0) -> None:
         """Stop wireguard-go (SIGTERM, then SIGKILL) and remove what it leaves behind."""
@@ -221,7 +229,7 @@ def udp_ping(
 
 
 @dataclass
-class WiretunPeer:
+class WiretunPeer(_Daemon):
     """`wiretun up` (the real CLI, in the foreground) inside `ns`, from a config we write.
 
     `stop()` sends SIGTERM and waits; it also cleans up if the process misbehaved.
@@ -234,10 +242,6 @@ class WiretunPeer:
     config_path: str = ""
     _dir: tempfile.TemporaryDirectory[str] | None = None
     _log: tempfile._TemporaryFileWrapper[bytes] | None = None
-
-    @property
-    def socket_path(self) -> str:
-        return f"{SOCKET_DIR}/{self.name}.sock"
 
     @property
     def pid_path(self) -> str:
@@ -283,15 +287,6 @@ class WiretunPeer:
             self.stop()
             raise
         return self
-
-    def log_text(self) -> str:
-        return read_log(self._log)
-
-    def wg(self, *args: str, stdin: str | None = None) -> str:
-        return run_wg(self.ns, *args, stdin=stdin)
-
-    def dump(self) -> tuple[list[str], list[PeerDump]]:
-        return parse_dump(self.wg("show", self.name, "dump"))
 
     def stats(self) -> dict[str, Any]:
         """The live tunnel's counters (TunnelStats.to_json(), what `wiretun show --json`

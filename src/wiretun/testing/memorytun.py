@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
-from wiretun.tun.base import check_packets
+from wiretun.tun.base import ClosedOnExit, check_packets
 from wiretun.tun.errors import QueueFull, TunBusy, TunClosed
 from wiretun.tun.stats import QueueCounters, TunStats, count
 from wiretun.tun.tun import DEFAULT_MAX_BATCH, DEFAULT_OUTBOUND_CAPACITY
@@ -18,7 +17,7 @@ if TYPE_CHECKING:
     from wiretun.tun.gso import OffloadStats
 
 
-class MemoryTun:
+class MemoryTun(ClosedOnExit):
     """A `TunDevice` (wiretun.tun.port) with one queue and no offloads, keeping the same
     contract as `InlineTun` (tests/test_tun_conformance.py runs it with both): one waiting
     receiver at a time (TunBusy), InvalidPacket for what is not an IP packet, QueueFull
@@ -192,19 +191,3 @@ class MemoryTun:
         for event in (self._readable, self._room):
             if event is not None:
                 event.set()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

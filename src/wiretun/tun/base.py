@@ -77,7 +77,30 @@ class CountedQueue(Protocol):
     def counters(self) -> QueueCounters: ...
 
 
-class TunBase:
+class ClosedOnExit:
+    """`with` and `async with` for a device whose `close()` is idempotent and synchronous."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class TunBase(ClosedOnExit):
     """Subclasses set `_qs` and call `_init_base`; `close()` is theirs."""
 
     _qs: Sequence[CountedQueue]
@@ -173,25 +196,6 @@ class TunBase:
         if not dropped:
             return snap
         return replace(snap, rx_drops=merge_drops([snap.rx_drops, dict(dropped)]))
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def _copy(stats: OffloadStats) -> OffloadStats:

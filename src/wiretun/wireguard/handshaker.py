@@ -25,6 +25,7 @@ from wiretun.wireguard.errors import WireGuardError
 from wiretun.wireguard.events import Endpoint, Event, HandshakeCompleted
 from wiretun.wireguard.handshake import (
     InitiatorHandshake,
+    SessionKeys,
     StaticIdentity,
     UnknownStaticKeyError,
     consume_initiation,
@@ -344,18 +345,8 @@ class Handshaker:
         except WireGuardError:
             drops.add(DropReason.HANDSHAKE_FAILED)
             return
-        kp = Keypair(
-            keys.send_key,
-            keys.recv_key,
-            keys.local_index,
-            keys.remote_index,
-            is_initiator=False,
-            created=now,
-        )
-        self._index.install(peer, kp)
-        self._note_authenticated(peer, src, seen)
+        self._install_keypair(peer, keys, now, src, seen)
         timers = peer.timers
-        timers.session_derived(now)
         timers.authenticated_traversal(now)
         timers.authenticated_sent(now)
         message = peer.cookie.add_macs(message, now)
@@ -383,22 +374,35 @@ class Handshaker:
         del pending[response.receiver]
         peer.handshake = None
         peer.rx_bytes += len(data)
-        kp = Keypair(
-            keys.send_key,
-            keys.recv_key,
-            keys.local_index,
-            keys.remote_index,
-            is_initiator=True,
-            created=now,
-        )
-        self._index.install(peer, kp)
-        self._note_authenticated(peer, src, seen)
-        peer.timers.session_derived(now)
+        kp = self._install_keypair(peer, keys, now, src, seen)
         self._complete(peer, kp, now)
         # The responder waits for proof that we have the keys: send data, or a keepalive. The
         # Device sends them once the batch is accounted for (`Device._after_receive`), as
         # wireguard-go clears newHandshake before SendKeepalive, so that the data arms it anew.
         peer.want_keepalive()
+
+    def _install_keypair(
+        self,
+        peer: Peer,
+        keys: SessionKeys,
+        now: float,
+        src: Endpoint,
+        seen: dict[Peer, Endpoint],
+    ) -> Keypair:
+        """The new session of a completed handshake, in the index table, with the source
+        authenticated and the session timers started; the same on both sides."""
+        kp = Keypair(
+            keys.send_key,
+            keys.recv_key,
+            keys.local_index,
+            keys.remote_index,
+            is_initiator=keys.is_initiator,
+            created=now,
+        )
+        self._index.install(peer, kp)
+        self._note_authenticated(peer, src, seen)
+        peer.timers.session_derived(now)
+        return kp
 
     def _note_authenticated(self, peer: Peer, src: Endpoint, seen: dict[Peer, Endpoint]) -> None:
         # Handshake messages also move the endpoint; the newest datagram of the batch wins.
